@@ -1,0 +1,48 @@
+"""``spinebench`` command line: a thin argparse layer over functions that take resolved arguments.
+
+Bad input (files, labels, keys) ends in one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from benchmark import __version__
+from datamodules.errors import InputError
+
+# Subcommand modules in ``benchmark.commands``, in the order ``--help`` lists them.
+COMMANDS: tuple[str, ...] = ()
+
+# Exceptions that mean "the user gave something unusable": reported in one line, exit 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spinebench",
+        description="Vertebra localization and identification benchmarks for 3D spine CT.",
+    )
+    parser.add_argument("--version", action="version", version=f"spinebench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"benchmark.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"spinebench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

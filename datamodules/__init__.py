@@ -1,0 +1,1 @@
+"""Everything about data: labels, CT and centroid I/O, phantom, preprocessing and the DataModule."""

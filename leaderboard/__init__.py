@@ -1,0 +1,1 @@
+"""Builds tables, statistics, plots and the HTML page from result files alone (no torch)."""

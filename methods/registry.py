@@ -1,0 +1,109 @@
+"""The method registry: a method variant is a name bound to one module class, its config class and overrides.
+
+Variants of one family are registrations of the same class with different overrides, so an ablation is
+readable as the difference between two override sets. Built-in families are imported explicitly in
+``_BUILTIN_MODULES``; third-party packages add methods through the entry-point group ``spinebench.methods``
+(each entry point names a module or a callable; loading it registers its methods).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+ENTRY_POINT_GROUP = "spinebench.methods"
+
+# Built-in method families, imported on first use of the registry.
+_BUILTIN_MODULES: tuple[str, ...] = ()
+
+
+class MethodRegistryError(ValueError):
+    """An unknown method name or override key, or a duplicate registration."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str
+    description: str
+    module_cls: type
+    config_cls: type
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def config(self, **overrides: Any):
+        """The variant's config with ``overrides`` applied on top of the registered ones."""
+        _check_keys(self, overrides)
+        return self.config_cls(**{**self.overrides, **overrides})
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+_loaded = False
+
+
+def _check_keys(spec: MethodSpec, overrides: Mapping[str, Any]) -> None:
+    valid = [f.name for f in dataclasses.fields(spec.config_cls)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise MethodRegistryError(
+            f"unknown option(s) {', '.join(unknown)} for method {spec.name!r}; valid options: {', '.join(valid)}"
+        )
+
+
+def register_method(
+    name: str, *, module_cls: type, config_cls: type, family: str, description: str, **overrides: Any
+) -> MethodSpec:
+    """Register ``name`` as ``module_cls(config_cls(**overrides))``. Duplicate names are rejected."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise MethodRegistryError(f"config class of method {name!r} must be a dataclass, got {config_cls!r}")
+    if name in _REGISTRY:
+        raise MethodRegistryError(f"method {name!r} is already registered (family {_REGISTRY[name].family!r})")
+    spec = MethodSpec(name, family, description, module_cls, config_cls, dict(overrides))
+    _check_keys(spec, overrides)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        target = ep.load()
+        if not isinstance(target, types.ModuleType):
+            target()
+
+
+def get_method_spec(name: str) -> MethodSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise MethodRegistryError(
+            f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY)) or '(none)'}"
+        ) from None
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Registered method names matching a shell-style ``pattern``, in registration order."""
+    _ensure_loaded()
+    return [n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)]
+
+
+def method_config(name: str, **overrides: Any):
+    """The resolved config dataclass of ``name`` with ``overrides`` (validated, nothing built)."""
+    return get_method_spec(name).config(**overrides)
+
+
+def create_method(name: str, **overrides: Any):
+    """Build the LightningModule of method ``name`` with ``overrides`` applied to its config."""
+    spec = get_method_spec(name)
+    return spec.module_cls(spec.config(**overrides))
