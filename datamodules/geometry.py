@@ -1,0 +1,98 @@
+"""Image geometry and every world (LPS mm) <-> voxel conversion.
+
+Everything is in numpy array axis order: ``spacing_mm[a]`` is the voxel size along array axis ``a`` and
+column ``a`` of ``direction`` is the LPS unit vector along which array axis ``a`` grows. (SimpleITK reports
+spacing/origin/direction in x, y, z order, which is the *reverse* of the numpy axes; the conversion to and
+from SimpleITK lives here and nowhere else.)
+
+    world_mm = origin_mm + direction @ (spacing_mm * voxel)
+
+The canonical orientation after ``io.reorient_canonical`` is identity direction, i.e. array axes
+(0, 1, 2) grow towards (superior, posterior, left) -- ITK's "LPS" orientation read as numpy (z, y, x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True, eq=False)
+class Geometry:
+    shape: tuple[int, int, int]
+    spacing_mm: np.ndarray  # (3,) per array axis
+    origin_mm: np.ndarray  # (3,) LPS world position of voxel (0, 0, 0)
+    direction: np.ndarray  # (3, 3); column a = LPS unit vector of array axis a
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "spacing_mm", np.asarray(self.spacing_mm, dtype=np.float64).reshape(3))
+        object.__setattr__(self, "origin_mm", np.asarray(self.origin_mm, dtype=np.float64).reshape(3))
+        object.__setattr__(self, "direction", np.asarray(self.direction, dtype=np.float64).reshape(3, 3))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Geometry):
+            return NotImplemented
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing_mm, other.spacing_mm, atol=1e-6)
+            and np.allclose(self.origin_mm, other.origin_mm, atol=1e-4)
+            and np.allclose(self.direction, other.direction, atol=1e-6)
+        )
+
+    @property
+    def affine_lps(self) -> np.ndarray:
+        """4x4 matrix mapping homogeneous voxel coordinates (array order) to LPS mm."""
+        a = np.eye(4)
+        a[:3, :3] = self.direction * self.spacing_mm[None, :]
+        a[:3, 3] = self.origin_mm
+        return a
+
+    def vox_to_world(self, vox: np.ndarray) -> np.ndarray:
+        """(..., 3) voxel coordinates (array order, may be fractional) -> (..., 3) LPS mm."""
+        vox = np.asarray(vox, dtype=np.float64)
+        return vox * self.spacing_mm @ self.direction.T + self.origin_mm
+
+    def world_to_vox(self, world_mm: np.ndarray) -> np.ndarray:
+        """(..., 3) LPS mm -> (..., 3) fractional voxel coordinates (array order)."""
+        world_mm = np.asarray(world_mm, dtype=np.float64)
+        return np.linalg.solve(self.direction, (world_mm - self.origin_mm).T).T / self.spacing_mm
+
+    def contains_vox(self, vox: np.ndarray, margin: float = 0.5) -> np.ndarray:
+        """Whether (..., 3) voxel coordinates lie inside the image (voxel centres +- ``margin``)."""
+        vox = np.asarray(vox, dtype=np.float64)
+        upper = np.asarray(self.shape, dtype=np.float64) - 1 + margin
+        return np.all((vox >= -margin) & (vox <= upper), axis=-1)
+
+    # --- SimpleITK (x, y, z order) <-> numpy order ------------------------------------------------
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> "Geometry":
+        if image.GetDimension() != 3:
+            raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
+        d_xyz = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        return cls(
+            shape=tuple(reversed(image.GetSize())),
+            spacing_mm=np.asarray(image.GetSpacing())[::-1],
+            origin_mm=np.asarray(image.GetOrigin()),
+            direction=d_xyz[:, ::-1],
+        )
+
+    def apply_to_sitk(self, image: sitk.Image) -> sitk.Image:
+        """Stamp this geometry on ``image`` (whose array must have ``self.shape``); returns ``image``."""
+        if tuple(reversed(image.GetSize())) != self.shape:
+            raise ValueError(f"image size {tuple(reversed(image.GetSize()))} does not match geometry {self.shape}")
+        image.SetSpacing(tuple(float(s) for s in self.spacing_mm[::-1]))
+        image.SetOrigin(tuple(float(o) for o in self.origin_mm))
+        image.SetDirection(tuple(float(v) for v in self.direction[:, ::-1].reshape(-1)))
+        return image
+
+    def to_sitk(self, array: np.ndarray) -> sitk.Image:
+        """A SimpleITK image of ``array`` (numpy order, shape ``self.shape``) carrying this geometry."""
+        return self.apply_to_sitk(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+
+
+def canonical_geometry(shape, spacing_mm, origin_mm=(0.0, 0.0, 0.0)) -> Geometry:
+    """A geometry in the canonical orientation (identity direction)."""
+    return Geometry(tuple(shape), np.broadcast_to(np.asarray(spacing_mm, float), 3), origin_mm, np.eye(3))
