@@ -94,5 +94,13 @@ class Geometry:
 
 
 def canonical_geometry(shape, spacing_mm, origin_mm=(0.0, 0.0, 0.0)) -> Geometry:
-    """A geometry in the canonical orientation (identity direction)."""
-    return Geometry(tuple(shape), np.broadcast_to(np.asarray(spacing_mm, float), 3), origin_mm, np.eye(3))
+    """A geometry in the canonical orientation: ITK identity direction, array axes grow towards (S, P, L).
+
+    In numpy axis order that is the anti-diagonal matrix: column 0 (array axis 0) = LPS z (superior),
+    column 1 = y (posterior), column 2 = x (left).
+    """
+    return Geometry(tuple(shape), np.broadcast_to(np.asarray(spacing_mm, float), 3), origin_mm, CANONICAL_DIRECTION)
+
+
+# Geometry.direction (numpy axis order) of an image whose SimpleITK direction is the identity.
+CANONICAL_DIRECTION = np.eye(3)[:, ::-1].copy()
