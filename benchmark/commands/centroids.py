@@ -1,0 +1,39 @@
+"""``spinebench centroids MASK``: vertebra centroids from a VerSe-numbered label mask, written as VerSe json, CSV or lml."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from datamodules.centroids import CENTROID_FORMATS, centroid_format, centroids_from_mask, write_centroids
+from datamodules.ct_io import read_image
+from datamodules.errors import InputError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "centroids",
+        help="vertebra centroids from a label mask",
+        description="Write the centre of mass of every vertebra in a VerSe-numbered label mask "
+        "(1-7 C1-C7, 8-19 T1-T12, 20-25 L1-L6, 26 sacrum, 28 T13). With --subregions (VerSe/SPINEPS subregion "
+        "mask, same grid) the vertebral-body centroid (subregions 49 + 50) is written instead.",
+    )
+    p.add_argument("mask", type=Path, help="vertebra label mask (NIfTI, NRRD, MHA/MHD or DICOM folder)")
+    p.add_argument("--subregions", type=Path, default=None, help="subregion mask on the same grid")
+    p.add_argument("--format", choices=CENTROID_FORMATS, default=None, help="default: from the --out suffix")
+    p.add_argument("--out", type=Path, required=True, help="output file (.json VerSe, .csv, .lml)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = centroid_format(args.out, args.format)  # fail on a bad suffix before reading volumes
+    mask, geometry = read_image(args.mask)
+    subregions = None
+    if args.subregions is not None:
+        subregions, sub_geometry = read_image(args.subregions)
+        if sub_geometry != geometry:
+            raise InputError(f"{args.subregions}: grid (shape, spacing, origin, direction) differs from {args.mask}")
+    centroids = centroids_from_mask(mask, geometry, subregions, source=args.mask)
+    write_centroids(args.out, centroids, fmt=fmt, geometry=geometry)
+    print(f"wrote {len(centroids)} centroids ({', '.join(centroids.names)}) to {args.out}")
+    return 0
