@@ -59,7 +59,8 @@ class Geometry:
     def world_to_vox(self, world_mm: np.ndarray) -> np.ndarray:
         """(..., 3) LPS mm -> (..., 3) fractional voxel coordinates (array order)."""
         world_mm = np.asarray(world_mm, dtype=np.float64)
-        return np.linalg.solve(self.direction, (world_mm - self.origin_mm).T).T / self.spacing_mm
+        offsets = (world_mm - self.origin_mm).reshape(-1, 3)
+        return (np.linalg.solve(self.direction, offsets.T).T / self.spacing_mm).reshape(world_mm.shape)
 
     def contains_vox(self, vox: np.ndarray, margin: float = 0.5) -> np.ndarray:
         """Whether (..., 3) voxel coordinates lie inside the image (voxel centres +- ``margin``)."""
