@@ -91,11 +91,14 @@ def _read_sitk(path: Path) -> sitk.Image:
         image = _read_dicom_series(path)
     else:
         reader = _file_reader(path)
+        nifti = image_suffix(path) in (".nii", ".nii.gz")
         try:
             image = reader.Execute()
         except RuntimeError as exc:
+            if nifti:
+                _check_nifti_complete(path)  # name truncation when that is the cause
             raise InputError(f"{path}: cannot read image ({_itk_reason(exc)})") from None
-        if image_suffix(path) in (".nii", ".nii.gz"):
+        if nifti:
             _check_nifti_complete(path)
     _check_3d_scalar(image, path)
     return image
@@ -142,7 +145,9 @@ def _check_nifti_complete(path: Path) -> None:
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
             header = f.read(540)
-    except (OSError, EOFError, zlib.error) as exc:
+    except EOFError:
+        raise InputError(f"{path}: truncated file (ends inside the header)") from None
+    except (OSError, zlib.error) as exc:
         raise InputError(f"{path}: corrupt file ({exc})") from None
     expected = _nifti_expected_bytes(header)
     if expected is None:

@@ -129,7 +129,7 @@ def test_bad_image_files_raise_one_line_input_errors(tmp_path):
         "missing.nii.gz": "no such file",
         "trunc.nii.gz": "truncated",
         "trunc.nii": "truncated",
-        "junk.nii.gz": "cannot read image",
+        "junk.nii.gz": "corrupt file",
         "flat.nii.gz": "2D image",
         "series.nii.gz": "4D image",
         "empty_dir": "no DICOM series",
