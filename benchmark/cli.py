@@ -13,7 +13,7 @@ from benchmark import __version__
 from datamodules.errors import InputError
 
 # Subcommand modules in ``benchmark.commands``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("centroids", "convert")
+COMMANDS: tuple[str, ...] = ("centroids", "convert", "run", "predict")
 
 # Exceptions that mean "the user gave something unusable": reported in one line, exit 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (InputError,)

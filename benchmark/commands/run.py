@@ -1,0 +1,51 @@
+"""``spinebench run``: train and evaluate every (method, seed) cell of an experiment, then print the leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a benchmark or ablation experiment (train, evaluate, leaderboard)",
+        description="Train every (method, seed) cell of a YAML experiment on the shared datamodule, keep the "
+        "checkpoint with the best validation identification rate, evaluate the test split, append per-case "
+        "records and build the per-region leaderboard. Everything is validated before training starts.",
+    )
+    p.add_argument(
+        "--config", default=None,
+        help="experiment YAML file, or the name of a shipped config (default, smoke, ablation_di2in, "
+        "ablation_resml, csi2014_set2, verse2020); default: default",
+    )  # fmt: skip
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key with a YAML value, e.g. --set trainer.max_epochs=3 "
+        "--set methods.di2in.overrides.base_width=16 --set data.root=/data/csi2014 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--out", default=None, help="output folder (default: output.dir or runs/<name>-<UTC time>)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR (complete cells are kept)")
+    p.add_argument(
+        "--tracking-uri", default=None, metavar="URI",
+        help="MLflow tracking URI (server http://host:5000, sqlite:///path.db, ...); default sqlite:///<out>/mlflow.db",
+    )  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from benchmark.config import ConfigError
+    from benchmark.runner import load_for_run, resolve_out_dir, run_benchmark
+
+    if args.resume and args.out and args.out != args.resume:
+        raise ConfigError("--resume DIR continues DIR; leave out --out (or give the same folder)")
+    cfg = load_for_run(args.config, args.sets, args.resume)
+    out_dir = resolve_out_dir(cfg, args.out, args.resume)
+    console = Console()
+    run_benchmark(cfg, out_dir, resume=bool(args.resume), tracking_uri=args.tracking_uri, console=console)
+    from benchmark.runner import global_rank
+
+    if global_rank(cfg.trainer) == 0:
+        console.print(f"results: {out_dir}/records.csv, leaderboard: {out_dir}/leaderboard/")
+    return 0

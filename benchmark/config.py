@@ -1,0 +1,538 @@
+"""The experiment schema: frozen dataclasses that map the YAML file one-to-one, validated before any training.
+
+An experiment file::
+
+    name: default
+    data:            # the datamodule's DataConfig, field for field (source, label_set, spacing_mm, ...)
+      source: phantom
+    methods:         # method name -> {overrides: {...}, trainer: {...}}; order = leaderboard order
+      di2in: {overrides: {base_channels: 8}}
+      resml_cls: {}
+    seeds: [0]
+    trainer: {max_epochs: 2, devices: 1, strategy: auto, precision: 32-true, accelerator: cpu}
+    tracking: {enabled: true, tracking_uri: null, experiment: spinebench}
+    output: {dir: null}
+
+``methods`` may also be written as a list of names or of ``{name, overrides, trainer}`` mappings; it is
+normalised to the mapping form (the form ``--set methods.di2in.overrides.base_channels=16`` addresses).
+``--set key=value`` takes dotted keys and YAML-typed values. Every unknown key, method, data source or device
+setting raises ``ConfigError`` (one line, names the key, lists the valid ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from datamodules.errors import InputError
+
+REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp")
+PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+# Sections of the file besides the schema's that other commands read (``spinebench tune`` reads ``tune``).
+EXTRA_SECTIONS = ("tune",)
+
+
+class ConfigError(InputError):
+    """An experiment key, value, method, data source or device setting that cannot be used."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Lightning Trainer budget and devices (keys as in ``lightning.Trainer``)."""
+
+    accelerator: str = "cpu"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp" for several devices or nodes (gloo on CPU, nccl on GPUs)
+    precision: str = "32-true"
+    max_epochs: int = 2
+    max_steps: int = -1  # -1: no step limit
+    max_time: str | None = None  # "DD:HH:MM:SS"
+    limit_train_batches: float = 1.0  # fraction (float) or number of batches (int)
+    limit_val_batches: float = 1.0
+    val_check_interval: float = 1.0
+    check_val_every_n_epoch: int = 1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    log_every_n_steps: int = 5
+    checkpoint_every_n_steps: int | None = None  # also write last.ckpt every N steps (finer resume)
+    deterministic: bool = True
+    enable_progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One method of the experiment: its registered name, config overrides and trainer overrides."""
+
+    name: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    trainer: Mapping[str, Any] = field(default_factory=dict)  # per-method TrainerConfig overrides
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    tracking_uri: str | None = None  # default sqlite:///<out>/mlflow.db
+    experiment: str = "spinebench"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str | None = None  # default runs/<name>-<UTC timestamp>
+    projection_cases: int = 3  # test cases per cell with projection files for the leaderboard figures
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    data: Any  # datamodules.datamodule.DataConfig
+    methods: tuple[MethodEntry, ...]
+    seeds: tuple[int, ...] = (0,)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    description: str = ""
+
+    def trainer_for(self, entry: MethodEntry) -> TrainerConfig:
+        """The trainer settings of one method: the experiment's, with the method's overrides on top."""
+        if not entry.trainer:
+            return self.trainer
+        return _build(TrainerConfig, {**dataclasses.asdict(self.trainer), **entry.trainer}, f"methods.{entry.name}.trainer")
+
+    def method_config(self, entry: MethodEntry):
+        """The method's resolved config dataclass (its ``num_vertebrae`` follows the label set)."""
+        from methods.registry import method_config
+
+        return method_config(entry.name, **_method_overrides(self, entry))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved experiment as plain YAML-able data (every default filled in)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "data": _plain(dataclasses.asdict(self.data)),
+            "methods": {
+                m.name: {"overrides": _plain(dataclasses.asdict(self.method_config(m))), "trainer": _plain(dict(m.trainer))}
+                for m in self.methods
+            },
+            "seeds": list(self.seeds),
+            "trainer": _plain(dataclasses.asdict(self.trainer)),
+            "tracking": _plain(dataclasses.asdict(self.tracking)),
+            "output": _plain(dataclasses.asdict(self.output)),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def config_hash(self) -> str:
+        """sha256 of what determines the results (output folder and tracking excluded)."""
+        d = self.to_dict()
+        d.pop("output"), d.pop("tracking")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def cells(self) -> list[tuple[MethodEntry, int]]:
+        """The (method, seed) cells in run order: methods outer, seeds inner."""
+        return [(m, s) for m in self.methods for s in self.seeds]
+
+
+TRAINER_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainerConfig))
+_TOP_KEYS = ("name", "description", "data", "methods", "seeds", "trainer", "tracking", "output")
+
+
+# --- loading ------------------------------------------------------------------------------------
+def resolve_config_path(config: str | Path) -> Path:
+    """A path, or the name of a shipped config (``default``, ``ablation_di2in``...)."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    if path.suffix == "" and "/" not in str(config):
+        for folder in (REPO_CONFIG_DIR, PACKAGE_CONFIG_DIR):
+            candidate = folder / f"{config}.yaml"
+            if candidate.is_file():
+                return candidate
+    shipped = sorted(p.stem for p in REPO_CONFIG_DIR.glob("*.yaml")) if REPO_CONFIG_DIR.is_dir() else []
+    raise ConfigError(f"config {str(config)!r} not found; give a YAML path or a shipped name: {', '.join(shipped)}")
+
+
+def read_raw(config: str | Path) -> dict[str, Any]:
+    path = resolve_config_path(config)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(_TOP_KEYS)}), got {type(raw).__name__}")
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``"trainer.max_epochs=3"`` -> ``("trainer.max_epochs", 3)`` (the value is read as YAML)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected key=value with a dotted key, e.g. trainer.max_epochs=3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def apply_sets(raw: Mapping[str, Any], items: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``raw`` (methods normalised) with every ``--set key=value`` applied."""
+    out = normalize_raw(raw)
+    for item in items:
+        key, value = parse_set(item)
+        parts = key.split(".")
+        if parts[0] == "methods" and len(parts) == 1:
+            out["methods"] = _normalize_methods(value)
+            continue
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                if parts[0] == "methods" and i == 0:
+                    raise ConfigError(f"--set {key}: 'methods' is not a mapping")
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def normalize_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a raw experiment with ``methods`` in the mapping form ``{name: {overrides, trainer}}``."""
+    out = json.loads(json.dumps(raw, default=str))
+    if "methods" in out:
+        out["methods"] = _normalize_methods(out["methods"])
+    return out
+
+
+def _normalize_methods(methods: Any) -> dict[str, dict[str, Any]]:
+    if isinstance(methods, str):
+        methods = [methods]
+    if isinstance(methods, Mapping):
+        return {str(k): ({} if v is None else v) for k, v in methods.items()}
+    if isinstance(methods, list):
+        out: dict[str, Any] = {}
+        for item in methods:
+            if isinstance(item, str):
+                name, body = item, {}
+            elif isinstance(item, Mapping) and "name" in item:
+                name, body = str(item["name"]), {k: v for k, v in item.items() if k != "name"}
+            else:
+                raise ConfigError(f"methods: expected a method name or {{name, overrides}}, got {item!r}")
+            if name in out:
+                raise ConfigError(f"methods: {name!r} is listed twice")
+            out[name] = body
+        return out
+    raise ConfigError(f"methods: expected a mapping or list of methods, got {methods!r}")
+
+
+def load_experiment(
+    config: str | Path | Mapping[str, Any] = "default", sets: Sequence[str] = (), *, check_devices: bool = True
+) -> ExperimentConfig:
+    """Read (path, shipped name or raw mapping), apply ``--set`` items and validate everything."""
+    raw = dict(config) if isinstance(config, Mapping) else read_raw(config)
+    raw = apply_sets(raw, sets)
+    return resolve(raw, check_devices=check_devices)
+
+
+def resolve(raw: Mapping[str, Any], *, check_devices: bool = True) -> ExperimentConfig:
+    """Validate a raw experiment mapping (extra sections like ``tune`` are ignored here)."""
+    raw = normalize_raw(raw)
+    for section in EXTRA_SECTIONS:
+        raw.pop(section, None)
+    _check_keys(raw, _TOP_KEYS, "")
+    if "methods" not in raw or not raw["methods"]:
+        raise ConfigError(f"methods: the experiment lists no methods; registered methods: {_registered()}")
+    data = _resolve_data(raw.get("data") or {})
+    entries = tuple(_resolve_method(name, body) for name, body in raw["methods"].items())
+    seeds = raw.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds: expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: duplicate seeds in {seeds!r}")
+    cfg = ExperimentConfig(
+        name=_coerce(raw.get("name", "experiment"), str, "name"),
+        description=_coerce(raw.get("description") or "", str, "description"),
+        data=data,
+        methods=entries,
+        seeds=tuple(seeds),
+        trainer=_build(TrainerConfig, raw.get("trainer") or {}, "trainer"),
+        tracking=_build(TrackingConfig, raw.get("tracking") or {}, "tracking"),
+        output=_build(OutputConfig, raw.get("output") or {}, "output"),
+    )
+    for entry in cfg.methods:
+        trainer = cfg.trainer_for(entry)
+        _check_trainer(trainer, f"methods.{entry.name}.trainer" if entry.trainer else "trainer", check_devices)
+        try:
+            cfg.method_config(entry)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"methods.{entry.name}.overrides: {exc}") from None
+    return cfg
+
+
+# --- sections -----------------------------------------------------------------------------------
+def _registered() -> str:
+    from methods.registry import list_methods
+
+    return ", ".join(list_methods()) or "(none)"
+
+
+def _resolve_method(name: str, body: Any) -> MethodEntry:
+    from methods.registry import MethodRegistryError, get_method_spec
+
+    key = f"methods.{name}"
+    try:
+        get_method_spec(name)
+    except MethodRegistryError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if not isinstance(body, Mapping):
+        raise ConfigError(f"{key}: expected a mapping with 'overrides' and/or 'trainer', got {body!r}")
+    _check_keys(body, ("overrides", "trainer"), key)
+    overrides = body.get("overrides") or {}
+    trainer = body.get("trainer") or {}
+    for sub, value in (("overrides", overrides), ("trainer", trainer)):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}.{sub}: expected a mapping, got {value!r}")
+    _check_keys(trainer, TRAINER_KEYS, f"{key}.trainer")
+    return MethodEntry(name, dict(overrides), dict(trainer))
+
+
+def _method_overrides(cfg: ExperimentConfig, entry: MethodEntry) -> dict[str, Any]:
+    from methods.registry import get_method_spec
+
+    spec = get_method_spec(entry.name)
+    fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
+    valid = list(fields)
+    unknown = sorted(set(entry.overrides) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"methods.{entry.name}.overrides.{unknown[0]}: unknown option for method {entry.name!r}; "
+            f"valid options: {', '.join(valid)}"
+        )
+    hints = typing.get_type_hints(spec.config_cls)
+    out = {k: _coerce(v, hints.get(k, Any), f"methods.{entry.name}.overrides.{k}") for k, v in entry.overrides.items()}
+    k = _num_vertebrae(cfg.data)
+    if k is not None and "num_vertebrae" in fields:
+        if out.get("num_vertebrae", k) != k:
+            raise ConfigError(
+                f"methods.{entry.name}.overrides.num_vertebrae: {out['num_vertebrae']} disagrees with the label set "
+                f"{getattr(cfg.data, 'label_set', '?')!r} (K={k}); leave it out"
+            )
+        out["num_vertebrae"] = k
+    return out
+
+
+def _num_vertebrae(data: Any) -> int | None:
+    label_set = getattr(data, "label_set", None)
+    if label_set is None:
+        return None
+    from datamodules.labels import get_label_set
+
+    return len(get_label_set(label_set).names)
+
+
+def _resolve_data(raw: Any):
+    from datamodules.datamodule import DataConfig
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"data: expected a mapping of data options, got {raw!r}")
+    valid = [f.name for f in dataclasses.fields(DataConfig)]
+    if "source" in valid:
+        sources = _data_sources()
+        source = raw.get("source", _field_default(DataConfig, "source"))
+        if sources and source not in sources:
+            raise ConfigError(f"data.source: unknown data source {source!r}; valid sources: {', '.join(sources)}")
+    if "label_set" in raw:
+        from datamodules.labels import get_label_set
+
+        try:
+            get_label_set(raw["label_set"])
+        except (InputError, KeyError, ValueError) as exc:
+            raise ConfigError(f"data.label_set: {exc}") from None
+    return _build(DataConfig, raw, "data")
+
+
+def _data_sources() -> tuple[str, ...]:
+    import datamodules.datamodule as dm
+
+    for name in ("DATA_SOURCES", "SOURCES"):
+        sources = getattr(dm, name, None)
+        if sources:
+            return tuple(sources)
+    return ()
+
+
+def _field_default(cls: type, name: str) -> Any:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f.default if f.default is not dataclasses.MISSING else None
+    return None
+
+
+def _check_trainer(t: TrainerConfig, key: str, check_devices: bool) -> None:
+    if t.accelerator not in ACCELERATORS:
+        raise ConfigError(f"{key}.accelerator: unknown accelerator {t.accelerator!r}; valid: {', '.join(ACCELERATORS)}")
+    if t.strategy not in STRATEGIES:
+        raise ConfigError(f"{key}.strategy: unknown strategy {t.strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if str(t.precision) not in PRECISIONS:
+        raise ConfigError(f"{key}.precision: unknown precision {t.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if t.devices < 1:
+        raise ConfigError(f"{key}.devices: must be a positive number of devices per node, got {t.devices}")
+    if t.num_nodes < 1:
+        raise ConfigError(f"{key}.num_nodes: must be >= 1, got {t.num_nodes}")
+    if (t.devices > 1 or t.num_nodes > 1) and not t.strategy.startswith(("ddp", "fsdp")):
+        raise ConfigError(
+            f"{key}.strategy: {t.devices} device(s) x {t.num_nodes} node(s) need a distributed strategy "
+            f"(ddp or fsdp), got {t.strategy!r}"
+        )
+    if t.max_epochs < 1 and t.max_steps < 1 and not t.max_time:
+        raise ConfigError(f"{key}: set a budget: max_epochs >= 1, max_steps >= 1 or max_time")
+    if t.max_time is not None:
+        parts = str(t.max_time).split(":")
+        if len(parts) != 4 or not all(p.isdigit() for p in parts):
+            raise ConfigError(f"{key}.max_time: expected DD:HH:MM:SS, got {t.max_time!r}")
+    if t.checkpoint_every_n_steps is not None and t.checkpoint_every_n_steps < 1:
+        raise ConfigError(f"{key}.checkpoint_every_n_steps: must be >= 1 or null, got {t.checkpoint_every_n_steps}")
+    if check_devices and t.accelerator in ("gpu", "cuda"):
+        import torch
+
+        available = torch.cuda.device_count()
+        if available == 0:
+            raise ConfigError(f"{key}.accelerator: {t.accelerator!r} requested but no CUDA device is visible; use cpu")
+        if t.devices > available:
+            raise ConfigError(f"{key}.devices: {t.devices} requested but only {available} CUDA device(s) are visible")
+    if check_devices and t.accelerator == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{key}.accelerator: 'mps' requested but MPS is not available; use cpu")
+
+
+# --- generic dataclass building with typed values ------------------------------------------------
+def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], where: str) -> None:
+    unknown = [k for k in raw if k not in valid]
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; valid keys: {', '.join(valid)}")
+
+
+def _build(cls: type, raw: Mapping[str, Any], where: str):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
+    fields = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(raw, fields, where)
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(v, hints.get(k, Any), f"{where}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**values)
+    except InputError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a type hint (int, float, str, bool, Optional, tuple[...], Literal, Mapping)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any or hint is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{key}: {value!r} does not fit {_hint_name(hint)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return value  # an int stays an int (Lightning reads limit_*_batches=3 as a batch count)
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("precision"):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if origin in (tuple, list, Sequence) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+        elif origin is tuple and args:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+        else:
+            items = list(value)
+        return tuple(items) if origin is tuple or hint is tuple else items
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(hint, type):
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            return _build(hint, value, key)
+        if not isinstance(value, hint):
+            raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, numpy scalars -> Python, recursively (for YAML/JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value

@@ -1,0 +1,200 @@
+"""MLflow tracking of a benchmark run: one parent run per run, one child run per (method, seed) cell.
+
+Default store: ``sqlite:///<out>/mlflow.db`` with artifacts under ``<out>/mlartifacts`` (no server needed;
+MLflow 3 refuses plain file stores by default). ``--tracking-uri`` takes any MLflow URI; an HTTP server is
+probed at start-up so an unreachable one fails before any training. Only rank 0 tracks under DDP: the
+``Tracker`` of another rank is disabled and every call is a no-op. The MlflowClient API is used explicitly
+(no fluent global active run), so child runs and Lightning's MLFlowLogger share run ids without hidden state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from datamodules.atomic import write_text_atomic
+from datamodules.errors import InputError
+
+STATE_FILE = "mlflow_run.json"
+
+
+class TrackingError(InputError):
+    """The tracking store cannot be used (unreachable server, refused URI)."""
+
+
+def default_tracking_uri(out_dir: Path) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"trainer": {"max_epochs": 2}}`` -> ``{"trainer.max_epochs": 2}`` (lists kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (``TrackingError``) when an HTTP tracking server does not answer ``/health``."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status != 200:
+                raise TrackingError(f"MLflow tracking server {uri} answered /health with HTTP {response.status}")
+    except urllib.error.HTTPError as exc:
+        raise TrackingError(f"MLflow tracking server {uri} answered /health with HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it, or drop --tracking-uri to use "
+            "the local sqlite store"
+        ) from None
+
+
+class Tracker:
+    """Parent/child MLflow runs of one benchmark run (a no-op when ``enabled`` is false)."""
+
+    def __init__(self, uri: str, experiment: str, out_dir: Path, *, enabled: bool = True) -> None:
+        self.uri = uri
+        self.experiment_name = experiment
+        self.out_dir = Path(out_dir)
+        self.enabled = enabled
+        self.client = None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+
+    def start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> None:
+        """Check the store, create/reuse the experiment and the parent run (reused on resume)."""
+        if not self.enabled:
+            return
+        check_reachable(self.uri)
+        if self.uri.startswith(("http://", "https://")):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        from mlflow.tracking import MlflowClient
+
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment = self.client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:
+                location = None
+                if self.uri.startswith("sqlite:///") and self.uri == default_tracking_uri(self.out_dir):
+                    location = (self.out_dir.resolve() / "mlartifacts").as_uri()
+                self.experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+            else:
+                if experiment.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(experiment.experiment_id)
+                self.experiment_id = experiment.experiment_id
+        except TrackingError:
+            raise
+        except Exception as exc:  # MLflow raises many types for a bad store; report it in one line at start-up
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"MLflow tracking URI {self.uri!r} cannot be used: {first}") from None
+        state = _read_state(self.out_dir)
+        if state.get("uri") == self.uri and state.get("parent_run_id"):
+            self.parent_run_id = state["parent_run_id"]
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {}))
+            self.parent_run_id = run.info.run_id
+            self.log_params(self.parent_run_id, params)
+            write_text_atomic(
+                self.out_dir / STATE_FILE, json.dumps({"uri": self.uri, "parent_run_id": self.parent_run_id}) + "\n"
+            )
+
+    def start_cell(self, cell_dir: Path, run_name: str, params: Mapping[str, Any]) -> str | None:
+        """The child run of a cell; an interrupted cell's child run is reused on resume."""
+        if not self.enabled:
+            return None
+        state = _read_state(cell_dir)
+        if state.get("uri") == self.uri and state.get("run_id"):
+            self.client.update_run(state["run_id"], status="RUNNING")
+            return state["run_id"]
+        tags = {"mlflow.parentRunId": self.parent_run_id}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.log_params(run.info.run_id, params)
+        write_text_atomic(Path(cell_dir) / STATE_FILE, json.dumps({"uri": self.uri, "run_id": run.info.run_id}) + "\n")
+        return run.info.run_id
+
+    def lightning_logger(self, run_id: str | None):
+        """Lightning's MLFlowLogger writing into the cell's child run (the URI must be explicit)."""
+        if not self.enabled or run_id is None:
+            return None
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.uri, run_id=run_id)
+
+    def log_params(self, run_id: str | None, params: Mapping[str, Any]) -> None:
+        if not self.enabled or run_id is None:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], _param_value(v)) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def log_metrics(self, run_id: str | None, metrics: Mapping[str, float], step: int = 0) -> None:
+        if not self.enabled or run_id is None:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items() if _is_number(v)]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
+
+    def log_artifacts(self, run_id: str | None, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        if not self.enabled or run_id is None:
+            return
+        for path in paths:
+            path = Path(path)
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path=_join(artifact_path, path.name))
+            elif path.is_file():
+                self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+    def end(self, run_id: str | None, status: str = "FINISHED") -> None:
+        if self.enabled and run_id is not None:
+            self.client.set_terminated(run_id, status=status)
+
+
+def _read_state(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(folder) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _param_value(v: Any) -> str:
+    text = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _metric_key(key: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . space / ; other characters become _
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in key)
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f and abs(f) != float("inf")
+
+
+def _join(a: str | None, b: str) -> str:
+    return f"{a}/{b}" if a else b
