@@ -11,12 +11,13 @@ import sys
 
 from benchmark import __version__
 from datamodules.errors import InputError
+from leaderboard.errors import LeaderboardInputError
 
 # Subcommand modules in ``benchmark.commands``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("centroids", "convert", "run", "predict")
+COMMANDS: tuple[str, ...] = ("centroids", "convert", "run", "predict", "leaderboard")
 
 # Exceptions that mean "the user gave something unusable": reported in one line, exit 2.
-USER_ERRORS: tuple[type[BaseException], ...] = (InputError,)
+USER_ERRORS: tuple[type[BaseException], ...] = (InputError, LeaderboardInputError)
 
 
 def build_parser() -> argparse.ArgumentParser:

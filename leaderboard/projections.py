@@ -1,0 +1,134 @@
+"""Sagittal and coronal projections of a test case with its true and predicted centroids (the papers' figures).
+
+The runner stores a few per run with ``write_projection`` (numpy only, a few tens of kB each); the leaderboard
+finds them under ``<run folder>/projections/**/*.npz`` and renders them with ``projection_png``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from datamodules.labels import ALL_NAMES, DEFAULT_NAMES
+from leaderboard.errors import LeaderboardInputError
+from leaderboard.files import write_bytes_atomic
+from leaderboard.plots import figure_png, plot_text
+
+PROJECTIONS_DIRNAME = "projections"
+MAX_PROJECTIONS = 6
+
+
+def write_projection(
+    path: str | os.PathLike,
+    volume: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    true_vox: np.ndarray,
+    pred_vox: np.ndarray,
+    names: list[str] | tuple[str, ...],
+    *,
+    case: str = "",
+    method: str = "",
+) -> Path:
+    """Store sagittal and coronal maximum intensity projections of ``volume`` and the centroids as ``.npz``.
+
+    ``volume (D, H, W)`` in canonical orientation (axis 0 superior, 1 posterior, 2 patient-left), ``spacing_mm``
+    per axis, ``true_vox, pred_vox (K, 3)`` voxel coordinates in the same array (NaN rows = absent / not
+    predicted), ``names`` the K labels. Intensities are scaled to uint8 between the 1st and 99.5th percentile.
+    """
+    volume = np.asarray(volume, np.float32)
+    true_vox, pred_vox = np.asarray(true_vox, float), np.asarray(pred_vox, float)
+    if volume.ndim != 3 or true_vox.shape != (len(names), 3) or pred_vox.shape != (len(names), 3):
+        raise ValueError(f"volume must be (D, H, W) and centroids (K, 3) for K={len(names)} names; got "
+                         f"{volume.shape}, {true_vox.shape}, {pred_vox.shape}")
+    lo, hi = np.percentile(volume, [1.0, 99.5])
+    scale = 255.0 / max(float(hi - lo), 1e-6)
+
+    def to_u8(mip: np.ndarray) -> np.ndarray:
+        return np.clip((mip - lo) * scale, 0, 255).astype(np.uint8)
+
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, sagittal=to_u8(volume.max(axis=2)), coronal=to_u8(volume.max(axis=1)),
+        spacing_mm=np.asarray(spacing_mm, float), true_vox=true_vox, pred_vox=pred_vox,
+        names=np.asarray(list(names), dtype=str), case=np.asarray(case), method=np.asarray(method),
+    )
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def write_case_projection(
+    path: str | os.PathLike,
+    *,
+    image: np.ndarray,
+    geometry,
+    true_mm: np.ndarray,
+    pred_mm: np.ndarray,
+    pred_present: np.ndarray | None = None,
+    names: list[str] | tuple[str, ...] | None = None,
+    case: str = "",
+    method: str = "",
+) -> Path:
+    """``write_projection`` from world coordinates: ``geometry`` is the image's ``datamodules.geometry.Geometry``
+    (used through ``world_to_vox`` and ``spacing_mm`` only), ``image`` canonical (D, H, W), ``true_mm, pred_mm
+    (K, 3)`` LPS mm with NaN rows for absent, ``pred_present (K,)``; ``names`` default to the label set of size K.
+    """
+    true_mm, pred_mm = np.asarray(true_mm, float), np.asarray(pred_mm, float).copy()
+    if pred_present is not None:
+        pred_mm[~np.asarray(pred_present, bool)] = np.nan
+    if names is None:
+        names = {len(DEFAULT_NAMES): DEFAULT_NAMES, len(ALL_NAMES): ALL_NAMES}.get(len(true_mm))
+        if names is None:
+            raise ValueError(f"give the {len(true_mm)} label names of the centroid rows")
+    to_vox = geometry.world_to_vox
+    return write_projection(path, image, tuple(np.asarray(geometry.spacing_mm, float)), to_vox(true_mm),
+                            to_vox(pred_mm), names, case=case, method=method)
+
+
+def find_projections(folders: list[Path], limit: int = MAX_PROJECTIONS) -> list[Path]:
+    """The first ``limit`` projection files (``.npz`` inside a ``projections`` folder, or given directly) under
+    ``folders``, sorted by path."""
+    found = set()
+    for d in folders:
+        d = Path(d)
+        if d.is_file() and d.suffix == ".npz":
+            found.add(d)
+        elif d.is_dir():
+            found.update(p for p in d.rglob("*.npz") if PROJECTIONS_DIRNAME in p.relative_to(d.parent).parts)
+    return sorted(found)[:limit]
+
+
+def projection_png(path: Path) -> tuple[str, bytes]:
+    """``(caption, png)``: sagittal and coronal views, true centroids (green circles) and predictions (red x)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as exc:
+        raise LeaderboardInputError(f"{path}: unreadable projection file ({exc})") from None
+    needed = ("sagittal", "coronal", "spacing_mm", "true_vox", "pred_vox", "names")
+    missing = [k for k in needed if k not in data]
+    if missing:
+        raise LeaderboardInputError(f"{path}: projection file lacks {missing[0]!r}")
+    sp = data["spacing_mm"]
+    caption = " / ".join(str(data[k]) for k in ("method", "case") if k in data and str(data[k])) or path.stem
+    fig = Figure(figsize=(6.0, 4.5))
+    views = (("sagittal", 1, sp[1]), ("coronal", 2, sp[2]))  # (image, horizontal voxel axis, its spacing)
+    for i, (view, axis, h_spacing) in enumerate(views):
+        ax = fig.add_subplot(1, 2, i + 1)
+        img = data[view]
+        ax.imshow(img, cmap="gray", origin="lower", aspect=float(sp[0] / h_spacing), interpolation="nearest")
+        for pts, style, color in ((data["true_vox"], "o", "lime"), (data["pred_vox"], "x", "red")):
+            ok = np.isfinite(pts).all(1)
+            ax.plot(pts[ok, axis], pts[ok, 0], style, color=color, ms=4, mfc="none")
+        for name, p in zip(data["names"], data["true_vox"]):
+            if np.isfinite(p).all():
+                ax.annotate(plot_text(str(name)), (p[axis], p[0]), color="yellow", fontsize=5,
+                            xytext=(3, 0), textcoords="offset points")
+        ax.set_title(f"{view} MIP", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(plot_text(caption), fontsize=8)
+    fig.tight_layout()
+    return caption, figure_png(fig)
