@@ -1,0 +1,79 @@
+"""CT I/O figures: read + reorient + resample a synthetic 512x512x300 int16 CT to 2 mm; centroids from a mask.
+
+The CT is synthesised here (a noisy body cylinder with a bright spine column, RAS NIfTI like most converted
+scans, 0.78 x 0.78 x 1.0 mm) and written to a temporary folder; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import timed, write_fragment  # noqa: E402
+
+from datamodules.centroids import centroids_from_mask  # noqa: E402
+from datamodules.ct_io import read_image, reorient_canonical, resample_isotropic, write_image  # noqa: E402
+from datamodules.geometry import Geometry  # noqa: E402
+
+SHAPE = (300, 512, 512)  # numpy (z, y, x): 300 slices of 512 x 512
+SPACING_MM = (1.0, 0.78125, 0.78125)
+RAS_DIRECTION = np.array([[0, 0, -1.0], [0, -1.0, 0], [1.0, 0, 0]])  # numpy axes (z, y, x) -> (S, A, R)
+
+
+def synthetic_ct(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(CT int16 HU, vertebra mask uint8 with 17 labels T1..L5 stacked along z)."""
+    z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    body = ((y - 256) / 200.0) ** 2 + ((x - 256) / 240.0) ** 2 <= 1
+    ct = np.broadcast_to(np.where(body, 40, -1000).astype(np.int16), SHAPE).copy()
+    ct += rng.integers(-40, 41, size=SHAPE, dtype=np.int16)  # noise, so compression is realistic
+    mask = np.zeros(SHAPE, np.uint8)
+    disc = ((y - 300) / 30.0) ** 2 + ((x - 256) / 35.0) ** 2 <= 1
+    for k, label in enumerate(range(8, 25)):  # T1..L5 (VerSe ids 8..24), 17 mm pitch
+        lo, hi = 5 + 17 * k, 5 + 17 * k + 14
+        mask[lo:hi][:, disc[0]] = label
+    ct[mask > 0] = 400
+    return ct, mask
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    ct, mask = synthetic_ct(rng)
+    geometry = Geometry(SHAPE, SPACING_MM, (-200.0, 150.0, -800.0), RAS_DIRECTION)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for suffix in (".nii.gz", ".nii"):
+            path = Path(tmp) / f"ct{suffix}"
+            t_write, _ = timed(lambda: write_image(path, ct, geometry), repeat=1)
+            t_read, (array, geo) = timed(lambda: read_image(path), repeat=2)
+            rows.append((f"write `{suffix}` ({path.stat().st_size / 2**20:.0f} MiB on disk)", t_write))
+            rows.append((f"read `{suffix}` (incl. truncation check)", t_read))
+        t_reorient, (canon, canon_geo) = timed(lambda: reorient_canonical(array, geo), repeat=3)
+        t_resample, (small, small_geo) = timed(lambda: resample_isotropic(canon, canon_geo, 2.0, "linear"), repeat=2)
+        rows.append(("reorient RAS -> canonical (exact flips)", t_reorient))
+        rows.append((f"resample to 2 mm, linear -> {small.shape} float32", t_resample))
+        total = t_read + t_reorient + t_resample
+        rows.append(("**read `.nii.gz` + reorient + resample**", total))
+        mask_canon, _ = reorient_canonical(mask, geometry)
+        t_mask, _ = timed(lambda: resample_isotropic(mask_canon, canon_geo, 2.0, "nearest"), repeat=2)
+        t_com, centroids = timed(lambda: centroids_from_mask(mask, geometry), repeat=3)
+        assert len(centroids) == 17
+        rows.append(("resample mask to 2 mm, nearest", t_mask))
+        rows.append((f"centroids from mask ({len(centroids)} vertebrae, full resolution)", t_com))
+    table = "\n".join(f"| {what} | {seconds:.2f} s |" for what, seconds in rows)
+    write_fragment(
+        "io",
+        "## CT I/O: read, reorient, resample, centroids\n\n"
+        f"Synthetic int16 CT of {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} voxels ({np.prod(SHAPE) * 2 / 2**20:.0f} MiB), "
+        f"{SPACING_MM[1]} x {SPACING_MM[2]} x {SPACING_MM[0]} mm, RAS; best of 1-3 runs, wall time. "
+        "SimpleITK and torch use their default thread counts; on a 2-core machine shared with other jobs, repeated runs differed by up to 2x.\n\n"
+        "| step | time |\n|---|---|\n" + table,
+    )
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

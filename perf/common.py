@@ -1,0 +1,107 @@
+"""Shared helpers for the performance scripts in ``perf/`` (measurements, not tests).
+
+How to add a benchmark: create ``perf/bench_<name>.py`` that measures something and ends with
+
+    from common import machine_markdown, write_fragment   # perf/ is on sys.path when run as a script
+    write_fragment("<name>", "## <Title>\\n\\n| what | time |\\n|---|---|\\n| ... | 1.23 s |\\n")
+
+``write_fragment(name, markdown)`` writes ``perf/results/<name>.md``: your markdown, then the exact command
+that reproduces it (``.venv/bin/python perf/bench_<name>.py``, or pass ``command=``), then a machine
+description (CPU model from /proc/cpuinfo, ``nproc``, torch threads, Python/torch/SimpleITK/numpy
+versions, date). ``perf/run_all.py`` (``make bench``) runs every ``perf/bench_*.py`` and assembles
+``PERFORMANCE.md`` from the fragments, sorted by file name. Keep each script under a few minutes on 2 cores.
+
+``timed(fn, repeat=3)`` returns the best wall time of ``repeat`` calls (seconds) and the last result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+PERF_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = PERF_DIR / "results"
+REPO_ROOT = PERF_DIR.parent
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> dict[str, str]:
+    """CPU model, nproc, torch threads and library versions of this process."""
+    info = {
+        "cpu": cpu_model(),
+        "nproc": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch threads"] = str(torch.get_num_threads())
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except ImportError:
+        info["torch"] = "not installed"
+    for module in ("numpy", "SimpleITK", "scipy"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    try:
+        import SimpleITK as sitk
+
+        info["SimpleITK threads"] = str(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
+    except ImportError:
+        pass
+    info["date (UTC)"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return info
+
+
+def machine_markdown() -> str:
+    return "; ".join(f"{k}: {v}" for k, v in machine_description().items())
+
+
+def default_command() -> str:
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(REPO_ROOT)
+    except ValueError:
+        pass
+    return f".venv/bin/python {script}"
+
+
+def write_fragment(name: str, markdown: str, command: str | None = None) -> Path:
+    """Write ``perf/results/<name>.md``: ``markdown`` + reproduce command + machine description. Returns the path."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"fragment name must be a plain file stem, got {name!r}")
+    text = (
+        markdown.rstrip()
+        + f"\n\nCommand: `{command or default_command()}`\n\nMachine: {machine_markdown()}\n"
+    )
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.md"
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def timed(fn, repeat: int = 3):
+    """(best wall seconds over ``repeat`` calls, result of the last call)."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
