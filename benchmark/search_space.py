@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -148,13 +150,14 @@ def parse_search_space(
                 f"{key}: method {method!r} is not in the experiment's methods ({', '.join(experiment_methods)})"
             )
         fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
+        hints = typing.get_type_hints(spec.config_cls)
         for name, entry in _entries(entries, key):
             if name not in fields:
                 raise SearchSpaceError(
                     f"{key}.{name}: unknown parameter for method {method!r}; valid parameters: {', '.join(fields)}"
                 )
             param = _parse_param(entry, f"{key}.{name}", f"{method}.{name}", ("methods", method, "overrides", name))
-            _check_matches_field(param, fields[name], f"{key}.{name}")
+            _check_matches_field(param, hints.get(name, Any), f"{key}.{name}")
             params.append(param)
 
     valid_trainer = list(trainer_keys)
@@ -240,25 +243,37 @@ def _parse_choices(choices: Any, key: str) -> tuple[Any, ...]:
     return tuple(choices)
 
 
-def _check_matches_field(param: Param, field: dataclasses.Field, key: str) -> None:
-    """Refuse a distribution whose values the option cannot hold (judged by the option's default)."""
-    default = field.default
-    if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        default = field.default_factory()  # type: ignore[misc]
-    values = param.choices if param.type == "categorical" else ()
-    if isinstance(default, bool):
-        if param.type != "categorical" or not all(isinstance(v, bool) for v in values):
-            raise SearchSpaceError(f"{key}: option is a boolean, use {{type: categorical, choices: [true, false]}}")
-    elif isinstance(default, int):
-        if param.type == "float" or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-            raise SearchSpaceError(f"{key}: option is an integer, use type int (or integer choices)")
-    elif isinstance(default, float):
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-            raise SearchSpaceError(f"{key}: option is a number, choices must be numbers")
-    elif isinstance(default, str):
-        if param.type != "categorical" or not all(isinstance(v, str) for v in values):
-            raise SearchSpaceError(f"{key}: option is a string, use {{type: categorical, choices: [...]}}")
-    elif default is not None and default is not dataclasses.MISSING:
-        raise SearchSpaceError(
-            f"{key}: option holds a {type(default).__name__}, which a search space cannot sample"
-        )
+def _check_matches_field(param: Param, hint: Any, key: str) -> None:
+    """Refuse a distribution whose values the option's type hint (int, float, bool, str, Literal, Optional) refuses."""
+    values = list(param.choices) if param.type == "categorical" else [param.low, param.high]
+    if param.type == "int":
+        values = [int(v) for v in values]
+    for value in values:
+        if not _fits(value, hint):
+            kind = param.type if param.type != "categorical" else "choice"
+            raise SearchSpaceError(f"{key}: {kind} {value!r} does not fit the option's type {_hint_name(hint)}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return False  # tuples, mappings, dataclasses: not sampled by a search space
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

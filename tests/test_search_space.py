@@ -23,6 +23,7 @@ class _ToyConfig:
     deep_supervision: bool = False
     activation: str = "relu"
     sigma_vox: float = 2.0
+    width: int | None = None
 
 
 class _ToyMethod(VertebraMethod):
@@ -104,8 +105,10 @@ BAD = [
     ("methods: {TOY: {learning_rate: {type: float, high: 1}}}", "needs 'low'"),
     ("methods: {TOY: {base_channels: {type: int, low: 2.5, high: 8}}}", "integer bounds"),
     ("methods: {TOY: {base_channels: {type: float, low: 2, high: 8}}}",
-     "tune.space.methods.TOY.base_channels: option is an integer"),
-    ("methods: {TOY: {deep_supervision: {type: int, low: 0, high: 1}}}", "option is a boolean"),
+     "tune.space.methods.TOY.base_channels: float 2.0 does not fit the option's type int"),
+    ("methods: {TOY: {deep_supervision: {type: int, low: 0, high: 1}}}", "int 0 does not fit the option's type bool"),
+    ("methods: {TOY: {width: {type: float, low: 2, high: 8}}}", "float 2.0 does not fit the option's type int | None"),
+    ("methods: {TOY: {activation: {type: categorical, choices: [relu, 3]}}}", "choice 3 does not fit the option's type str"),
     ("methods: {TOY: {base_channels: {type: categorical, choices: []}}}", "choices: expected a non-empty list"),
     ("methods: {TOY: {base_channels: {type: categorical, choices: [4, 4]}}}", "duplicate values"),
     ("methods: {TOY: {sigma_vox: {type: float, low: 1, high: 2, step: 5}}}", "larger than the range"),
