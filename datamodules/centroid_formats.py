@@ -87,7 +87,8 @@ def _parse_verse(text: str, geometry: Geometry | None, source) -> list[tuple[str
         raise InputError(f"{source}: a VerSe centroid file is a JSON list starting with a direction entry")
     first = entries[0]
     if not isinstance(first, dict) or "direction" not in first:
-        raise InputError(f"{source}: first entry must be the direction entry, e.g. {{\"direction\": [\"P\", \"I\", \"R\"]}}")
+        example = json.dumps({"direction": ["P", "I", "R"]})
+        raise InputError(f"{source}: first entry must be the direction entry, e.g. {example}")
     code = first["direction"]
     if not isinstance(code, (list, str)) or not all(isinstance(c, str) for c in code):
         raise InputError(f"{source}: direction entry {code!r} is not a list of three axis letters")
@@ -146,7 +147,9 @@ def _parse_lml(text: str, source) -> list[tuple[str, tuple[float, float, float]]
         fields = line.split("\t") if "\t" in line else line.split()
         fields = [f.strip() for f in fields]
         if len(fields) != 5:
-            raise InputError(f"{source}: line {number}: expected 5 fields id, name, x, y, z; got {len(fields)}: {line!r}")
+            raise InputError(
+                f"{source}: line {number}: expected 5 fields id, name, x, y, z; got {len(fields)}: {line!r}"
+            )
         where = f"line {number}"
         try:
             ident = int(fields[0])

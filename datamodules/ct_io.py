@@ -79,7 +79,8 @@ def _existing(path: str | os.PathLike) -> Path:
 
 def _file_reader(path: Path) -> sitk.ImageFileReader:
     if image_suffix(path) is None:
-        raise InputError(f"{path}: unsupported image format; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
+        valid = ", ".join(IMAGE_SUFFIXES)
+        raise InputError(f"{path}: unsupported image format; expected one of {valid} or a DICOM folder")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     return reader
@@ -109,7 +110,8 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     if not series:
         raise InputError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
-        raise InputError(f"{folder}: folder holds {len(series)} DICOM series ({', '.join(series)}); keep one per folder")
+        listed = ", ".join(series)
+        raise InputError(f"{folder}: folder holds {len(series)} DICOM series ({listed}); keep one per folder")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
     try:

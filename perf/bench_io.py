@@ -69,7 +69,8 @@ def main() -> None:
         "## CT I/O: read, reorient, resample, centroids\n\n"
         f"Synthetic int16 CT of {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} voxels ({np.prod(SHAPE) * 2 / 2**20:.0f} MiB), "
         f"{SPACING_MM[1]} x {SPACING_MM[2]} x {SPACING_MM[0]} mm, RAS; best of 1-3 runs, wall time. "
-        "SimpleITK and torch use their default thread counts; on a 2-core machine shared with other jobs, repeated runs differed by up to 2x.\n\n"
+        "SimpleITK and torch use their default thread counts; on a 2-core machine shared with other jobs, "
+        "repeated runs differed by up to 2x.\n\n"
         "| step | time |\n|---|---|\n" + table,
     )
     print(table)

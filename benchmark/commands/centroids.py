@@ -1,4 +1,4 @@
-"""``spinebench centroids MASK``: vertebra centroids from a VerSe-numbered label mask, written as VerSe json, CSV or lml."""
+"""``spinebench centroids MASK``: vertebra centroids from a VerSe-numbered label mask -> VerSe json, CSV or lml."""
 
 from __future__ import annotations
 

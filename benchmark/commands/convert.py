@@ -1,4 +1,4 @@
-"""``spinebench convert CENTROIDS --image IMAGE --to FORMAT``: convert a centroid file between VerSe json, CSV and lml."""
+"""``spinebench convert CENTROIDS --image IMAGE --to FORMAT``: centroid files between VerSe json, CSV and lml."""
 
 from __future__ import annotations
 
