@@ -43,6 +43,14 @@ def image_suffix(path: str | os.PathLike) -> str | None:
     return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
 
 
+def silence_itk_warnings() -> None:
+    """Stop ITK printing warnings (e.g. "No Series were found", "direction coerced to orthogonal") on stderr.
+
+    Process-wide; the CLI calls it so that bad input ends in exactly one error line.
+    """
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+
 # --- reading -------------------------------------------------------------------------------------
 
 

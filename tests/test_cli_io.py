@@ -65,12 +65,15 @@ def _bad_inputs(tmp_path, mask_path, geometry):
     (tmp_path / "line.lml").write_text("header\n190\tT12\t1.0\t2.0\n")
     (tmp_path / "nodir_ctd.json").write_text('[{"label": 19, "X": 7.5, "Y": 8.5, "Z": 5.5}]')
     write_centroids(tmp_path / "far.csv", Centroids({"L1": geometry.vox_to_world((5, 500, 5))}))
+    (tmp_path / "not_dicom").mkdir()
+    (tmp_path / "not_dicom" / "notes.txt").write_text("no images here")
     out = tmp_path / "out.json"
     conv = ["--image", mask_path, "--to", "verse", "--out", out]
     return [
         (["centroids", tmp_path / "nope.nii.gz", "--out", out], "nope.nii.gz", "no such file"),
         (["centroids", tmp_path / "trunc.nii.gz", "--out", out], "trunc.nii.gz", "truncated"),
         (["centroids", tmp_path / "trunc.nii", "--out", out], "trunc.nii", "truncated"),
+        (["centroids", tmp_path / "not_dicom", "--out", out], "not_dicom", "no DICOM series"),
         (["centroids", tmp_path / "flat.nii.gz", "--out", out], "flat.nii.gz", "2D image"),
         (["centroids", tmp_path / "time.nii.gz", "--out", out], "time.nii.gz", "4D image"),
         (["centroids", tmp_path / "empty.nii.gz", "--out", out], "empty.nii.gz", "no vertebra labels"),
@@ -83,10 +86,10 @@ def _bad_inputs(tmp_path, mask_path, geometry):
     ]
 
 
-def test_every_bad_input_is_one_line_exit_2_and_no_output(phantom_mask, tmp_path, capsys):
+def test_every_bad_input_is_one_line_exit_2_and_no_output(phantom_mask, tmp_path, capfd):
     mask_path, geometry = phantom_mask
     for argv, named, problem in _bad_inputs(tmp_path, mask_path, geometry):
-        code, out, err = _run(capsys, *argv)
+        code, out, err = _run(capfd, *argv)  # capfd: ITK writes its warnings to file descriptor 2
         assert code == 2, (argv, err)
         assert err.count("\n") == 1 and err.startswith(f"spinebench {argv[0]}: error: "), err
         assert named in err and problem in err, (problem, err)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from datamodules.centroids import CENTROID_FORMATS, centroid_format, centroids_from_mask, write_centroids
-from datamodules.ct_io import read_image
+from datamodules.ct_io import read_image, silence_itk_warnings
 from datamodules.errors import InputError
 
 
@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    silence_itk_warnings()
     fmt = centroid_format(args.out, args.format)  # fail on a bad suffix before reading volumes
     mask, geometry = read_image(args.mask)
     subregions = None

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from datamodules.centroids import CENTROID_FORMATS, centroid_format, read_centroids, write_centroids
-from datamodules.ct_io import read_geometry
+from datamodules.ct_io import read_geometry, silence_itk_warnings
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    silence_itk_warnings()
     in_format = centroid_format(args.centroids, args.from_format)
     geometry = read_geometry(args.image)
     centroids = read_centroids(args.centroids, geometry, fmt=in_format)
