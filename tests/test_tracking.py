@@ -1,0 +1,125 @@
+"""MLflow tracking: parent/child runs, params, metrics and artifacts in sqlite and on a real ``mlflow server``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from benchmark.tracking import Tracker, TrackingError, check_reachable, default_tracking_uri, flatten
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _exercise(tracker: Tracker, out: Path) -> tuple[str, str]:
+    """One parent and one child run with params, metrics, an artifact and Lightning's logger."""
+    tracker.start("exp", params={"trainer": {"max_epochs": 2}, "methods": ["di2in"]})
+    cell = out / "cells" / "di2in" / "seed0"
+    cell.mkdir(parents=True)
+    child = tracker.start_cell(cell, "di2in/seed0", {"method": "di2in", "seed": 0})
+    logger = tracker.lightning_logger(child)
+    logger.log_metrics({"train/loss": 0.5}, step=3)  # what Lightning does during fit
+    (cell / "records.csv").write_text("run,method\nx,di2in\n")
+    tracker.log_metrics(child, {"test/id_rate": 0.75, "test/cervical/mean_mm": float("nan")})
+    tracker.log_artifacts(child, [cell / "records.csv"])
+    tracker.end(child)
+    tracker.end(tracker.parent_run_id)
+    return tracker.parent_run_id, child
+
+
+def _check_store(uri: str, parent: str, child: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    p, c = client.get_run(parent), client.get_run(child)
+    assert p.data.params["trainer.max_epochs"] == "2" and p.info.status == "FINISHED"
+    assert c.data.tags["mlflow.parentRunId"] == parent and c.data.params["method"] == "di2in"
+    assert c.data.metrics["test/id_rate"] == 0.75 and c.data.metrics["train/loss"] == 0.5
+    assert "test/cervical/mean_mm" not in c.data.metrics  # NaN is not logged
+    assert [a.path for a in client.list_artifacts(child)] == ["records.csv"]
+
+
+def test_flatten_nested_config():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+@pytest.mark.slow
+def test_sqlite_store_parent_child_and_resume(tmp_path):
+    uri = default_tracking_uri(tmp_path)
+    assert uri.startswith("sqlite:///") and uri.endswith("mlflow.db")
+    parent, child = _exercise(Tracker(uri, "spinebench-test", tmp_path), tmp_path)
+    _check_store(uri, parent, child)
+    assert (tmp_path / "mlartifacts").is_dir()  # artifacts stay inside the run folder
+    # Resume: the same folder reuses the parent run and the cell's child run.
+    again = Tracker(uri, "spinebench-test", tmp_path)
+    again.start("exp", params={})
+    assert again.parent_run_id == parent
+    assert again.start_cell(tmp_path / "cells" / "di2in" / "seed0", "di2in/seed0", {}) == child
+
+
+def test_disabled_tracker_is_a_noop(tmp_path):
+    tracker = Tracker("http://127.0.0.1:1", "x", tmp_path, enabled=False)  # a DDP rank > 0
+    tracker.start("exp", params={"a": 1})  # no reachability check, nothing written
+    assert tracker.start_cell(tmp_path, "c", {}) is None and tracker.lightning_logger(None) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_server_fails_fast(tmp_path):
+    port = _free_port()
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingError, match=rf"127\.0\.0\.1:{port} is unreachable"):
+        check_reachable(f"http://127.0.0.1:{port}")
+    with pytest.raises(TrackingError, match="unreachable"):
+        Tracker(f"http://127.0.0.1:{port}", "x", tmp_path).start("exp", params={})
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.slow
+def test_real_mlflow_server(tmp_path):
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.time() < deadline, "mlflow server did not start within 90 s"
+            time.sleep(0.5)
+        out = tmp_path / "run"
+        out.mkdir()
+        parent, child = _exercise(Tracker(uri, "spinebench-server-test", out), out)
+        _check_store(uri, parent, child)
+        assert not (out / "mlflow.db").exists()
+        assert any((tmp_path / "server-artifacts").rglob("records.csv"))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: the group we started
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
