@@ -1,0 +1,177 @@
+"""Case sources: CSI-2014, VerSe (BIDS and subject-based), generic folders, phantom records, split logic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datamodules.centroids import Centroids, write_centroids
+from datamodules.ct_io import write_image
+from datamodules.errors import InputError
+from datamodules.geometry import Geometry
+from datamodules.labels import VERSE_ID_OF
+from datamodules.sources import (
+    DATA_DIR, PHANTOM_INDEX_OFFSET, assign_splits, csi2014_records, folder_records, load_case, phantom_records,
+    read_id_list, verse_records,
+)
+
+# P-I-R like VerSe files: numpy axes (z, y, x) grow towards (R, I, P).
+PIR = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
+GEOMETRY = Geometry((12, 20, 10), (2.0, 2.0, 2.0), (10.0, -20.0, 30.0), PIR)
+# Three vertebrae at voxel centres of GEOMETRY, stacked along the vertical (I) axis 1.
+VOX = {"L1": (6, 5, 5), "L2": (6, 10, 5), "L3": (6, 15, 5)}
+
+
+def centroids_mm(geometry=GEOMETRY, vox=VOX) -> Centroids:
+    return Centroids({n: geometry.vox_to_world(np.array(v, float)) for n, v in vox.items()})
+
+
+def write_case(folder, name, annotation=".lml", geometry=GEOMETRY, vox=VOX, image_suffix=".nii.gz"):
+    """Tiny CT (-1024 HU air, 1000 HU balls at the centroids) + centroid file or vertebra mask."""
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape], indexing="ij"), -1)
+    ct = np.full(geometry.shape, -1024, np.int16)
+    mask = np.zeros(geometry.shape, np.uint8)
+    for n, v in vox.items():
+        ball = np.sum((grid - np.array(v)) ** 2, -1) <= 4
+        ct[ball], mask[ball] = 1000, VERSE_ID_OF[n]
+    image = folder / f"{name}{image_suffix}"
+    write_image(image, ct, geometry)
+    if annotation == "mask":
+        write_image(folder / f"{name.removesuffix('_ct')}_seg-vert_msk.nii.gz", mask, geometry)
+    elif annotation is not None:
+        stem = name.removesuffix("_ct")
+        write_centroids(folder / f"{stem}{annotation}", centroids_mm(geometry, vox), geometry=geometry)
+    return image
+
+
+def test_shipped_set2_lists_are_the_published_242_60_split():
+    train = read_id_list(DATA_DIR / "csi2014_set2_train.txt")
+    test = read_id_list(DATA_DIR / "csi2014_set2_test.txt")
+    assert (len(train), len(test)) == (242, 60)
+    assert not set(train) & set(test) and len(set(train)) == 242
+
+
+@pytest.mark.needs_shared
+def test_shipped_set2_lists_equal_the_shared_originals(shared_real):
+    d = shared_real / "csi2014_landmarks_payer"
+    assert read_id_list(DATA_DIR / "csi2014_set2_train.txt") == read_id_list(d / "train_all.txt")
+    assert read_id_list(DATA_DIR / "csi2014_set2_test.txt") == read_id_list(d / "test_all.txt")
+
+
+def test_csi2014_set2_split_and_lml_loading(tmp_path):
+    train_id = read_id_list(DATA_DIR / "csi2014_set2_train.txt")[0]
+    test_id = read_id_list(DATA_DIR / "csi2014_set2_test.txt")[0]
+    write_case(tmp_path / "a", train_id)
+    write_case(tmp_path / "b", test_id)
+    write_case(tmp_path, "1234567")  # not in Set 2
+    listing = csi2014_records(tmp_path)
+    assert {r.case_id: r.split for r in listing.records} == {train_id: "train", test_id: "test"}
+    assert listing.unlisted == ["1234567"] and len(listing.missing) == 300
+    raw = load_case(next(r for r in listing.records if r.case_id == test_id))
+    assert raw.ct_hu.shape == GEOMETRY.shape and raw.geometry == GEOMETRY
+    for name, c in centroids_mm().items():
+        np.testing.assert_allclose(raw.centroids_mm[name], c, atol=1e-3)
+
+
+def test_csi2014_user_split_lists(tmp_path):
+    for i in ("11", "12", "13"):
+        write_case(tmp_path, i)
+    (tmp_path / "tr.txt").write_text("# my split\n11\n12\n")
+    (tmp_path / "te.txt").write_text("13\n99\n")
+    listing = csi2014_records(tmp_path, split_lists={"train": tmp_path / "tr.txt", "test": tmp_path / "te.txt"})
+    assert {r.case_id: r.split for r in listing.records} == {"11": "train", "12": "train", "13": "test"}
+    assert listing.missing == ["99"]
+    with pytest.raises(InputError, match="unknown CSI-2014 split 'set9'"):
+        csi2014_records(tmp_path, split="set9")
+
+
+def test_verse_bids_official_folders(tmp_path):
+    for folder, sub in (("dataset-verse19training", "sub-verse004"), ("dataset-verse19validation", "sub-verse011"),
+                        ("dataset-verse19test", "sub-verse012")):
+        write_case(tmp_path / folder / "rawdata" / sub, f"{sub}_ct", annotation=None)
+        deriv = tmp_path / folder / "derivatives" / sub
+        deriv.mkdir(parents=True)
+        write_centroids(deriv / f"{sub}_seg-subreg_ctd.json", centroids_mm(), geometry=GEOMETRY)
+    listing = verse_records(tmp_path)
+    assert {r.case_id: (r.split, r.dataset) for r in listing.records} == {
+        "sub-verse004": ("train", "verse2019"), "sub-verse011": ("val", "verse2019"),
+        "sub-verse012": ("test", "verse2019")}
+    rec = listing.records[0]
+    assert rec.centroids_path.endswith("derivatives/sub-verse004/sub-verse004_seg-subreg_ctd.json")
+    raw = load_case(rec)
+    np.testing.assert_allclose(raw.centroids_mm["L2"], centroids_mm()["L2"], atol=1e-3)
+
+
+def test_verse_subject_based_layout_with_mask_fallback(tmp_path):
+    # VerSe'20 subject-based: image, ctd and masks together in one folder; one case has only a mask.
+    write_case(tmp_path / "01_training" / "sub-verse500", "sub-verse500_dir-ax_ct", annotation=".json")
+    write_case(tmp_path / "03_test" / "sub-gl003", "sub-gl003_dir-ax_ct", annotation="mask")
+    listing = verse_records(tmp_path)
+    by_id = {r.case_id: r for r in listing.records}
+    assert {k: (r.split, r.dataset) for k, r in by_id.items()} == {
+        "sub-verse500_dir-ax": ("train", "verse2020"), "sub-gl003_dir-ax": ("test", "verse2020")}
+    assert by_id["sub-gl003_dir-ax"].centroids_path is None and by_id["sub-gl003_dir-ax"].mask_path.endswith("_msk.nii.gz")
+    raw = load_case(by_id["sub-gl003_dir-ax"])  # centroid = mask centre of mass = the ball centre
+    for name, c in centroids_mm().items():
+        np.testing.assert_allclose(raw.centroids_mm[name], c, atol=1e-6)
+
+
+def test_folder_source_pairs_every_annotation_kind(tmp_path):
+    write_case(tmp_path, "a", annotation=".csv")
+    write_case(tmp_path, "b_ct", annotation="mask")
+    write_case(tmp_path / "sub", "c", annotation=".lml", image_suffix=".mha")
+    write_case(tmp_path, "d", annotation=None)  # listed, fails at load with a clear reason
+    listing = folder_records(tmp_path, test_fraction=0.0)
+    by_id = {r.case_id: r for r in listing.records}
+    assert set(by_id) == {"a", "b", "c", "d"}
+    assert by_id["a"].centroids_path.endswith("a.csv") and by_id["b"].mask_path.endswith("b_seg-vert_msk.nii.gz")
+    assert by_id["c"].image_path.endswith("c.mha") and by_id["c"].centroids_path.endswith("c.lml")
+    for key in "abc":
+        assert set(load_case(by_id[key]).centroids_mm) == set(VOX)
+    with pytest.raises(InputError, match="no centroid file or label mask"):
+        load_case(by_id["d"])
+    with pytest.raises(InputError, match="not a folder"):
+        folder_records(tmp_path / "nope")
+
+
+@pytest.mark.needs_shared
+def test_folder_source_over_real_verse_crops_and_tptbox(shared_real):
+    listing = folder_records(shared_real / "verse_cropped_elkhashabs", test_fraction=0.25, seed=3)
+    assert sorted(r.case_id for r in listing.records) == [f"sub-verse00{i}" for i in (5, 6, 7, 8)]
+    assert sum(r.split == "test" for r in listing.records) == 1
+    raw = load_case(next(r for r in listing.records if r.case_id == "sub-verse006"))
+    assert list(raw.centroids_mm) == ["L4", "L5"]  # the mask labels 23, 24 (SOURCE.md)
+    tpt = folder_records(shared_real / "tptbox_sample_ct", test_fraction=0.0)
+    (rec,) = tpt.records
+    assert rec.case_id == "sub-ct_label-22" and "seg-vert" in rec.mask_path  # not the subregion mask
+    raw = load_case(rec)
+    assert list(raw.centroids_mm) == ["L2", "L3", "L4"]
+    # L3 whole-vertebra centre of mass, voxel (P, I, R) = (26.1, 20.9, 35.1) per SOURCE.md (numpy order reversed)
+    vox = raw.geometry.world_to_vox(raw.centroids_mm["L3"])
+    np.testing.assert_allclose(vox, [35.1, 20.9, 26.1], atol=0.1)
+
+
+def test_assign_splits_fractions_are_seeded_disjoint_and_complete():
+    ids = [f"c{i}" for i in range(20)]
+    a, _ = assign_splits(ids, None, 0.1, 0.2, seed=1)
+    b, _ = assign_splits(list(reversed(ids)), None, 0.1, 0.2, seed=1)
+    c, _ = assign_splits(ids, None, 0.1, 0.2, seed=2)
+    assert a == b and a != c and set(a) == set(ids)
+    assert [sum(s == k for s in a.values()) for k in ("train", "val", "test")] == [14, 2, 4]
+    fixed, _ = assign_splits(ids, None, 0.25, 0.0, seed=0, fixed={i: "train" if i < "c5" else "test" for i in ids})
+    assert sum(s == "val" for s in fixed.values()) == round(0.25 * sum(i < "c5" for i in ids))
+    with pytest.raises(InputError, match="must lie in"):
+        assign_splits(ids, None, 0.6, 0.5, seed=0)
+
+
+def test_phantom_records_test_cases_do_not_depend_on_training_size():
+    pytest.importorskip("datamodules.phantom")
+    small = phantom_records(2, 1, 3, seed=7)
+    large = phantom_records(50, 0, 3, seed=7)
+    test_ids = [r.case_id for r in small.records if r.split == "test"]
+    assert test_ids == [r.case_id for r in large.records if r.split == "test"]
+    assert [r.phantom_index for r in small.records if r.split == "test"] == [PHANTOM_INDEX_OFFSET["test"] + i
+                                                                             for i in range(3)]
+    assert len({r.case_id for r in large.records}) == 53
+    assert small.records[0].fingerprint() != phantom_records(1, 0, 0, seed=8).records[0].fingerprint()
