@@ -1,0 +1,275 @@
+"""Synthetic spine CT phantom: the embedded default dataset.
+
+``generate_case(seed, index, config)`` draws one case, deterministically from ``(seed, index)``: a spine curve
+sampled from the statistical shape model (``datamodules.shape_model``), optional curvature deformities, the anatomy
+(``datamodules.phantom_anatomy``) and the acquisition difficulties (``datamodules.phantom_artifacts``). Every
+random draw comes from one ``numpy.random.Generator(PCG64)`` seeded with ``[seed, index]``, drawn in a fixed order,
+and all per-voxel arithmetic is IEEE-exact, so the same ``(seed, index, config)`` gives byte-identical output on
+any machine with the same numpy/scipy.
+
+The volume is in the canonical orientation (array axes grow towards superior, posterior, left), HU as int16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from datamodules import phantom_anatomy as anat
+from datamodules import phantom_artifacts as art
+from datamodules.centroids import Centroids
+from datamodules.errors import InputError
+from datamodules.geometry import Geometry, canonical_geometry
+from datamodules.labels import get_label_set
+from datamodules.shape_model import load_shape_model
+
+GENERATOR_VERSION = 1
+METAL_THRESHOLD_HU = 3000.0
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    spacing_mm: float = 2.0  # isotropic generation grid
+    label_set: str = "default"  # "transitional" is required when transitional_rate > 0
+    limited_fov_rate: float = 0.3  # a random section of the spine instead of all of it
+    min_fov_vertebrae: int = 4  # fewest annotated vertebrae in a limited field of view
+    fov_vertebrae: tuple[int, int] | None = None  # always a section of [lo, hi] vertebrae (small CPU cases)
+    scoliosis_rate: float = 0.15
+    scoliosis_amplitude_mm: tuple[float, float] = (12.0, 40.0)
+    kyphosis_rate: float = 0.15  # abnormal sagittal curvature: hyperkyphosis, hyperlordosis or flat back
+    kyphosis_amplitude_mm: tuple[float, float] = (10.0, 28.0)
+    metal_rate: float = 0.15  # pedicle screws + rods with streak artifacts
+    metal_levels: tuple[int, int] = (2, 5)
+    metal_hu: tuple[float, float] = (4000.0, 7000.0)
+    noise_hu: tuple[float, float] = (5.0, 40.0)  # Gaussian noise std, drawn per case
+    blur_sigma_mm: tuple[float, float] = (0.3, 1.2)  # point-spread function std, drawn per case
+    anisotropic_rate: float = 0.15  # thick axial slices: slice spacing = factor x spacing_mm
+    anisotropic_factor: tuple[int, int] = (2, 3)
+    transitional_rate: float = 0.0  # opt-in: a T13 or an L6 (needs label_set="transitional")
+    size_scale: tuple[float, float] = (0.92, 1.08)  # per-case vertebra size factor
+    shape_mode_scale: float = 1.0  # scales the shape model's principal modes
+    body_max_width_mm: float = 300.0  # left-right extent of the body cross-section at most
+    body_max_depth_mm: float = 250.0  # antero-posterior extent at most
+    with_mask: bool = True
+
+    def __post_init__(self) -> None:
+        if self.spacing_mm <= 0:
+            raise InputError(f"phantom spacing_mm must be > 0, got {self.spacing_mm}")
+        names = get_label_set(self.label_set).names
+        if self.transitional_rate > 0 and not {"T13", "L6"} <= set(names):
+            raise InputError(f"phantom transitional_rate > 0 needs label_set='transitional', got {self.label_set!r}")
+        for key in ("limited_fov_rate", "scoliosis_rate", "kyphosis_rate", "metal_rate", "anisotropic_rate",
+                    "transitional_rate"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise InputError(f"phantom {key} must lie in [0, 1], got {getattr(self, key)}")
+        if self.fov_vertebrae is not None:
+            lo, hi = self.fov_vertebrae
+            if not 1 <= lo <= hi:
+                raise InputError(f"phantom fov_vertebrae must be (lo, hi) with 1 <= lo <= hi, got {self.fov_vertebrae}")
+
+
+@dataclass(eq=False)
+class PhantomCase:
+    case_id: str
+    ct_hu: np.ndarray  # int16 HU, canonical orientation (S, P, L)
+    geometry: Geometry
+    centroids_mm: Centroids  # LPS mm, the vertebrae whose centroid lies inside the volume
+    vertebra_mask: np.ndarray | None  # uint8 labels, anat.PHANTOM_MASK_ID (VerSe ids; S2 = 29)
+    metadata: dict = field(default_factory=dict)
+
+
+def case_id(seed: int, index: int) -> str:
+    return f"phantom-s{seed}-{index:04d}"
+
+
+def _bump(pos: np.ndarray, lo: float, hi: float, waves: int) -> np.ndarray:
+    """sin(waves * pi * t) for t = (pos - lo)/(hi - lo) in [0, 1], 0 outside; rounded for reproducibility."""
+    t = np.clip((pos - lo) / (hi - lo), 0.0, 1.0)
+    return np.round(np.sin(waves * np.pi * t), 9)
+
+
+def _deform(rng, cfg: PhantomConfig, pos: np.ndarray, spl: np.ndarray, meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Scoliosis (lateral C or S curve with axial rotation) and abnormal sagittal curvature on the (n, 3) curve."""
+    draws = rng.random(8)
+    axial_rot = np.zeros(len(pos))
+    sco = {"applied": bool(draws[0] < cfg.scoliosis_rate)}
+    if sco["applied"]:
+        waves = 1 if draws[1] < 0.6 else 2
+        amp = cfg.scoliosis_amplitude_mm[0] + draws[2] * np.diff(cfg.scoliosis_amplitude_mm)[0]
+        amp *= 1.0 if draws[3] < 0.5 else -1.0
+        lo, hi = (7.0 + 3.0 * draws[4], 21.0 + 3.0 * draws[5])  # from T1-T4 to L3-S1
+        shift = amp * _bump(pos, lo, hi, waves)
+        spl[:, 2] += shift
+        axial_rot = np.clip(0.6 * shift, -25.0, 25.0)
+        sco.update(kind="C" if waves == 1 else "S", amplitude_mm=round(float(amp), 3),
+                   from_level=round(float(lo), 2), to_level=round(float(hi), 2))
+    kyph = {"applied": bool(draws[6] < cfg.kyphosis_rate)}
+    if kyph["applied"]:
+        kind = ("hyperkyphosis", "hyperlordosis", "flat_back")[int(draws[7] * 3) % 3]
+        amp = cfg.kyphosis_amplitude_mm[0] + rng.random() * np.diff(cfg.kyphosis_amplitude_mm)[0]
+        if kind == "hyperkyphosis":
+            spl[:, 1] += amp * _bump(pos, 7.0, 19.0, 1)  # thoracic curve bulges posteriorly
+        elif kind == "hyperlordosis":
+            spl[:, 1] -= 0.7 * amp * _bump(pos, 18.0, 24.0, 1)  # lumbar curve pushed anteriorly
+        else:
+            spl[:, 1] += 0.7 * amp * _bump(pos, 18.0, 24.0, 1)  # lumbar lordosis flattened
+        kyph.update(kind=kind, amplitude_mm=round(float(amp), 3))
+    meta["scoliosis"], meta["kyphosis"] = sco, kyph
+    return spl, axial_rot
+
+
+def _profiles(s_axis: np.ndarray, spl: np.ndarray, pos: np.ndarray, body_k: float, fat_mm: float, cfg) -> dict:
+    """Per-slice torso and rib-cage parameters along axis 0 (array-order mm)."""
+    order = np.argsort(spl[:, 0])
+    s_c, p_c, l_c, pos_c = spl[order, 0], spl[order, 1], spl[order, 2], pos[order]
+    spine_p, spine_l = np.interp(s_axis, s_c, p_c), np.interp(s_axis, s_c, l_c)
+    level = np.interp(s_axis, s_c, pos_c)
+    back, front = body_k * anat.size("torso_back", level), body_k * anat.size("torso_front", level)
+    scale = np.minimum(1.0, cfg.body_max_depth_mm / (back + front))
+    back, front = back * scale, front * scale
+    rl = np.minimum(body_k * anat.size("torso_rl", level), cfg.body_max_width_mm / 2)
+    rib_pos = np.clip(level, 7.0, 18.0)
+    rib_a = body_k * anat.size("rib_a", rib_pos)
+    return {
+        "cp": spine_p + (back - front) / 2, "rp": (back + front) / 2,
+        "cl": 0.5 * spine_l + 0.5 * float(np.mean(l_c)), "rl": rl,
+        "fat": fat_mm * np.clip((level - 4.0) / 4.0, 0.4, 1.0),
+        "spine_p": spine_p, "spine_l": spine_l,
+        "rib_a": rib_a, "rib_b": body_k * anat.size("rib_b", rib_pos), "rib_pc": spine_p + 15.0 - 0.94 * rib_a,
+    }
+
+
+def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()) -> PhantomCase:
+    cfg = config
+    rng = np.random.Generator(np.random.PCG64([int(seed), int(index)]))
+    meta: dict = {"case_id": case_id(seed, index), "seed": int(seed), "index": int(index),
+                  "generator_version": GENERATOR_VERSION, "config": asdict(cfg)}
+    # --- spine curve ---------------------------------------------------------------------------------------
+    draws = rng.random(4)
+    transitional = None
+    if draws[0] < cfg.transitional_rate:
+        transitional = "T13" if draws[1] < 0.5 else "L6"
+    meta["transitional"] = {"applied": transitional is not None, "name": transitional}
+    model = load_shape_model()
+    curve = model.sample_centroids(rng, transitional=transitional, mode_scale=cfg.shape_mode_scale)
+    names = list(curve)
+    spl = np.round(np.stack([curve[n][::-1] for n in names]), 6)  # LPS (x, y, z) -> array order (s, p, l)
+    pos = np.array([anat.level_position(n) for n in names])
+    spl, axial_rot = _deform(rng, cfg, pos, spl, meta)
+    spl = np.round(spl, 6)
+    size_k = cfg.size_scale[0] + draws[2] * (cfg.size_scale[1] - cfg.size_scale[0])
+    poses = anat.vertebra_poses(names, spl, axial_rot, size_k)
+    # --- field of view along the spine -----------------------------------------------------------------------
+    n = len(names)
+    fov_draws = rng.random(4)
+    limited = cfg.fov_vertebrae is not None or fov_draws[0] < cfg.limited_fov_rate
+    if limited:
+        lo, hi = cfg.fov_vertebrae or (cfg.min_fov_vertebrae, n)
+        lo, hi = min(lo, n), min(hi, n)
+        n_vis = lo + int(fov_draws[1] * (hi - lo + 1)) if hi > lo else lo
+        first = int(fov_draws[2] * (n - n_vis + 1))
+    else:
+        n_vis, first = n, 0
+    last = first + n_vis - 1
+    s = spl[:, 0]
+    # Borders fall between the last annotated centroid and the next one, so the outer vertebra may be cut.
+    top = s[0] + 22.0 if first == 0 else s[first] + (0.15 + 0.7 * fov_draws[3]) * (s[first - 1] - s[first])
+    bottom = s[-1] - 28.0 if last == n - 1 else s[last] - (0.15 + 0.7 * fov_draws[3]) * (s[last] - s[last + 1])
+    meta["limited_fov"] = {"applied": bool(limited and n_vis < n), "n_vertebrae": n_vis}
+    # --- per-case tissue values and acquisition ------------------------------------------------------------
+    t = rng.random(12)
+    tissue = {
+        "air": -1000.0, "lung": -870.0 + 60.0 * t[0], "fat": -110.0 + 30.0 * t[1], "soft": 30.0 + 25.0 * t[2],
+        "cortical": 700.0 + 500.0 * t[3], "cancellous": 160.0 + 130.0 * t[4], "disc": 70.0 + 25.0 * t[5],
+    }
+    tissue["posterior"] = 0.5 * (tissue["cortical"] + tissue["cancellous"]) + 150.0
+    fat_mm, body_k = 8.0 + 17.0 * t[6], 0.95 + 0.1 * t[7]
+    noise_hu = cfg.noise_hu[0] + t[8] * (cfg.noise_hu[1] - cfg.noise_hu[0])
+    blur_mm = cfg.blur_sigma_mm[0] + t[9] * (cfg.blur_sigma_mm[1] - cfg.blur_sigma_mm[0])
+    aniso = bool(t[10] < cfg.anisotropic_rate)
+    f_lo, f_hi = cfg.anisotropic_factor
+    factor = f_lo + int(t[11] * (f_hi - f_lo + 1)) if aniso else 1
+    meta["tissue_hu"] = {k: round(float(v), 3) for k, v in tissue.items()}
+    meta["noise"] = {"sigma_hu": round(float(noise_hu), 3)}
+    meta["blur"] = {"sigma_mm": round(float(blur_mm), 3)}
+    # --- grid ---------------------------------------------------------------------------------------------
+    sp = float(cfg.spacing_mm)
+    n_s = int(np.floor((top - bottom) / sp)) + 1
+    n_s = max(n_s + (-n_s) % factor, factor)
+    s_axis = bottom + sp * np.arange(n_s)
+    prof = _profiles(s_axis, spl, pos, body_k, fat_mm, cfg)
+    lo_p, hi_p = np.min(prof["cp"] - prof["rp"]) - 6.0, np.max(prof["cp"] + prof["rp"]) + 6.0
+    lo_l, hi_l = np.min(prof["cl"] - prof["rl"]) - 6.0, np.max(prof["cl"] + prof["rl"]) + 6.0
+    lo_p = max(lo_p, hi_p - cfg.body_max_depth_mm - 12.0)
+    mid_l = 0.5 * (lo_l + hi_l)
+    half_l = min(0.5 * (hi_l - lo_l), cfg.body_max_width_mm / 2 + 6.0)
+    lo_l, hi_l = mid_l - half_l, mid_l + half_l
+    origin = np.round(np.array([bottom, lo_p, lo_l]), 6)
+    shape = (n_s, int((hi_p - lo_p) // sp) + 1, int((hi_l - lo_l) // sp) + 1)
+    canvas = anat.Canvas(shape, origin, (sp, sp, sp))
+    shell_mm = max(1.5, 0.75 * sp)
+    # --- anatomy: torso, lungs, pelvis, vertebrae (caudal first: cranial parts win overlaps), discs, ribs -----
+    anat.draw_torso(canvas, prof, tissue)
+    by_name = {p.name: p for p in poses}
+    lung_top = by_name["T1"].center_mm[0] + 25.0
+    lung_bottom = float(np.interp(17.3, pos[::-1], s[::-1]))
+    anat.draw_lungs(canvas, prof, lung_top, lung_bottom, tissue)
+    for side in (-1.0, 1.0):
+        anat.draw_ilium(canvas, by_name["S1"], side, tissue, shell_mm)
+    c1 = by_name["C1"]
+    dens = {"dens_tip_mm": c1.center_mm + size_k * 7.0 * c1.frame[1] + 3.0 * c1.frame[0]}
+    for v in reversed(poses):
+        anat.draw_vertebra(canvas, v, tissue, shell_mm, dens if v.name == "C2" else None)
+    for upper, lower in zip(poses[:-1], poses[1:]):
+        if lower.name != "S2":
+            anat.draw_disc(canvas, upper, lower, tissue["disc"])
+    for v in poses:
+        if v.name.startswith("T"):
+            end = {"T11": 80.0, "T12": 55.0, "T13": 50.0}.get(v.name, 160.0)
+            r = size_k * float(anat.size("rib_r", v.pos))
+            for side in (-1.0, 1.0):
+                anat.draw_rib(canvas, anat.rib_polyline(v, side, end), r, tissue, shell_mm)
+    # --- metal --------------------------------------------------------------------------------------------
+    m = rng.random(4)
+    inside = [i for i in range(n) if bottom <= s[i] <= top]
+    candidates = [i for i in inside if 9.0 <= pos[i] <= 24.0]
+    metal = {"applied": bool(m[0] < cfg.metal_rate and len(candidates) >= 2)}
+    if metal["applied"]:
+        k_lo, k_hi = cfg.metal_levels
+        n_lv = min(len(candidates), k_lo + int(m[1] * (k_hi - k_lo + 1)))
+        start = int(m[2] * (len(candidates) - n_lv + 1))
+        levels = [poses[i] for i in candidates[start : start + n_lv]]
+        metal_hu = cfg.metal_hu[0] + m[3] * (cfg.metal_hu[1] - cfg.metal_hu[0])
+        art.add_metal(canvas, levels, metal_hu, screw_r_mm=3.0, rod_r_mm=2.8)
+        streak = rng.random(6)
+        angles = 180.0 * streak[:5]
+        amp = 150.0 + 350.0 * streak[5]
+        n_sl = art.add_streaks(canvas, METAL_THRESHOLD_HU, amp, angles, max(3.0, 1.2 * sp), prof["spine_l"])
+        metal.update(levels=[v.name for v in levels], hu=round(float(metal_hu), 3),
+                     streak_amplitude_hu=round(float(amp), 3), streak_slices=n_sl)
+    meta["metal"] = metal
+    # --- acquisition: blur, thick slices, noise, quantisation ---------------------------------------------
+    hu = art.blur(canvas.hu, blur_mm, canvas.spacing_mm)
+    labels = canvas.labels
+    spacing = np.array([sp, sp, sp])
+    if factor > 1:
+        hu, labels = art.thick_slices(hu, labels, factor)
+        origin = origin + np.array([(factor - 1) * sp / 2, 0.0, 0.0])
+        spacing[0] = factor * sp
+    meta["anisotropic"] = {"applied": aniso, "slice_factor": factor, "slice_spacing_mm": float(spacing[0])}
+    hu = art.add_noise(np.array(hu, dtype=np.float32), rng, noise_hu)
+    ct = np.clip(np.rint(hu), -1024, 16000).astype(np.int16)
+    # Canonical geometry: origin in LPS (x, y, z) = array-order (l, p, s).
+    geometry = canonical_geometry(ct.shape, spacing, origin_mm=origin[::-1])
+    vox = (spl - origin) / spacing
+    keep = np.all((vox >= 0) & (vox <= np.asarray(ct.shape) - 1), axis=1)
+    centroids = Centroids((names[i], spl[i][::-1]) for i in range(n) if keep[i])
+    meta["visible_vertebrae"] = [names[i] for i in range(n) if keep[i]]
+    meta["first_visible"] = meta["visible_vertebrae"][0] if meta["visible_vertebrae"] else None
+    meta["last_visible"] = meta["visible_vertebrae"][-1] if meta["visible_vertebrae"] else None
+    meta["shape"], meta["spacing_mm"] = list(ct.shape), [float(x) for x in spacing]
+    meta["size_scale"] = round(float(size_k), 4)
+    meta["mask_ids"] = {nm: anat.PHANTOM_MASK_ID[nm] for nm in names}
+    mask = labels if cfg.with_mask else None
+    return PhantomCase(meta["case_id"], ct, geometry, centroids, mask, meta)

@@ -1,0 +1,133 @@
+"""Acquisition difficulties applied to a drawn phantom: metal implants with streaks, blur, anisotropic slices, noise.
+
+All per-voxel arithmetic is +,-,*,/ and comparisons on float32 (IEEE-exact, hence identical on every machine);
+transcendental functions are evaluated only on a few scalars and rounded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, size
+
+
+def paint_capsule(canvas: Canvas, a_mm: np.ndarray, b_mm: np.ndarray, radius_mm: float, hu: float) -> None:
+    """A solid capsule between two array-order mm points (labels untouched: metal keeps the bone's label)."""
+    lo, hi = np.minimum(a_mm, b_mm) - radius_mm - 1, np.maximum(a_mm, b_mm) + radius_mm + 1
+    box = canvas.box(lo, hi, a_mm)
+    if box is None:
+        return
+    sl, coords = box
+    canvas.hu[sl][_capsule_d2(coords, (0.0, 0.0, 0.0), b_mm - a_mm) <= radius_mm**2] = np.float32(hu)
+
+
+def pedicle_screw_points(v: VertebraPose, side: float) -> tuple[np.ndarray, np.ndarray]:
+    """(head, tip) in array-order mm of a pedicle screw: from behind the lamina through the pedicle into the body,
+    converging towards the midline and kept off the body centroid."""
+    k, pos = v.scale, v.pos
+    rl, rp = k * size("body_rl", pos), k * size("body_rp", pos)
+    crl, crp = k * size("canal_rl", pos), k * size("canal_rp", pos)
+    t_arch = k * size("arch_t", pos)
+    entry = np.array([0.1 * v.height_mm / 2, rp + 1.0 + crp, side * (crl + 0.5 * t_arch)])
+    tip = np.array([0.0, -0.45 * rp, side * 0.45 * rl])
+    direction = (entry - tip) / np.sqrt(np.sum((entry - tip) ** 2))
+    head = entry + 8.0 * direction
+    return v.center_mm + head @ v.frame, v.center_mm + tip @ v.frame
+
+
+def add_metal(canvas: Canvas, levels: list[VertebraPose], hu: float, screw_r_mm: float, rod_r_mm: float) -> list[np.ndarray]:
+    """Bilateral pedicle screws in ``levels`` joined by a rod on each side; returns the screw heads (array-order mm)."""
+    heads = []
+    for side in (-1.0, 1.0):
+        side_heads = []
+        for v in levels:
+            head, tip = pedicle_screw_points(v, side)
+            paint_capsule(canvas, head, tip, screw_r_mm, hu)
+            side_heads.append(head)
+        for a, b in zip(side_heads[:-1], side_heads[1:]):
+            paint_capsule(canvas, a, b, rod_r_mm, hu)
+        heads += side_heads
+    return heads
+
+
+def _profile(d: np.ndarray, width: float) -> np.ndarray:
+    """Smooth bump (1 - (d/w)^2)^2 for |d| < w, else 0: a Gaussian-like streak profile without exp."""
+    x = np.clip(np.float32(1.0) - (d / np.float32(width)) ** 2, 0.0, None)
+    return x * x
+
+
+def add_streaks(canvas: Canvas, metal_threshold_hu: float, amplitude_hu: float, angles_deg: np.ndarray,
+                width_mm: float, spine_l_mm: np.ndarray) -> int:
+    """Streak artifacts in every axial slice holding metal: bright/dark rays through each metal cluster (left and
+    right of the spine) at ``angles_deg`` with alternating sign, decaying with distance, plus a dark band along the
+    line joining the two clusters (photon starvation). Returns the number of slices affected."""
+    metal = canvas.hu >= np.float32(metal_threshold_hu)
+    rows = np.nonzero(metal.any(axis=(1, 2)))[0]
+    if len(rows) == 0:
+        return 0
+    sl = slice(rows[0], rows[-1] + 1)
+    m = metal[sl]
+    p = canvas.axis_mm(1).astype(np.float32)[None, :, None]
+    l = canvas.axis_mm(2).astype(np.float32)[None, None, :]
+    left = l >= np.asarray(spine_l_mm[sl], np.float32)[:, None, None]
+    centers = []
+    for side_mask in (m & left, m & ~left):
+        cnt = side_mask.sum(axis=(1, 2)).astype(np.float64)
+        cp = (side_mask * p).sum(axis=(1, 2), dtype=np.float64) / np.maximum(cnt, 1)
+        cl = (side_mask * l).sum(axis=(1, 2), dtype=np.float64) / np.maximum(cnt, 1)
+        weight = np.minimum(cnt / 4.0, 1.0)  # slices just grazing the metal streak less
+        centers.append((cp.astype(np.float32), cl.astype(np.float32), weight.astype(np.float32)))
+    col = lambda x: x[:, None, None]  # noqa: E731
+    streak = np.zeros(m.shape, dtype=np.float32)
+    rad = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    units = np.round(np.stack([np.cos(rad), np.sin(rad)], axis=1), 9).astype(np.float32)
+    for cp, cl, w in centers:
+        dp, dl = p - col(cp), l - col(cl)
+        r2 = dp * dp + dl * dl
+        decay = col(w) * np.float32(amplitude_hu) / (np.float32(1.0) + r2 / np.float32(60.0**2))
+        for j, (up, ul) in enumerate(units):
+            sign = np.float32(1.0 if j % 2 == 0 else -1.0)
+            streak += sign * decay * _profile(dp * ul - dl * up, width_mm)
+    (cp0, cl0, w0), (cp1, cl1, w1) = centers
+    both = col(np.minimum(w0, w1))
+    dp_, dl_ = cp1 - cp0, cl1 - cl0
+    norm = np.sqrt(dp_ * dp_ + dl_ * dl_) + np.float32(1e-3)
+    up, ul = col(dp_ / norm), col(dl_ / norm)
+    d_line = (p - col(cp0)) * ul - (l - col(cl0)) * up
+    streak -= both * np.float32(1.5 * amplitude_hu) * _profile(d_line, 1.5 * width_mm)
+    streak[m] = 0.0
+    canvas.hu[sl] += streak
+    return len(rows)
+
+
+def gaussian_kernel(sigma_vox: float) -> np.ndarray:
+    radius = max(1, int(np.ceil(3.0 * sigma_vox)))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.round(np.exp(-0.5 * (x / sigma_vox) ** 2), 9)
+    return w / w.sum()
+
+
+def blur(volume: np.ndarray, sigma_mm: float, spacing_mm: np.ndarray) -> np.ndarray:
+    """Separable Gaussian point-spread function (sigma in mm); axes where sigma < 0.25 voxel are left alone."""
+    out = volume
+    for axis in range(3):
+        s = sigma_mm / float(spacing_mm[axis])
+        if s >= 0.25:
+            out = ndimage.correlate1d(out, gaussian_kernel(s), axis=axis, mode="nearest", output=np.float32)
+    return out
+
+
+def thick_slices(volume: np.ndarray, labels: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``factor`` consecutive axial slices (axis 0) into one thick slice; labels take the middle slice."""
+    n = (volume.shape[0] // factor) * factor
+    hu = volume[:n].reshape(n // factor, factor, *volume.shape[1:]).mean(axis=1, dtype=np.float32)
+    lab = labels[factor // 2 : n : factor]
+    return hu, lab
+
+
+def add_noise(volume: np.ndarray, rng: np.random.Generator, sigma_hu: float) -> np.ndarray:
+    noise = rng.standard_normal(volume.shape, dtype=np.float32)
+    noise *= np.float32(sigma_hu)
+    volume += noise
+    return volume

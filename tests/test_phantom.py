@@ -1,0 +1,182 @@
+import json
+
+import numpy as np
+import pytest
+
+from datamodules.errors import InputError
+from datamodules.phantom import METAL_THRESHOLD_HU, PhantomConfig, generate_case
+from datamodules.phantom_anatomy import PHANTOM_MASK_ID
+
+# 4 mm and no random difficulties: each test switches on only what it checks.
+PLAIN = dict(spacing_mm=4.0, limited_fov_rate=0.0, scoliosis_rate=0.0, kyphosis_rate=0.0, metal_rate=0.0,
+             anisotropic_rate=0.0, noise_hu=(10.0, 10.0))
+
+
+def plain(**overrides) -> PhantomConfig:
+    return PhantomConfig(**{**PLAIN, **overrides})
+
+
+def _xyz(case) -> np.ndarray:
+    return np.stack([case.centroids_mm[n] for n in case.centroids_mm])
+
+
+def test_same_seed_same_bytes_other_index_differs():
+    cfg = PhantomConfig(spacing_mm=4.0, fov_vertebrae=(6, 10))
+    a, b, c = generate_case(5, 1, cfg), generate_case(5, 1, cfg), generate_case(5, 2, cfg)
+    assert a.case_id == "phantom-s5-0001"
+    assert a.ct_hu.dtype == np.int16 and a.ct_hu.tobytes() == b.ct_hu.tobytes()
+    assert a.vertebra_mask.tobytes() == b.vertebra_mask.tobytes()
+    assert a.centroids_mm == b.centroids_mm and a.geometry == b.geometry
+    assert json.dumps(a.metadata, sort_keys=True, default=str) == json.dumps(b.metadata, sort_keys=True, default=str)
+    assert a.ct_hu.shape != c.ct_hu.shape or a.ct_hu.tobytes() != c.ct_hu.tobytes()
+    assert not np.allclose(_xyz(a)[:4], _xyz(c)[:4])
+
+
+def test_canonical_geometry_and_centroids_inside():
+    case = generate_case(0, 0, plain())
+    np.testing.assert_allclose(case.geometry.direction, np.eye(3)[:, ::-1])  # axes grow S, P, L
+    np.testing.assert_allclose(case.geometry.spacing_mm, 4.0)
+    names = list(case.centroids_mm)
+    assert names[0] == "C1" and names[-1] == "S2" and len(names) == 26
+    vox = case.geometry.world_to_vox(_xyz(case))
+    assert np.all(np.diff(vox[:, 0]) < 0)  # axis 0 grows towards the head: C1 has the largest index
+    assert case.geometry.contains_vox(vox, margin=0.0).all()
+    # Body cross-section stays small: at most ~300 x 250 mm plus margins.
+    assert case.ct_hu.shape[2] * 4.0 <= 320 and case.ct_hu.shape[1] * 4.0 <= 275
+
+
+@pytest.mark.parametrize("seed,overrides", [
+    (1, {}),
+    (2, {"scoliosis_rate": 1.0, "kyphosis_rate": 1.0, "metal_rate": 1.0}),
+    (3, {"label_set": "transitional", "transitional_rate": 1.0, "spacing_mm": 3.0}),
+])
+def test_every_centroid_lies_in_bone_of_its_own_vertebra(seed, overrides):
+    case = generate_case(seed, 0, plain(noise_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0), **overrides))
+    vox = np.rint(case.geometry.world_to_vox(_xyz(case))).astype(int)
+    for name, (i, j, k) in zip(case.centroids_mm, vox):
+        assert case.ct_hu[i, j, k] > 150, (name, case.ct_hu[i, j, k])
+        assert case.vertebra_mask[i, j, k] == PHANTOM_MASK_ID[name], name
+    # Cortical shell and cancellous core both present, in their HU ranges (set per case).
+    tissue = case.metadata["tissue_hu"]
+    assert 700 <= tissue["cortical"] <= 1200 and 150 <= tissue["cancellous"] <= 300
+    bone = case.ct_hu[case.vertebra_mask > 0]
+    assert np.any(np.abs(bone - tissue["cortical"]) < 1) and np.any(np.abs(bone - tissue["cancellous"]) < 1)
+    # Lungs and air are present; ribs (bone outside the vertebra labels) too.
+    assert np.any(case.ct_hu < -800) and np.any((case.ct_hu > 500) & (case.vertebra_mask == 0))
+
+
+def test_metal_raises_maximum_above_3000_hu():
+    base = generate_case(4, 0, plain())
+    metal = generate_case(4, 0, plain(metal_rate=1.0))
+    assert base.ct_hu.max() < METAL_THRESHOLD_HU and not base.metadata["metal"]["applied"]
+    assert metal.ct_hu.max() > METAL_THRESHOLD_HU and metal.metadata["metal"]["applied"]
+    assert 2 <= len(metal.metadata["metal"]["levels"]) <= 5 and metal.metadata["metal"]["streak_slices"] > 0
+    # Streaks change the soft tissue in the implant's slices, not only the metal voxels.
+    changed = (metal.ct_hu != base.ct_hu) & (metal.ct_hu < 300) & (base.ct_hu < 300)
+    assert changed.sum() > 500
+
+
+def test_limited_fov_reduces_vertebra_count():
+    full = generate_case(6, 0, plain())
+    cut = generate_case(6, 0, plain(fov_vertebrae=(4, 6)))
+    assert len(full.centroids_mm) == 26
+    assert 4 <= len(cut.centroids_mm) <= 6 and cut.ct_hu.shape[0] < full.ct_hu.shape[0]
+    assert cut.metadata["limited_fov"]["applied"] and cut.metadata["visible_vertebrae"] == list(cut.centroids_mm)
+    names = list(full.centroids_mm)
+    first, last = names.index(cut.metadata["first_visible"]), names.index(cut.metadata["last_visible"])
+    assert names[first : last + 1] == list(cut.centroids_mm)  # a contiguous section
+
+
+def _lateral_deviation(case) -> float:
+    xyz = _xyz(case)
+    fit = np.polyval(np.polyfit(xyz[:, 2], xyz[:, 0], 1), xyz[:, 2])
+    return float(np.abs(xyz[:, 0] - fit).max())
+
+
+def test_scoliosis_and_kyphosis_deform_the_curve():
+    base = generate_case(7, 0, plain())
+    sco = generate_case(7, 0, plain(scoliosis_rate=1.0))
+    kyph = generate_case(7, 0, plain(kyphosis_rate=1.0))
+    assert sco.metadata["scoliosis"]["applied"] and abs(sco.metadata["scoliosis"]["amplitude_mm"]) >= 12
+    assert _lateral_deviation(sco) > _lateral_deviation(base) + 5.0
+    dy = np.abs(_xyz(kyph)[:, 1] - _xyz(base)[:, 1])
+    assert kyph.metadata["kyphosis"]["applied"] and dy.max() > 5.0
+    np.testing.assert_allclose(_xyz(kyph)[:, 0], _xyz(base)[:, 0])  # sagittal only
+
+
+def test_noise_raises_std_in_air_and_soft_tissue():
+    quiet = generate_case(8, 0, plain(noise_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0)))
+    noisy = generate_case(8, 0, plain(noise_hu=(40.0, 40.0), blur_sigma_mm=(0.0, 0.0)))
+    air = quiet.ct_hu == -1000
+    soft = quiet.ct_hu == round(quiet.metadata["tissue_hu"]["soft"])
+    assert quiet.ct_hu[air].std() == 0 and quiet.ct_hu[soft].std() == 0
+    assert 30 < noisy.ct_hu[air].std() < 50 and 30 < noisy.ct_hu[soft].std() < 50
+
+
+def test_blur_smooths_edges():
+    sharp = generate_case(9, 0, plain(noise_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0)))
+    blurred = generate_case(9, 0, plain(noise_hu=(0.0, 0.0), blur_sigma_mm=(2.0, 2.0)))
+    grad = lambda a: (np.diff(a.astype(np.float32), axis=2) ** 2).mean()  # edge energy; blur spreads steps  # noqa: E731
+    assert grad(blurred.ct_hu) < 0.8 * grad(sharp.ct_hu)
+
+
+def test_anisotropic_spacing_coarsens_slices():
+    case = generate_case(10, 0, plain(anisotropic_rate=1.0))
+    meta = case.metadata["anisotropic"]
+    assert meta["applied"] and meta["slice_factor"] in (2, 3)
+    np.testing.assert_allclose(case.geometry.spacing_mm, [4.0 * meta["slice_factor"], 4.0, 4.0])
+    assert case.geometry.contains_vox(case.geometry.world_to_vox(_xyz(case)), margin=0.0).all()
+
+
+def test_transitional_is_opt_in():
+    assert not generate_case(11, 0, plain()).metadata["transitional"]["applied"]
+    names = set()
+    for index in range(4):
+        case = generate_case(11, index, plain(label_set="transitional", transitional_rate=1.0))
+        extra = case.metadata["transitional"]["name"]
+        assert extra in case.centroids_mm and len(case.centroids_mm) == 27
+        assert np.any(case.vertebra_mask == PHANTOM_MASK_ID[extra])
+        names.add(extra)
+    assert names == {"T13", "L6"}
+    with pytest.raises(InputError, match="transitional"):
+        PhantomConfig(transitional_rate=0.5)
+
+
+def test_bad_config_values_raise():
+    with pytest.raises(InputError, match="metal_rate"):
+        PhantomConfig(metal_rate=1.5)
+    with pytest.raises(InputError, match="fov_vertebrae"):
+        PhantomConfig(fov_vertebrae=(5, 2))
+
+
+def test_cli_writes_nifti_verse_json_meta_and_preview(tmp_path):
+    from benchmark.cli import main
+    from datamodules.centroids import read_centroids
+    from datamodules.ct_io import read_image
+
+    rc = main(["phantom", "--n", "2", "--out", str(tmp_path), "--seed", "3", "--spacing", "4", "--preview",
+               "--set", "fov_vertebrae=[5,7]", "--set", "metal_rate=0"])
+    assert rc == 0
+    case = generate_case(3, 1, PhantomConfig(spacing_mm=4.0, fov_vertebrae=(5, 7), metal_rate=0.0))
+    base = tmp_path / case.case_id
+    ct, geometry = read_image(f"{base}_ct.nii.gz")
+    np.testing.assert_array_equal(ct, case.ct_hu)
+    assert geometry == case.geometry
+    ctd = read_centroids(f"{base}_ctd.json", geometry=geometry)
+    expected = [n for n in case.centroids_mm if n != "S2"]  # VerSe json has no S2 id
+    assert list(ctd) == expected
+    for name in expected:
+        np.testing.assert_allclose(ctd[name], case.centroids_mm[name], atol=1e-3)
+    assert read_centroids(f"{base}_ctd.csv").allclose(case.centroids_mm, atol_mm=1e-3)
+    meta = json.loads((tmp_path / f"{case.case_id}_meta.json").read_text())
+    assert meta["case_id"] == case.case_id and meta["visible_vertebrae"] == list(case.centroids_mm)
+    png = (tmp_path / f"{case.case_id}_preview.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+def test_cli_rejects_unknown_config_key(tmp_path, capsys):
+    from benchmark.cli import main
+
+    assert main(["phantom", "--n", "1", "--out", str(tmp_path), "--set", "metal=1"]) == 2
+    assert "metal_rate" in capsys.readouterr().err
