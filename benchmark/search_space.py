@@ -136,8 +136,8 @@ def parse_search_space(
     experiment_methods = list(methods)
     params: list[Param] = []
 
-    raw_methods = raw.get("methods") or {}
-    if not isinstance(raw_methods, Mapping):
+    raw_methods = raw.get("methods", {})
+    if not isinstance(raw_methods, Mapping) or ("methods" in raw and not raw_methods):
         raise SearchSpaceError(f"{where}.methods: expected a mapping method -> parameters, got {raw_methods!r}")
     for method, entries in raw_methods.items():
         key = f"{where}.methods.{method}"
@@ -161,7 +161,7 @@ def parse_search_space(
             params.append(param)
 
     valid_trainer = list(trainer_keys)
-    for name, entry in _entries(raw.get("trainer") or {}, f"{where}.trainer"):
+    for name, entry in _entries(raw["trainer"], f"{where}.trainer") if "trainer" in raw else ():
         if name not in valid_trainer:
             raise SearchSpaceError(
                 f"{where}.trainer.{name}: unknown trainer parameter; valid parameters: {', '.join(valid_trainer)}"

@@ -119,6 +119,8 @@ BAD = [
     ("optimizer: {lr: {type: float, low: 0.1, high: 1}}", "tune.space.optimizer: unknown section"),
     ("methods: {TOY: {}}", "tune.space.methods.TOY: expected a non-empty mapping"),
     ("{}", "tune.space: expected a mapping"),
+    ("methods: {}", "tune.space.methods: expected a mapping method -> parameters"),
+    ("trainer: {}", "tune.space.trainer: expected a non-empty mapping"),
 ]
 
 
@@ -128,6 +130,11 @@ def test_bad_space_fails_with_one_line_naming_the_key(toy, space_yaml, message):
         _parse(space_yaml, toy)
     text = str(err.value)
     assert message.replace("TOY", toy) in text and "\n" not in text
+
+
+def test_either_section_alone_is_a_space(toy):
+    assert _parse("trainer: {max_epochs: {type: int, low: 1, high: 3}}", toy).names == ["trainer.max_epochs"]
+    assert _parse("methods: {TOY: {sigma_vox: {type: float, low: 1, high: 3}}}", toy).names == [f"{toy}.sigma_vox"]
 
 
 def test_space_may_only_tune_methods_of_the_experiment(toy):
