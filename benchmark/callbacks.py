@@ -42,9 +42,9 @@ class ValidationIdentification(L.Callback):
         self._metric = None
 
     def _new_metric(self):
-        from benchmark.metrics import IdentificationRate
+        from benchmark.metrics import LocalizationIdentification
 
-        return IdentificationRate(self.label_names)
+        return LocalizationIdentification(self.label_names)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._metric = self._new_metric().to(pl_module.device)
@@ -59,7 +59,11 @@ class ValidationIdentification(L.Callback):
         for i, pred in enumerate(outputs["predictions"]):
             true_mm = batch_truth_mm(batch, i)
             pred_mm = pred.centroids_vox * spacing[i]
-            self._metric.update(true_mm[None], pred_mm[None], pred.present[None])
+            self._metric.update(
+                torch.as_tensor(true_mm[None], device=pl_module.device),
+                torch.as_tensor(pred_mm[None], device=pl_module.device),
+                torch.as_tensor(pred.present[None], device=pl_module.device),
+            )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._metric is None:

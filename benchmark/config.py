@@ -374,13 +374,18 @@ def _resolve_data(raw: Any):
             get_label_set(raw["label_set"])
         except (InputError, KeyError, ValueError) as exc:
             raise ConfigError(f"data.label_set: {exc}") from None
+    phantom = raw.get("phantom")
+    if phantom:
+        from datamodules.phantom import PhantomConfig
+
+        _build(PhantomConfig, phantom, "data.phantom")  # unknown or bad phantom options fail here, by name
     return _build(DataConfig, raw, "data")
 
 
 def _data_sources() -> tuple[str, ...]:
     import datamodules.datamodule as dm
 
-    for name in ("DATA_SOURCES", "SOURCES"):
+    for name in ("SOURCE_KINDS", "DATA_SOURCES", "SOURCES"):
         sources = getattr(dm, name, None)
         if sources:
             return tuple(sources)
@@ -507,7 +512,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         elif origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value))]
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
         else:
             items = list(value)
         return tuple(items) if origin is tuple or hint is tuple else items

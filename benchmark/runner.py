@@ -1,0 +1,185 @@
+"""``spinebench run``: train and evaluate every (method, seed) cell of an experiment, then build the leaderboard.
+
+Output folder::
+
+    config.yaml            the fully resolved experiment
+    manifest.json          versions, git revision, config hash, case ids per split, seeds, machine
+    records.csv            per-case, per-vertebra records of every completed cell (the leaderboard's input)
+    cells/<method>/seed<k>/
+        checkpoints/best.ckpt, last.ckpt
+        records.csv        this cell's records (never rewritten once the cell is complete)
+        projections/       a few test cases' projections for the leaderboard figures
+        result.json        metrics of the cell; written last, it marks the cell complete
+    leaderboard/           tables, plots and the HTML page
+    mlflow.db, mlartifacts/  the default MLflow store
+
+A completed cell is never recomputed on ``--resume``; an interrupted one restarts from its ``last.ckpt``.
+Under DDP every rank runs this loop; only rank 0 writes files and talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir, train_and_evaluate_cell
+from benchmark.config import ConfigError, ExperimentConfig, MethodEntry, TrainerConfig, load_experiment
+from benchmark.results import build_leaderboard, write_run_records
+from datamodules.atomic import write_text_atomic
+
+RUN_DIR_ENV = "SPINEBENCH_RUN_DIR"  # lets re-launched DDP ranks find the folder rank 0 resolved
+
+
+# --- ranks ------------------------------------------------------------------------------------------
+def global_rank(trainer_cfg: TrainerConfig | None = None) -> int:
+    """This process's rank from the launcher's environment (torchrun/SLURM/Lightning), before any Trainer."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ and ("SLURM_PROCID" != var or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+            return int(os.environ[var])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
+    devices = trainer_cfg.devices if trainer_cfg is not None else 1
+    return node * devices + local
+
+
+# --- folders ------------------------------------------------------------------------------------------
+def resolve_out_dir(cfg: ExperimentConfig, out: str | None, resume: str | None) -> Path:
+    if RUN_DIR_ENV in os.environ and global_rank(cfg.trainer) != 0:  # a DDP rank re-launched by rank 0
+        return Path(os.environ[RUN_DIR_ENV])
+    if resume:
+        return Path(resume)
+    if out:
+        return Path(out)
+    if cfg.output.dir:
+        return Path(cfg.output.dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.name}-{stamp}"
+
+
+def load_for_run(
+    config: str | None, sets: Sequence[str], resume: str | None
+) -> ExperimentConfig:
+    """The experiment of a new run, or the stored one of ``--resume DIR`` (only ``tracking.*`` may change)."""
+    if not resume:
+        return load_experiment(config or "default", sets)
+    folder = Path(resume)
+    stored = folder / "config.yaml"
+    if not stored.is_file():
+        raise ConfigError(f"--resume {folder}: no config.yaml there (not a spinebench run folder)")
+    bad = [s for s in sets if not s.partition("=")[0].strip().startswith("tracking.")]
+    if bad:
+        raise ConfigError(f"--resume continues the stored experiment; --set {bad[0]} is not allowed (only tracking.*)")
+    if config:
+        raise ConfigError("--resume continues the stored experiment; leave out --config")
+    return load_experiment(stored, sets)
+
+
+# --- the run ------------------------------------------------------------------------------------------
+def run_benchmark(
+    cfg: ExperimentConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    console=None,
+) -> Path:
+    """Run every cell of ``cfg`` into ``out_dir``; returns the folder. Rank 0 builds the leaderboard."""
+    from rich.console import Console
+
+    from benchmark.manifest import build_manifest, write_manifest
+    from benchmark.tracking import Tracker, default_tracking_uri
+
+    out_dir = Path(out_dir)
+    rank = global_rank(cfg.trainer)
+    console = console or Console(stderr=False)
+    is_zero = rank == 0
+    os.environ[RUN_DIR_ENV] = str(out_dir.resolve())
+    if is_zero:
+        _prepare_out_dir(cfg, out_dir, resume)
+        if not (out_dir / "manifest.json").is_file():
+            write_manifest(out_dir / "manifest.json", build_manifest(cfg, listed_case_ids(cfg)))
+
+    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(out_dir)
+    tracker = Tracker(uri, cfg.tracking.experiment, out_dir, enabled=cfg.tracking.enabled and is_zero)
+    params = cfg.to_dict()
+    tracker.start(run_name=f"{cfg.name}", params={k: params[k] for k in ("data", "seeds", "trainer")} | {
+        "methods": list(params["methods"]), "config_hash": cfg.config_hash()})
+
+    cells = cfg.cells()
+    results: list[CellResult] = []
+    status = "FAILED"
+    try:
+        for i, (entry, seed) in enumerate(cells, start=1):
+            folder = cell_dir(out_dir, entry, seed)
+            if is_zero:
+                console.print(f"[bold]cell {i}/{len(cells)}[/bold]: {entry.name} seed {seed}"
+                              + (" (complete, kept)" if cell_complete(folder) else ""))
+            if cell_complete(folder):
+                results.append(CellResult.read(folder))
+                continue
+            run_id = tracker.start_cell(folder, f"{entry.name}/seed{seed}", {
+                "method": entry.name, "seed": seed,
+                "method_config": dataclasses.asdict(cfg.method_config(entry)),
+                "trainer": dataclasses.asdict(cfg.trainer_for(entry))})
+            logger = tracker.lightning_logger(run_id)
+            result = train_and_evaluate_cell(
+                cfg, entry, seed, folder, loggers=[logger] if logger else [], run_name=out_dir.name,
+                projections_dir=out_dir / "projections" / entry.name / f"seed{seed}",
+                projection_cases=cfg.output.projection_cases,
+                method_order=[m.name for m in cfg.methods].index(entry.name),
+            )
+            if is_zero:
+                tracker.log_metrics(run_id, result.metrics)
+                tracker.log_artifacts(run_id, [p for p in (result.records_path, result.best_checkpoint,
+                                                           folder / RESULT_FILE) if p])
+                tracker.end(run_id)
+            results.append(result)
+        if is_zero:
+            write_run_records(out_dir, cfg)
+            board = build_leaderboard(out_dir, console=console)
+            tracker.log_artifacts(tracker.parent_run_id, [p for p in (out_dir / "records.csv", out_dir / "config.yaml",
+                                                                        out_dir / "manifest.json", board) if p])
+            tracker.log_metrics(tracker.parent_run_id, _summary_metrics(results))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(tracker.parent_run_id, status)
+        os.environ.pop(RUN_DIR_ENV, None)
+    return out_dir
+
+
+def listed_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
+    """Case ids per split as the data source lists them (cheap: nothing is read or generated)."""
+    from datamodules.datamodule import VertebraDataModule
+
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for record in VertebraDataModule(cfg.data).records():
+        out.setdefault(record.split, []).append(record.case_id)
+    return out
+
+
+def _prepare_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None:
+    stored = out_dir / "config.yaml"
+    if resume:
+        old = load_experiment(stored, check_devices=False)
+        if old.config_hash() != cfg.config_hash():
+            raise ConfigError(f"--resume {out_dir}: the experiment differs from the stored config.yaml")
+    elif stored.exists() or (out_dir / "cells").exists():
+        raise ConfigError(f"--out {out_dir}: already holds a run; continue it with --resume {out_dir} or pick another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stored, cfg.to_yaml())
+
+
+def _summary_metrics(results: list[CellResult]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in results:
+        for key, value in r.metrics.items():
+            out[f"{r.method}/seed{r.seed}/{key}"] = value
+    return out
+
+
