@@ -147,6 +147,9 @@ def build_leaderboard(
             plot_paths.append(path)
             md_parts.append(f"![{escape_markdown(fig.caption)}](plots/{path.name})\n")
         sections.append(Section("Case projections", [], figures))
+    # Figures of an earlier build into the same folder (e.g. a dataset no longer in the inputs) would mislead.
+    for stale in sorted(set((out / "plots").glob("*.png")) - set(plot_paths)):
+        stale.unlink()
     markdown = "\n".join(md_parts).rstrip("\n") + "\n"
     paths = LeaderboardOutputs(
         markdown=write_text_atomic(out / "leaderboard.md", markdown),

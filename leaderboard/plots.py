@@ -55,7 +55,7 @@ def per_vertebra_error_png(summaries: list[MethodSummary], title: str) -> bytes:
     ax.grid(axis="y", alpha=0.3)
     if summaries:
         ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.9)  # fixed margins: tight_layout draws twice
     return figure_png(fig)
 
 
@@ -79,5 +79,5 @@ def id_rate_per_region_png(summaries: list[MethodSummary], regions: list[int], t
     ax.grid(axis="y", alpha=0.3)
     if summaries:
         ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.1, top=0.9)
     return figure_png(fig)

@@ -130,5 +130,5 @@ def projection_png(path: Path) -> tuple[str, bytes]:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(plot_text(caption), fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88, wspace=0.05)
     return caption, figure_png(fig)
