@@ -213,19 +213,21 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     anat.draw_torso(canvas, prof, tissue)
     by_name = {p.name: p for p in poses}
     lung_top = by_name["T1"].center_mm[0] + 25.0
-    lung_bottom = float(np.interp(17.3, pos[::-1], s[::-1]))
+    lung_bottom = float(np.interp(17.3, pos, s))  # diaphragm near T11 (pos increases downwards)
     anat.draw_lungs(canvas, prof, lung_top, lung_bottom, tissue)
     for side in (-1.0, 1.0):
         anat.draw_ilium(canvas, by_name["S1"], side, tissue, shell_mm)
     c1 = by_name["C1"]
     dens = {"dens_tip_mm": c1.center_mm + size_k * 7.0 * c1.frame[1] + 3.0 * c1.frame[0]}
-    for v in reversed(poses):
-        anat.draw_vertebra(canvas, v, tissue, shell_mm, dens if v.name == "C2" else None)
-    for upper, lower in zip(poses[:-1], poses[1:]):
-        if lower.name != "S2":
+    near = [bottom - 90.0 <= v.center_mm[0] <= top + 90.0 for v in poses]  # parts reach < 90 mm along s
+    for v, ok in zip(reversed(poses), reversed(near)):
+        if ok:
+            anat.draw_vertebra(canvas, v, tissue, shell_mm, dens if v.name == "C2" else None)
+    for upper, lower, ok in zip(poses[:-1], poses[1:], near[1:]):
+        if ok and lower.name != "S2":
             anat.draw_disc(canvas, upper, lower, tissue["disc"])
-    for v in poses:
-        if v.name.startswith("T"):
+    for v, ok in zip(poses, near):
+        if ok and v.name.startswith("T"):
             end = {"T11": 80.0, "T12": 55.0, "T13": 50.0}.get(v.name, 160.0)
             r = size_k * float(anat.size("rib_r", v.pos))
             for side in (-1.0, 1.0):

@@ -289,11 +289,11 @@ def draw_rib(canvas: Canvas, points_mm: np.ndarray, radius: float, tissue: dict,
 def draw_ilium(canvas: Canvas, s1: VertebraPose, side: float, tissue: dict, shell_mm: float) -> None:
     """One iliac wing: an elliptic plate from the sacro-iliac joint up to the crest near L4/L5."""
     k = s1.scale
-    center = s1.center_mm + np.array([28.0 * k, -8.0 * k, side * 86.0 * k])
+    center = s1.center_mm + np.array([14.0 * k, -8.0 * k, side * 86.0 * k])
     u_h = np.array([0.0, -0.6, side * 0.8])  # horizontal in-plane axis, antero-lateral
     u_v = np.array([1.0, 0.0, 0.0])
     normal = np.array([0.0, 0.8, side * 0.6])
-    r_h, r_v, half_t = 60.0 * k, 58.0 * k, 5.5 * k
+    r_h, r_v, half_t = 60.0 * k, 52.0 * k, 5.5 * k
     half = max(r_h, r_v) + 4
     box = canvas.box(center - half, center + half, center)
     if box is None:

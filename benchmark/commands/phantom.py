@@ -123,7 +123,8 @@ def write_preview(case, path: Path) -> None:
         for name, v in vox.items():
             x, y = v[axis] * sp[axis], v[0] * sp[0]
             ax.plot(x, y, "o", color="tab:red", markersize=3)
-            ax.text(x + 4, y, name, color="yellow", fontsize=6, va="center")
+            ax.text(x + 6, y, name, color="yellow", fontsize=6, va="center",
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 0.5, "linewidth": 0})
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("mm", fontsize=7)
         ax.tick_params(labelsize=6)
