@@ -122,23 +122,57 @@ class CaseInfo:
     geometry: object  # Geometry of the preprocessed volume the method saw
     original_geometry: object  # Geometry of the original image file / generated phantom
     centroids_world_mm: np.ndarray
+    patient: str  # scans of one patient share it (VerSe subject); the case id where nothing groups cases
     metadata: dict
+
+    def to_dict(self) -> dict:
+        """Plain mapping: case_id, dataset, split, geometry, original_geometry, true_mm, patient, metadata."""
+        return {"case_id": self.case_id, "dataset": self.dataset, "split": self.split, "geometry": self.geometry,
+                "original_geometry": self.original_geometry, "true_mm": self.centroids_world_mm,
+                "patient": self.patient, "metadata": dict(self.metadata)}
 
 
 class ShardedEvalSampler(DistributedSampler):
-    """Every index on exactly one rank (``rank::num_replicas``), in order, without padding duplicates."""
+    """Every index on exactly one rank (``rank::num_replicas``), in order, without padding duplicates.
 
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0) -> None:
-        if not 0 <= rank < num_replicas:
+    With ``num_replicas=None`` the rank and world size are read from ``torch.distributed`` when iterated, so a
+    loader built before the process group starts still shards correctly.
+    """
+
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        if num_replicas is not None and not 0 <= (rank or 0) < num_replicas:
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
-        # not super().__init__: that asks torch.distributed, which need not be initialised here
-        self.dataset, self.num_replicas, self.rank = dataset, num_replicas, rank
+        # not super().__init__: that requires an initialised process group
+        self.dataset, self._replicas, self._rank = dataset, num_replicas, rank
         self.epoch, self.shuffle, self.seed, self.drop_last = 0, False, 0, False
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-        self.total_size = len(dataset)
+
+    def _world(self) -> tuple[int, int]:
+        if self._replicas is not None:
+            return self._replicas, self._rank or 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    @property
+    def num_replicas(self) -> int:
+        return self._world()[0]
+
+    @property
+    def rank(self) -> int:
+        return self._world()[1]
+
+    @property
+    def num_samples(self) -> int:
+        replicas, rank = self._world()
+        return len(range(rank, len(self.dataset), replicas))
+
+    @property
+    def total_size(self) -> int:
+        return len(self.dataset)
 
     def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        replicas, rank = self._world()
+        return iter(range(rank, len(self.dataset), replicas))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -155,9 +189,14 @@ def _build_one(args):
 
 
 class VertebraDataModule(L.LightningDataModule):
-    def __init__(self, config: DataConfig | None = None) -> None:
+    """``requirements`` (a method's ``DataRequirements``) is applied with ``DataConfig.configure_for``; ``seed``
+    seeds the training shuffle order (crops and augmentation follow torch's RNG, see ``samples``)."""
+
+    def __init__(self, config: DataConfig | None = None, requirements=None, seed: int | None = None) -> None:
         super().__init__()
-        self.config = config or DataConfig()
+        config = config or DataConfig()
+        self.config = config.configure_for(requirements) if requirements is not None else config
+        self.seed = seed
         self.label_names: tuple[str, ...] = get_label_set(self.config.label_set).names
         self.entries: dict[str, list[CacheEntry]] = {s: [] for s in SPLITS}
         self._by_id: dict[str, CacheEntry] = {}
@@ -244,7 +283,8 @@ class VertebraDataModule(L.LightningDataModule):
         except KeyError:
             raise InputError(f"unknown case id {case_id!r}; call setup() first or pick one of case_ids(split)") from None
         return CaseInfo(e.case_id, e.dataset, e.split, e.geometry, e.original_geometry,
-                        e.centroids_world_mm(self.label_names), dict(e.metadata))
+                        e.centroids_world_mm(self.label_names), str(e.metadata.get("patient", e.case_id)),
+                        dict(e.metadata))
 
     def train_centroids_vox(self) -> np.ndarray:
         """(N, K, 3) true centroids of the training cases in voxel coords of their preprocessed volumes, NaN absent."""
@@ -257,13 +297,16 @@ class VertebraDataModule(L.LightningDataModule):
     # --- loaders -------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         c = self.config
+        if not self.entries["train"]:
+            raise InputError(f"data source {c.source!r} has no usable training case ({self.describe()})")
         if c.sample_mode == "crop":
             dataset = CropDataset(self.entries["train"], self.label_names, c.crop_size_vox, c.crops_per_case,
                                   c.crop_focus_prob, c.augmentation)
         else:
             dataset = VolumeDataset(self.entries["train"], self.label_names, c.pad_multiple, c.heatmap_sigma_vox,
                                     c.augmentation)
-        return DataLoader(dataset, batch_size=c.batch_size, shuffle=True, collate_fn=pad_collate,
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        return DataLoader(dataset, batch_size=c.batch_size, shuffle=True, collate_fn=pad_collate, generator=generator,
                           num_workers=c.num_workers, persistent_workers=c.num_workers > 0, drop_last=False)
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -281,13 +324,12 @@ class VertebraDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def _world(self) -> tuple[int, int]:
+    def _world(self) -> tuple[int | None, int | None]:
+        """(world size, rank) of the attached Trainer; (None, None) = ask torch.distributed when iterating."""
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             return int(trainer.world_size), int(trainer.global_rank)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
+        return None, None
 
     def state_dict(self) -> dict:
         return {}

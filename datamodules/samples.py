@@ -153,9 +153,14 @@ class VolumeDataset(Dataset):
         image = pad_to_multiple(image, self.pad_multiple, AIR_VALUE)
         sample = _to_sample(image, centroids, entry)
         if self.heatmap_sigma_vox:
-            sample["heatmaps"] = gaussian_heatmaps(
-                sample["centroids_vox"][None], sample["present"][None], image.shape, self.heatmap_sigma_vox
-            )[0]
+            # absent channels stay zero: compute only the present ones (a volume shows ~5-20 of K)
+            heatmaps = torch.zeros((len(self.label_names),) + image.shape, dtype=torch.float32)
+            idx = torch.nonzero(sample["present"]).flatten()
+            if idx.numel():
+                heatmaps[idx] = gaussian_heatmaps(sample["centroids_vox"][idx][None],
+                                                  torch.ones(1, idx.numel(), dtype=torch.bool),
+                                                  image.shape, self.heatmap_sigma_vox)[0]
+            sample["heatmaps"] = heatmaps
         return sample
 
 
@@ -216,7 +221,8 @@ def pad_collate(samples: list[dict]) -> dict:
             batch[key] = values
         elif key in ("image", "heatmaps"):
             fill = AIR_VALUE if key == "image" else 0.0
-            batch[key] = torch.stack([_pad_tensor(v, shape, fill) for v in values])
+            padded = [_pad_tensor(v, shape, fill) for v in values]
+            batch[key] = padded[0][None] if len(padded) == 1 else torch.stack(padded)  # B = 1: a view, no copy
         else:
             batch[key] = torch.stack(values)
     return batch

@@ -308,7 +308,9 @@ def verse_records(root, split_lists=None, val_fraction=0.0, test_fraction=0.2, s
         ctd, mask = annotations.get((image.parent.name, key), (None, None))
         if ctd is None and mask is None:
             ctd, mask = annotations.get(("", key), (None, None))
-        records.append(CaseRecord(key, release, splits[key], str(image), _opt(ctd), _opt(mask)))
+        subject = next((p for p in image.relative_to(root).parts if p.startswith("sub-")), key.split("_")[0])
+        records.append(CaseRecord(key, release, splits[key], str(image), _opt(ctd), _opt(mask),
+                                  metadata={"patient": subject.split("_")[0]}))
     return SourceListing(records, extra["missing"], extra["unlisted"])
 
 
