@@ -47,7 +47,10 @@ def main() -> None:
     small = PhantomConfig(spacing_mm=4.0, fov_vertebrae=(4, 8))
     t, voxels = mean_seconds(small, N_DEFAULT)
     rows.append((f"CPU preset: 4-8 vertebrae at 4 mm (mean of {N_DEFAULT})", f"{voxels / 1e6:.3f} Mvox mean", t))
-    lines = ["## Phantom generator", "", "One thread (OMP/BLAS threads = 1; numpy element-wise code is single-threaded).",
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = ["## Phantom generator", "",
+             "One thread (OMP/BLAS threads = 1; numpy element-wise code is single-threaded). Wall-clock seconds; "
+             f"load average during the run: {load} (figures on a shared, busy machine are upper bounds).",
              "", "| case | volume | seconds per case |", "|---|---|---|"]
     lines += [f"| {what} | {shape} | {t:.3f} |" for what, shape, t in rows]
     print("\n".join(lines))
