@@ -64,9 +64,21 @@ class VertebraMethod(L.LightningModule):
     """
 
     family: ClassVar[str] = "base"
+    # The config dataclass; ``register_method`` fills it in when a class leaves it unset. It lets
+    # ``load_from_checkpoint`` rebuild the module from the flat hyperparameters saved in a checkpoint.
+    config_cls: ClassVar[type | None] = None
+    # Config overrides that make a tiny, fast instance, used by the registry-parametrized contract tests
+    # (tests/test_method_contract.py); e.g. small widths and a small crop.
+    tiny_overrides: ClassVar[dict] = {}
 
-    def __init__(self, config) -> None:
+    def __init__(self, config=None, **params) -> None:
         super().__init__()
+        if config is None:
+            if self.config_cls is None:
+                raise TypeError(f"{type(self).__name__} needs a config (or a config_cls to build one from {params})")
+            config = self.config_cls(**params)
+        elif params:
+            raise TypeError(f"{type(self).__name__}: pass either a config or its fields, not both")
         self.config = config
         self.save_hyperparameters(asdict(config))
 

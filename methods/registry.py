@@ -20,7 +20,7 @@ from typing import Any
 ENTRY_POINT_GROUP = "spinebench.methods"
 
 # Built-in method families, imported on first use of the registry.
-_BUILTIN_MODULES: tuple[str, ...] = ()
+_BUILTIN_MODULES: tuple[str, ...] = ("methods.di2in", "methods.resml")
 
 
 class MethodRegistryError(ValueError):
@@ -65,6 +65,8 @@ def register_method(
         raise MethodRegistryError(f"method {name!r} is already registered (family {_REGISTRY[name].family!r})")
     spec = MethodSpec(name, family, description, module_cls, config_cls, dict(overrides))
     _check_keys(spec, overrides)
+    if getattr(module_cls, "config_cls", None) is None:
+        module_cls.config_cls = config_cls  # lets load_from_checkpoint rebuild it from saved hyperparameters
     _REGISTRY[name] = spec
     return spec
 

@@ -1,0 +1,255 @@
+"""DI2IN family (Yang et al., IPMI 2017): heatmap regression + message passing + ℓ1 shape refinement.
+
+``di2in``, ``di2in_mp`` and ``di2in_mp_sparsity`` are one class with different flags. Network size comes from
+``preset`` ("small": widths 8-16-32-64, one conv per level, fast on a CPU; "paper": widths 32 … 512, two
+convs per level, an approximation of the paper's Fig. 3), and any of ``base_width``/``depth``/
+``convs_per_level`` set explicitly wins over the preset. Message passing runs on a grid ``mp_stride``
+voxels apart (see ``methods.message_passing``); ``mp_mode="post"`` applies it at inference only,
+``"unrolled"`` also puts it into the training graph with trainable kernels and its own loss term.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules.errors import InputError
+from datamodules.targets import gaussian_heatmaps
+from methods.base import DataRequirements, VertebraMethod, VolumePrediction
+from methods.blocks import argmax_subvoxel, conv_relu_stack, pad_to_multiple, upsample_to
+from methods.message_passing import ChainMessagePassing
+from methods.registry import register_method
+from methods.shape_sparsity import ShapeDictionary
+from methods.sliding_window import sliding_window_inference
+
+# preset -> (base_width, depth, convs_per_level); widths double per level: base_width · 2^level.
+PRESETS: dict[str, tuple[int, int, int]] = {"small": (8, 3, 1), "paper": (32, 4, 2)}
+
+
+@dataclass(frozen=True)
+class DI2INConfig:
+    num_vertebrae: int = 26
+    preset: str = "small"  # "small" | "paper"; explicit width/depth/convs below override it
+    base_width: int | None = None
+    depth: int | None = None  # number of 2×2×2 max-pools
+    convs_per_level: int | None = None
+    sigma_vox: float = 2.0  # Gaussian target σ in voxels of the preprocessed volume (4 mm at 2 mm spacing)
+    presence_threshold: float = 0.4  # a vertebra is present when its channel's maximum exceeds this
+    subvoxel: bool = True  # parabolic refinement of the argmax
+    message_passing: bool = False
+    mp_mode: str = "post"  # "post" | "unrolled"
+    mp_alpha: float = 0.5
+    mp_iterations: int = 3
+    mp_stride: int = 4  # message passing grid, in heatmap voxels
+    mp_min_sigma_vox: float = 1.0  # added to the fitted offset spread (annotation uncertainty)
+    mp_loss_weight: float = 1.0  # unrolled mode: weight of the loss on the message-passing output
+    sparsity: bool = False
+    sparsity_lambda: float = 1.0  # λ of ½‖v_S − D_S a‖² + λ‖a‖₁, coordinates in voxels
+    sparsity_positive: bool = False
+    sparsity_min_trusted: int = 3
+    max_window_voxels: int = 2_500_000  # whole-volume inference beyond this runs on blended tiles
+    window_overlap: float = 0.25
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    channels_last: bool = False  # channels_last_3d memory format (see perf/results/di2in.md)
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise InputError(f"di2in option preset: unknown {self.preset!r}; valid: {', '.join(PRESETS)}")
+        for name, value in zip(("base_width", "depth", "convs_per_level"), PRESETS[self.preset]):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+            elif int(getattr(self, name)) < 1:
+                raise InputError(f"di2in option {name}: must be >= 1, got {getattr(self, name)}")
+        if self.mp_mode not in ("post", "unrolled"):
+            raise InputError(f"di2in option mp_mode: must be 'post' or 'unrolled', got {self.mp_mode!r}")
+        if not 0.0 < self.mp_alpha < 1.0:
+            raise InputError(f"di2in option mp_alpha: must lie in (0, 1), got {self.mp_alpha}")
+        checks = {"sigma_vox": self.sigma_vox > 0, "mp_iterations": self.mp_iterations >= 1,
+                  "mp_stride": self.mp_stride >= 1, "sparsity_lambda": self.sparsity_lambda > 0,
+                  "num_vertebrae": self.num_vertebrae >= 2, "max_window_voxels": self.max_window_voxels > 0,
+                  "window_overlap": 0.0 <= self.window_overlap < 1.0}  # fmt: skip
+        for name, ok in checks.items():
+            if not ok:
+                raise InputError(f"di2in option {name}: invalid value {getattr(self, name)!r}")
+
+
+class DI2INNet(nn.Module):
+    """Encoder (conv+ReLU, max-pool) / decoder (×2 trilinear upsampling, skip concatenation, conv+ReLU).
+
+    Every decoder level feeds a deep-supervision branch (1×1×1 conv to K maps, upsampled to full size); the
+    final output is ReLU(1×1×1 conv over the concatenated branches), initialised as their mean. Input sizes
+    must be multiples of ``2**depth``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, base_width: int, depth: int, convs_per_level: int):
+        super().__init__()
+        widths = [base_width * 2**level for level in range(depth + 1)]
+        self.depth = depth
+        self.encoder = nn.ModuleList(
+            conv_relu_stack(in_channels if lvl == 0 else widths[lvl - 1], widths[lvl], convs_per_level)
+            for lvl in range(depth + 1)
+        )
+        self.decoder = nn.ModuleList(
+            conv_relu_stack(widths[lvl + 1] + widths[lvl], widths[lvl], convs_per_level) for lvl in range(depth)
+        )
+        self.heads = nn.ModuleList(nn.Conv3d(widths[lvl], out_channels, 1) for lvl in range(depth))
+        self.fuse = nn.Conv3d(depth * out_channels, out_channels, 1)
+        with torch.no_grad():
+            eye = torch.eye(out_channels).repeat(1, depth) / depth
+            self.fuse.weight.copy_(eye[..., None, None, None])
+            self.fuse.bias.zero_()
+
+    def forward(self, image: torch.Tensor, with_branches: bool = True) -> dict[str, torch.Tensor]:
+        size = tuple(image.shape[-3:])
+        if any(s % 2**self.depth for s in size):
+            raise ValueError(f"input size {size} is not a multiple of 2**depth = {2**self.depth}")
+        skips, x = [], image
+        for lvl, block in enumerate(self.encoder):
+            x = block(x)
+            if lvl < self.depth:
+                skips.append(x)
+                x = F.max_pool3d(x, 2)
+        k = self.fuse.out_channels
+        branches, fused = [], None
+        for lvl in reversed(range(self.depth)):
+            x = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
+            x = self.decoder[lvl](torch.cat([x, skips[lvl]], dim=1))
+            logits = self.heads[lvl](x)
+            if with_branches:
+                branches.append(upsample_to(logits, size))
+            # 1×1×1 mixing commutes with trilinear upsampling, so the fused output is built per branch at
+            # its own resolution and never needs the K·depth-channel full-size concatenation.
+            part = F.conv3d(logits, self.fuse.weight[:, lvl * k : (lvl + 1) * k])
+            fused = upsample_to(part, size) if fused is None else fused + upsample_to(part, size)
+        final = F.relu(fused + self.fuse.bias[None, :, None, None, None])
+        return {"final": final, "branches": branches}
+
+
+class DI2IN(VertebraMethod):
+    family: ClassVar[str] = "di2in"
+    config_cls: ClassVar[type] = DI2INConfig
+    tiny_overrides: ClassVar[dict] = {"base_width": 4, "depth": 2, "mp_stride": 2}
+
+    def __init__(self, config: DI2INConfig | None = None, **params) -> None:
+        super().__init__(config, **params)
+        cfg = self.config
+        self.net = DI2INNet(1, cfg.num_vertebrae, cfg.base_width, cfg.depth, cfg.convs_per_level)
+        if cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last_3d)
+        self.mp = (
+            ChainMessagePassing(cfg.num_vertebrae, cfg.mp_alpha, cfg.mp_iterations, cfg.mp_mode == "unrolled")
+            if cfg.message_passing
+            else None
+        )
+        self.shape_dictionary = (
+            ShapeDictionary(cfg.num_vertebrae, cfg.sparsity_lambda, cfg.sparsity_positive, cfg.sparsity_min_trusted)
+            if cfg.sparsity
+            else None
+        )
+
+    # --- contract ---------------------------------------------------------------------------
+    def data_requirements(self) -> DataRequirements:
+        return DataRequirements("volume", pad_multiple=2**self.config.depth, heatmap_sigma_vox=self.config.sigma_vox)
+
+    def fit_shape_prior(self, centroids_vox: np.ndarray) -> None:
+        c = np.asarray(centroids_vox, dtype=np.float64)
+        if self.mp is not None:
+            self.mp.fit(c, self.config.mp_stride, self.config.mp_min_sigma_vox)
+        if self.shape_dictionary is not None:
+            self.shape_dictionary.fit(c)
+
+    def forward(self, image: torch.Tensor, with_branches: bool = False) -> dict[str, torch.Tensor]:
+        """Heatmaps for ``(B, 1, D, H, W)`` of any size (padded internally, outputs cropped back)."""
+        padded, (d, h, w) = pad_to_multiple(image, 2**self.config.depth)
+        if self.config.channels_last:
+            padded = padded.contiguous(memory_format=torch.channels_last_3d)
+        out = self.net(padded, with_branches=with_branches)
+        return {
+            "final": out["final"][..., :d, :h, :w],
+            "branches": [b[..., :d, :h, :w] for b in out["branches"]],
+        }
+
+    def _coarse(self, maps: torch.Tensor) -> torch.Tensor:
+        s = self.config.mp_stride
+        return maps if s == 1 else F.max_pool3d(maps, s, ceil_mode=True)
+
+    def training_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        image = batch["image"]
+        target = batch.get("heatmaps")
+        if target is None:
+            target = gaussian_heatmaps(
+                batch["centroids_vox"], batch["present"], tuple(image.shape[-3:]), self.config.sigma_vox
+            ).to(image.device)
+        out = self(image, with_branches=True)
+        terms = {"final": F.mse_loss(out["final"], target)}
+        terms["branches"] = sum(F.mse_loss(b, target) for b in out["branches"])
+        loss = terms["final"] + terms["branches"]
+        if self.mp is not None and self.config.mp_mode == "unrolled" and self.mp.fitted:
+            terms["mp"] = F.mse_loss(self.mp(self._coarse(out["final"])), self._coarse(target))
+            loss = loss + self.config.mp_loss_weight * terms["mp"]
+        terms["loss"] = loss
+        return terms
+
+    @torch.no_grad()
+    def predict_heatmaps(self, image: torch.Tensor) -> torch.Tensor:
+        """Network heatmaps ``(K, D, H, W)`` for one image ``(1, 1, D, H, W)``, memory-bounded."""
+        cfg = self.config
+        fn = lambda x: self.net(x.contiguous(memory_format=torch.channels_last_3d) if cfg.channels_last else x,
+                                with_branches=False)["final"]  # fmt: skip
+        return sliding_window_inference(fn, image, 2**cfg.depth, cfg.max_window_voxels, cfg.window_overlap)[0]
+
+    @torch.no_grad()
+    def locate(self, heatmaps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Centroids ``(K, 3)`` and scores ``(K,)`` from ``(K, D, H, W)`` heatmaps, with message passing if on."""
+        cfg = self.config
+        if self.mp is None:
+            coords, peak = argmax_subvoxel(heatmaps, cfg.subvoxel)
+            return coords.numpy(), peak.double().numpy()
+        s = cfg.mp_stride
+        enhanced = self.mp(self._coarse(heatmaps)[None])[0]
+        coarse, peak = argmax_subvoxel(enhanced, cfg.subvoxel)
+        coords = coarse * s + (s - 1) / 2.0  # centre of the coarse cell in full-resolution voxels
+        # Snap to the full-resolution peak when the network itself responds near the enhanced maximum.
+        shape = heatmaps.shape[1:]
+        for k in range(heatmaps.shape[0]):
+            lo = [max(0, int(math.floor(coords[k, a] - s))) for a in range(3)]
+            hi = [min(shape[a], int(math.ceil(coords[k, a] + s)) + 1) for a in range(3)]
+            window = heatmaps[k : k + 1, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            if window.numel() and float(window.max()) > cfg.presence_threshold:
+                local, _ = argmax_subvoxel(window, cfg.subvoxel)
+                coords[k] = local[0] + torch.tensor(lo, dtype=torch.float64)
+        return coords.numpy(), peak.double().numpy()
+
+    def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
+        heatmaps = self.predict_heatmaps(image).float()
+        centroids, scores = self.locate(heatmaps)
+        present = scores > self.config.presence_threshold
+        if self.shape_dictionary is not None:
+            centroids, _ = self.shape_dictionary.refine(centroids, present)
+        return VolumePrediction(centroids, present, np.clip(scores, 0.0, 1.0))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+
+register_method(
+    "di2in", module_cls=DI2IN, config_cls=DI2INConfig, family="di2in",
+    description="DI2IN: 3D encoder-decoder with deep supervision regressing one Gaussian heatmap per vertebra",
+)  # fmt: skip
+register_method(
+    "di2in_mp", module_cls=DI2IN, config_cls=DI2INConfig, family="di2in",
+    description="DI2IN + message passing along the vertebra chain with kernels learned from training centroids",
+    message_passing=True,
+)  # fmt: skip
+register_method(
+    "di2in_mp_sparsity", module_cls=DI2IN, config_cls=DI2INConfig, family="di2in",
+    description="DI2IN + message passing + l1 shape-dictionary refinement (Yang et al. 2017, full pipeline)",
+    message_passing=True, sparsity=True,
+)  # fmt: skip

@@ -1,0 +1,153 @@
+"""ℓ1 shape-dictionary refinement of predicted centroids (Yang et al. 2017, Algorithm 1).
+
+The dictionary holds one column per training spine: its K centroid coordinates per axis, in voxels.
+Training spines are mostly partial (the CSI-2014 table has a median of 11 of 26 levels), so missing levels
+of a training shape are filled by walking from its nearest annotated level with the mean neighbour offset
+(``impute_missing_levels``); shapes with fewer than two annotated levels are dropped.
+
+A test spine sits at an unknown position in its volume. We model that translation as an unpenalised
+intercept per axis (sklearn ``Lasso(fit_intercept=True)`` centres the trusted rows of ``D`` and ``v``), so
+the refined coordinates are ``v̂ = D a + t``. The paper's ``½‖v_S − D_S a‖² + λ‖a‖₁`` equals sklearn's
+objective times ``|S|`` with ``alpha = λ / |S|``.
+
+Trusted subset: the longest subsequence of the present vertebrae (in C1 → S2 order) whose vertical
+coordinate strictly decreases. Array axis 0 grows toward superior, so going down the chain the axis-0
+coordinate must decrease.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import Lasso
+from torch import nn
+
+VERTICAL_AXIS = 0
+
+
+def longest_decreasing_subsequence(values: np.ndarray) -> np.ndarray:
+    """Indices of a longest strictly decreasing subsequence of ``values`` (1D), by O(n²) dynamic programming.
+
+    Ties are not decreasing, so of equal values at most one is kept. Among equally long answers the one
+    whose elements come earliest is returned (deterministic). Empty input gives an empty array.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    n = v.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    length = np.ones(n, dtype=np.int64)
+    parent = np.full(n, -1, dtype=np.int64)
+    for i in range(1, n):
+        earlier = np.nonzero(v[:i] > v[i])[0]
+        if earlier.size:
+            best = earlier[np.argmax(length[earlier])]  # argmax picks the earliest of equal lengths
+            length[i] = length[best] + 1
+            parent[i] = best
+    end = int(np.argmax(length))
+    chain = []
+    while end >= 0:
+        chain.append(end)
+        end = int(parent[end])
+    return np.asarray(chain[::-1], dtype=np.int64)
+
+
+def mean_neighbour_offsets(centroids: np.ndarray) -> np.ndarray:
+    """``(K-1, 3)`` mean of ``c[i+1] - c[i]`` over shapes where both levels are annotated (NaN = absent).
+
+    Pairs never seen together get the mean over the pairs that were seen (or zero when none were).
+    """
+    diffs = centroids[:, 1:, :] - centroids[:, :-1, :]
+    seen = ~np.isnan(diffs).any(axis=2)  # (N, K-1)
+    counts = seen.sum(axis=0)
+    sums = np.where(seen[..., None], diffs, 0.0).sum(axis=0)
+    offsets = np.zeros_like(sums)
+    ok = counts > 0
+    offsets[ok] = sums[ok] / counts[ok, None]
+    offsets[~ok] = offsets[ok].mean(axis=0) if ok.any() else 0.0
+    return offsets
+
+
+def impute_missing_levels(centroids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Fill NaN levels of each ``(N, K, 3)`` shape from its nearest annotated level along the chain.
+
+    A level ``i`` is reached from the closest annotated level ``j`` by adding the mean offsets between
+    them. Shapes with no annotated level stay NaN.
+    """
+    out = np.array(centroids, dtype=np.float64, copy=True)
+    k = out.shape[1]
+    cumulative = np.concatenate([np.zeros((1, 3)), np.cumsum(offsets, axis=0)])  # position of level i from level 0
+    for shape in out:
+        have = np.nonzero(~np.isnan(shape).any(axis=1))[0]
+        if have.size == 0 or have.size == k:
+            continue
+        missing = np.setdiff1d(np.arange(k), have)
+        nearest = have[np.argmin(np.abs(missing[:, None] - have[None, :]), axis=1)]
+        shape[missing] = shape[nearest] + cumulative[missing] - cumulative[nearest]
+    return out
+
+
+class ShapeDictionary(nn.Module):
+    """The dictionary ``D`` as a buffer ``(3, K, N)`` (per axis, level, training shape) + the ℓ1 refinement."""
+
+    def __init__(
+        self, num_vertebrae: int, lam: float = 1.0, positive: bool = False, min_trusted: int = 3, max_iter: int = 2000
+    ) -> None:
+        super().__init__()
+        if lam <= 0:
+            raise ValueError(f"sparsity lambda must be positive, got {lam}")
+        self.num_vertebrae = num_vertebrae
+        self.lam = lam
+        self.positive = positive
+        self.min_trusted = min_trusted
+        self.max_iter = max_iter
+        self.register_buffer("atoms", torch.zeros(3, num_vertebrae, 0, dtype=torch.float64))
+
+    @property
+    def fitted(self) -> bool:
+        return self.atoms.shape[2] > 0
+
+    def fit(self, centroids_vox: np.ndarray, min_levels: int = 2) -> None:
+        """Build the dictionary from training centroids ``(N, K, 3)``, NaN = absent."""
+        c = np.asarray(centroids_vox, dtype=np.float64)
+        if c.ndim != 3 or c.shape[1:] != (self.num_vertebrae, 3):
+            raise ValueError(f"training centroids must be (N, {self.num_vertebrae}, 3), got {c.shape}")
+        levels = (~np.isnan(c).any(axis=2)).sum(axis=1)
+        c = c[levels >= min_levels]
+        if c.shape[0] == 0:
+            raise ValueError(f"no training shape has {min_levels} or more annotated levels")
+        full = impute_missing_levels(c, mean_neighbour_offsets(c))
+        self.atoms = torch.from_numpy(np.ascontiguousarray(full.transpose(2, 1, 0)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The number of atoms is only known after fitting: take the checkpoint's size.
+        key = prefix + "atoms"
+        if key in state_dict:
+            self.atoms = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def refine(self, centroids_vox: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refined ``(K, 3)`` coordinates for all levels and the trusted indices.
+
+        When fewer than ``min_trusted`` present vertebrae form a monotone chain the input is returned
+        unchanged (a shape cannot be placed from one or two points).
+        """
+        if not self.fitted:
+            raise RuntimeError("shape dictionary is empty: call fit_shape_prior(train_centroids_vox) first")
+        v = np.asarray(centroids_vox, dtype=np.float64)
+        idx_present = np.nonzero(np.asarray(present, dtype=bool))[0]
+        trusted = idx_present[longest_decreasing_subsequence(v[idx_present, VERTICAL_AXIS])]
+        if trusted.size < self.min_trusted:
+            return v.copy(), trusted
+        atoms = self.atoms.numpy()
+        refined = np.empty_like(v)
+        # Paper: ½‖v_S − D_S a‖² + λ‖a‖₁; sklearn minimises (1/2n)‖·‖² + α‖a‖₁, so α = λ / n.
+        lasso = Lasso(alpha=self.lam / trusted.size, fit_intercept=True, positive=self.positive, max_iter=self.max_iter)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for axis in range(3):
+                lasso.fit(atoms[axis, trusted], v[trusted, axis])
+                refined[:, axis] = atoms[axis] @ lasso.coef_ + lasso.intercept_
+        return refined, trusted

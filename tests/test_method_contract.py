@@ -1,0 +1,61 @@
+"""Contract tests that run for every registered method (built-ins and installed plugins) automatically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from methods import DataRequirements, VolumePrediction, list_methods
+from tests.method_fixtures import NUM_VERTEBRAE, TINY_SHAPE, tiny_batch, tiny_case, tiny_method, train_centroids
+
+METHODS = list_methods()
+
+
+def test_registry_is_not_empty():
+    assert {"di2in", "di2in_mp", "di2in_mp_sparsity"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_data_requirements_are_consistent(name):
+    req = tiny_method(name).data_requirements()
+    assert isinstance(req, DataRequirements)
+    if req.sample_mode == "crop":
+        assert req.crop_size_vox is not None and len(req.crop_size_vox) == 3
+    else:
+        assert req.sample_mode == "volume" and req.pad_multiple >= 1
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_loss_is_finite_and_a_step_changes_parameters(name):
+    method = tiny_method(name)
+    method.fit_shape_prior(train_centroids())
+    batch = tiny_batch(method, seeds=(0, 1))
+    terms = method.training_loss(batch)
+    assert "loss" in terms and terms["loss"].ndim == 0
+    assert all(torch.isfinite(v).all() for v in terms.values())
+    before = [p.detach().clone() for p in method.parameters() if p.requires_grad]
+    assert before, "a method must have trainable parameters"
+    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=1e-2)
+    optimizer.zero_grad()
+    terms["loss"].backward()
+    optimizer.step()
+    after = [p.detach() for p in method.parameters() if p.requires_grad]
+    changed = sum(not torch.equal(a, b) for a, b in zip(before, after))
+    assert changed > 0
+    assert torch.isfinite(method.training_loss(batch)["loss"])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_predict_volume_contract_on_unpadded_volume(name):
+    method = tiny_method(name)
+    method.fit_shape_prior(train_centroids())
+    method.eval()
+    image, _, _ = tiny_case(seed=3)
+    assert any(s % 2 for s in image.shape[-3:])  # not a multiple of any pad
+    pred = method.predict_volume(image)
+    assert isinstance(pred, VolumePrediction)
+    assert pred.centroids_vox.shape == (NUM_VERTEBRAE, 3) and np.isfinite(pred.centroids_vox).all()
+    assert pred.present.dtype == bool and pred.present.shape == (NUM_VERTEBRAE,)
+    assert pred.scores.shape == (NUM_VERTEBRAE,) and ((pred.scores >= 0) & (pred.scores <= 1)).all()
+    assert TINY_SHAPE == tuple(image.shape[-3:])

@@ -1,0 +1,105 @@
+"""ℓ1 shape-dictionary refinement: the monotone-subsequence DP and outlier removal on real spine shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from methods.shape_sparsity import (
+    ShapeDictionary,
+    impute_missing_levels,
+    longest_decreasing_subsequence,
+    mean_neighbour_offsets,
+)
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([], []),
+        ([7.0], [0]),
+        ([1.0, 2.0, 3.0, 4.0], [0]),  # all reversed (ascending): any single element, the first
+        ([5.0, 5.0, 5.0], [0]),  # ties are not decreasing
+        ([9.0, 8.0, 8.0, 7.0], [0, 1, 3]),  # a tie inside keeps one of the pair
+        ([10.0, 9.0, 30.0, 8.0, 7.0], [0, 1, 3, 4]),  # one outlier above
+        ([10.0, 2.0, 9.0, 8.0, 7.0, 6.0], [0, 2, 3, 4, 5]),  # one outlier below
+        ([3.0, 10.0, 9.0, 2.0, 1.0, 8.0, 7.0, 6.0, 5.0], [1, 2, 5, 6, 7, 8]),
+    ],
+)
+def test_longest_decreasing_subsequence(values, expected):
+    assert longest_decreasing_subsequence(np.array(values)).tolist() == expected
+
+
+def test_dp_matches_brute_force_length():
+    rng = np.random.default_rng(0)
+    from itertools import combinations
+
+    for _ in range(30):
+        v = rng.integers(0, 6, size=8).astype(float)
+        best = max(
+            (len(c) for r in range(1, 9) for c in combinations(range(8), r) if all(np.diff(v[list(c)]) < 0)),
+        )
+        got = longest_decreasing_subsequence(v)
+        assert len(got) == best and (np.diff(v[got]) < 0).all()
+
+
+def test_imputation_fills_missing_levels_with_mean_offsets():
+    c = np.full((2, 5, 3), np.nan)
+    c[0] = np.arange(5)[:, None] * np.array([-10.0, 1.0, 0.0])
+    c[1, 2:4] = c[0, 2:4] + 100.0
+    offsets = mean_neighbour_offsets(c)
+    np.testing.assert_allclose(offsets, np.tile([-10.0, 1.0, 0.0], (4, 1)))
+    full = impute_missing_levels(c, offsets)
+    np.testing.assert_allclose(full[1], c[0] + 100.0)
+
+
+def _load_csi(root):
+    rows = {}
+    for line in (root / "points_world_coordinates.csv").read_text().splitlines():
+        parts = line.strip().split(",")
+        if len(parts) == 79:
+            rows[parts[0]] = np.array(parts[1:], dtype=np.float64).reshape(26, 3)
+
+    def split(name):
+        ids = [i.strip() for i in (root / name).read_text().split() if i.strip()]
+        # (x, y, z) mm with z superior -> numpy order (axis 0 superior, axis 1 posterior, axis 2) in 2 mm voxels
+        return np.stack([rows[i] for i in ids])[..., ::-1] / 2.0
+
+    return split("train_all.txt"), split("test_all.txt")
+
+
+@pytest.mark.needs_shared
+def test_outlier_is_brought_back_on_held_out_real_spines(shared_real):
+    train, test = _load_csi(shared_real / "csi2014_landmarks_payer")
+    assert train.shape == (242, 26, 3) and test.shape == (60, 26, 3)
+    dictionary = ShapeDictionary(26, lam=1.0)
+    dictionary.fit(train)
+    errors_mm, untouched_mm = [], []
+    for truth in test:
+        present = ~np.isnan(truth).any(axis=1)
+        levels = np.flatnonzero(present)
+        if levels.size < 6:
+            continue
+        k = levels[levels.size // 2]
+        predicted = np.where(present[:, None], truth, 0.0)
+        predicted[k, 0] += 30.0  # 60 mm too superior: breaks the vertical order
+        refined, trusted = dictionary.refine(predicted, present)
+        assert k not in trusted
+        errors_mm.append(2.0 * np.linalg.norm(refined[k] - truth[k]))
+        untouched_mm.append(np.median(2.0 * np.linalg.norm(refined[levels] - truth[levels], axis=1)))
+    errors_mm = np.array(errors_mm)
+    assert len(errors_mm) >= 40
+    assert np.median(errors_mm) < 4.0 and np.percentile(errors_mm, 90) < 8.0  # was 60 mm off
+    assert np.median(untouched_mm) < 2.0  # correct levels stay where they were
+
+
+def test_refine_needs_fit_and_too_few_trusted_is_identity():
+    d = ShapeDictionary(5)
+    with pytest.raises(RuntimeError, match="fit_shape_prior"):
+        d.refine(np.zeros((5, 3)), np.ones(5, bool))
+    c = np.arange(5)[None, :, None] * np.array([-10.0, 1.0, 0.0]) + np.random.default_rng(0).normal(0, 1, (8, 5, 3))
+    d.fit(c)
+    v = np.zeros((5, 3))
+    v[:2] = c[0, :2]
+    refined, trusted = d.refine(v, np.array([True, True, False, False, False]))
+    assert trusted.tolist() == [0, 1] and np.array_equal(refined, v)
