@@ -7,7 +7,6 @@ transcendental functions are evaluated only on a few scalars and rounded.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, size
 
@@ -71,11 +70,17 @@ def add_streaks(canvas: Canvas, metal_threshold_hu: float, amplitude_hu: float, 
     p = canvas.axis_mm(1).astype(np.float32)[None, :, None]
     l = canvas.axis_mm(2).astype(np.float32)[None, None, :]
     left = l >= np.asarray(spine_l_mm[sl], np.float32)[:, None, None]
+    j_idx = np.arange(canvas.shape[1], dtype=np.int64)[None, :, None]
+    k_idx = np.arange(canvas.shape[2], dtype=np.int64)[None, None, :]
+    o, d = canvas.origin_mm, canvas.spacing_mm
     centers = []
     for side_mask in (m & left, m & ~left):
-        cnt = side_mask.sum(axis=(1, 2)).astype(np.float64)
-        cp = (side_mask * p).sum(axis=(1, 2), dtype=np.float64) / np.maximum(cnt, 1)
-        cl = (side_mask * l).sum(axis=(1, 2), dtype=np.float64) / np.maximum(cnt, 1)
+        # Integer index sums: exact, whatever the summation order of the platform's reduction loops.
+        cnt = side_mask.sum(axis=(1, 2), dtype=np.int64)
+        safe = np.maximum(cnt, 1).astype(np.float64)
+        cp = o[1] + d[1] * ((side_mask * j_idx).sum(axis=(1, 2), dtype=np.int64) / safe)
+        cl = o[2] + d[2] * ((side_mask * k_idx).sum(axis=(1, 2), dtype=np.int64) / safe)
+        cnt = cnt.astype(np.float64)
         weight = np.minimum(cnt / 4.0, 1.0)  # slices just grazing the metal streak less
         centers.append((cp.astype(np.float32), cl.astype(np.float32), weight.astype(np.float32)))
     col = lambda x: x[:, None, None]  # noqa: E731
@@ -109,19 +114,40 @@ def gaussian_kernel(sigma_vox: float) -> np.ndarray:
 
 
 def blur(volume: np.ndarray, sigma_mm: float, spacing_mm: np.ndarray) -> np.ndarray:
-    """Separable Gaussian point-spread function (sigma in mm); axes where sigma < 0.25 voxel are left alone."""
+    """Separable Gaussian point-spread function (sigma in mm, edges replicated); axes where sigma < 0.25 voxel are
+    left alone. Written as numpy multiplies and adds of shifted copies (no fused multiply-add, fixed order), so the
+    result is the same on every platform."""
     out = volume
     for axis in range(3):
         s = sigma_mm / float(spacing_mm[axis])
-        if s >= 0.25:
-            out = ndimage.correlate1d(out, gaussian_kernel(s), axis=axis, mode="nearest", output=np.float32)
+        if s < 0.25:
+            continue
+        w = gaussian_kernel(s).astype(np.float32)
+        r = len(w) // 2
+        pad = [(0, 0)] * 3
+        pad[axis] = (r, r)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+
+        def shifted(offset: int) -> np.ndarray:
+            index = [slice(None)] * 3
+            index[axis] = slice(r + offset, r + offset + n)
+            return padded[tuple(index)]
+
+        acc = shifted(0) * w[r]
+        for t in range(1, r + 1):
+            acc += (shifted(-t) + shifted(t)) * w[r + t]
+        out = acc
     return out
 
 
 def thick_slices(volume: np.ndarray, labels: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Average ``factor`` consecutive axial slices (axis 0) into one thick slice; labels take the middle slice."""
     n = (volume.shape[0] // factor) * factor
-    hu = volume[:n].reshape(n // factor, factor, *volume.shape[1:]).mean(axis=1, dtype=np.float32)
+    total = volume[0:n:factor].copy()
+    for t in range(1, factor):
+        total += volume[t:n:factor]
+    hu = total / np.float32(factor)
     lab = labels[factor // 2 : n : factor]
     return hu, lab
 

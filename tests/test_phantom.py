@@ -32,6 +32,27 @@ def test_same_seed_same_bytes_other_index_differs():
     assert not np.allclose(_xyz(a)[:4], _xyz(c)[:4])
 
 
+# sha256 of (ct bytes, mask bytes, centroids rounded to 1e-4 mm) of one case that runs every code path (scoliosis,
+# kyphosis, metal + streaks, thick slices, noise, blur). It pins the output across machines and numpy/scipy builds;
+# a deliberate change of the generator updates it (and GENERATOR_VERSION).
+GOLDEN_CASE = (2024, 2)
+GOLDEN_SHA256 = "f612617c64439c050773dba0171b5bee57422ff7c45287b8331afd028092ff70"
+
+
+def test_golden_case_is_byte_identical_on_this_machine():
+    import hashlib
+
+    cfg = PhantomConfig(spacing_mm=4.0, fov_vertebrae=(6, 8), scoliosis_rate=1.0, kyphosis_rate=1.0,
+                        metal_rate=1.0, anisotropic_rate=1.0)
+    case = generate_case(*GOLDEN_CASE, cfg)
+    assert case.metadata["metal"]["applied"] and case.metadata["anisotropic"]["applied"]
+    h = hashlib.sha256()
+    h.update(case.ct_hu.tobytes())
+    h.update(case.vertebra_mask.tobytes())
+    h.update(np.round(_xyz(case), 4).tobytes())
+    assert h.hexdigest() == GOLDEN_SHA256
+
+
 def test_canonical_geometry_and_centroids_inside():
     case = generate_case(0, 0, plain())
     np.testing.assert_allclose(case.geometry.direction, np.eye(3)[:, ::-1])  # axes grow S, P, L
