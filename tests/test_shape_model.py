@@ -43,10 +43,10 @@ def test_transitional_levels_are_inserted_in_order():
 @pytest.mark.needs_shared
 def test_fit_reproduces_committed_model(shared_real):
     import importlib.util
+    from pathlib import Path
 
-    from tests.conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("fit_shape_model", REPO_ROOT / "tools" / "fit_shape_model.py")
+    script = Path(__file__).resolve().parents[1] / "tools" / "fit_shape_model.py"
+    spec = importlib.util.spec_from_file_location("fit_shape_model", script)
     fit_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fit_module)
     fitted = fit_module.fit(shared_real)
