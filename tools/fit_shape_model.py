@@ -131,6 +131,14 @@ def em_pca(x: np.ndarray, rank: int, iterations: int) -> tuple[np.ndarray, np.nd
 
 
 def fit(real: Path) -> dict[str, np.ndarray]:
+    # One BLAS thread: the 936 x 75 SVDs are tiny, and threads only contend on a busy machine.
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _fit(real)
+
+
+def _fit(real: Path) -> dict[str, np.ndarray]:
     scans, counts = load_tables(real)
     offsets, transitional = offset_matrix(scans)
     offsets, n_rejected = reject_outliers(offsets)
