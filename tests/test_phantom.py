@@ -74,9 +74,13 @@ def test_canonical_geometry_and_centroids_inside():
 def test_every_centroid_lies_in_bone_of_its_own_vertebra(seed, overrides):
     case = generate_case(seed, 0, plain(noise_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0), **overrides))
     vox = np.rint(case.geometry.world_to_vox(_xyz(case))).astype(int)
+    checked = 0
     for name, (i, j, k) in zip(case.centroids_mm, vox):
-        assert case.ct_hu[i, j, k] > 150, (name, case.ct_hu[i, j, k])
         assert case.vertebra_mask[i, j, k] == PHANTOM_MASK_ID[name], name
+        if case.ct_hu[i].max() < METAL_THRESHOLD_HU:  # streaks may darken bone in slices that hold metal
+            assert case.ct_hu[i, j, k] > 150, (name, case.ct_hu[i, j, k])
+            checked += 1
+    assert checked >= len(case.centroids_mm) - 8
     # Cortical shell and cancellous core both present, in their HU ranges (set per case).
     tissue = case.metadata["tissue_hu"]
     assert 700 <= tissue["cortical"] <= 1200 and 150 <= tissue["cancellous"] <= 300
