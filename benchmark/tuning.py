@@ -1,0 +1,503 @@
+"""Optuna studies over a ``spinebench run`` experiment: storage, worker loop, pruning, MLflow and outputs.
+
+A tuning file is a run experiment plus a ``tune`` section (see ``configs/tune_di2in.yaml``). Every trial samples
+the search space, applies the values as experiment overrides and trains one (method, seed) cell through the
+runner; its value is the best epoch's validation metric (``val/id_rate`` by default).
+
+Parallel workers. ``n_trials`` is the study's total, not a per-worker count: a worker holds a study-wide lock
+(``StudyLock``) while it counts the non-failed trials and creates the next one, so any number of workers on one
+storage end with exactly ``n_trials`` trials. Failed trials do not count (they are retried). With an RDB
+storage, Optuna's heartbeat marks the RUNNING trials of a killed worker FAIL; with a journal file, a worker marks
+FAIL the RUNNING trials of dead processes on its own host.
+
+DDP. A trial whose trainer runs several processes (``devices`` > 1 or ``num_nodes`` > 1) runs in a child
+process, ``python -m benchmark.tuning TRIAL.json``, so that Lightning's launcher re-runs that command (with the
+trial id) for the other ranks instead of the whole study. Every rank attaches to the same trial; Optuna's
+``PyTorchLightningPruningCallback`` reports only on global rank 0 and broadcasts its prune decision, so all ranks
+stop at the same epoch; rank 0 then writes the outcome for the study process. This needs an RDB storage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from benchmark.search_space import SearchSpace, apply_overrides
+from benchmark.tuning_storage import (
+    WORKER_ATTR, StudyLock, default_storage, fail_dead_local_trials, is_rdb_url, open_storage,
+)
+from datamodules.atomic import atomic_path, write_text_atomic
+from datamodules.errors import InputError
+
+DEFAULT_METRIC = "val/id_rate"
+PRUNERS = ("median", "hyperband", "threshold", "none")
+SAMPLERS = ("tpe", "random")
+_MAX_CONSECUTIVE_FAILURES = 3
+
+
+class TuneError(InputError):
+    """A tuning setting (storage, objective, pruner, sampler, budget) that cannot be used."""
+
+
+class TrialsFailingError(RuntimeError):
+    """Several trials in a row failed: the worker stops instead of burning the budget."""
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    study_name: str
+    storage: str  # RDB URL (contains "://") or a journal file path
+    out_dir: Path
+    n_trials: int
+    timeout_s: float | None
+    metric: str
+    direction: str  # "maximize" | "minimize"
+    pruner: Mapping[str, Any]
+    sampler: Mapping[str, Any]
+    tracking_uri: str
+
+
+def make_pruner(raw: Mapping[str, Any] | None, where: str = "tune.pruner") -> optuna.pruners.BasePruner:
+    """``{type: median|hyperband|threshold|none, ...}``; the other keys are the pruner's own arguments."""
+    raw = dict(raw or {"type": "median"})
+    kind = raw.pop("type", "median")
+    classes = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+               "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
+    if kind not in classes:
+        raise TuneError(f"{where}.type: unknown pruner {kind!r}; valid pruners: {', '.join(PRUNERS)}")
+    try:
+        return classes[kind](**raw)
+    except (TypeError, ValueError) as exc:
+        raise TuneError(f"{where}: bad arguments for the {kind} pruner: {exc}") from None
+
+
+def make_sampler(raw: Mapping[str, Any] | None, where: str = "tune.sampler") -> optuna.samplers.BaseSampler:
+    raw = dict(raw or {"type": "tpe"})
+    kind = raw.pop("type", "tpe")
+    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    if kind not in classes:
+        raise TuneError(f"{where}.type: unknown sampler {kind!r}; valid samplers: {', '.join(SAMPLERS)}")
+    try:
+        return classes[kind](**raw)
+    except (TypeError, ValueError) as exc:
+        raise TuneError(f"{where}: bad arguments for the {kind} sampler: {exc}") from None
+
+
+def load_study(settings: TuneSettings, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create the study or attach to it (``load_if_exists``); refuses one created with the other direction."""
+    study = optuna.create_study(
+        storage=storage or open_storage(settings.storage), study_name=settings.study_name,
+        direction=settings.direction, load_if_exists=True,
+        sampler=make_sampler(settings.sampler), pruner=make_pruner(settings.pruner),
+    )
+    if study.direction.name.lower() != settings.direction:
+        raise TuneError(
+            f"study {settings.study_name!r} in {settings.storage} was created to {study.direction.name.lower()}, "
+            f"not {settings.direction}; pick another --study name"
+        )
+    return study
+
+
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count towards ``n_trials``: all but FAIL."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+
+
+# A cell trainer: (experiment mapping, trial, trial folder, mlflow child run id or None) -> objective value.
+CellTrainer = Callable[[dict, optuna.trial.Trial, Path, "str | None"], float]
+
+
+def run_workers_loop(
+    settings: TuneSettings,
+    study: optuna.Study,
+    lock: StudyLock,
+    experiment: Mapping[str, Any],
+    space: SearchSpace,
+    train_cell: CellTrainer,
+    tracker: Any = None,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Run trials until the study holds ``n_trials`` non-failed trials or ``timeout_s`` has passed.
+
+    Returns the number of trials this worker ran. Each trial: sample -> overrides -> ``train_cell``.
+    """
+    started = time.monotonic()
+    ran, failures = 0, 0
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    while settings.timeout_s is None or time.monotonic() - started < settings.timeout_s:
+        lock.acquire()
+        state: dict[str, Any] = {"released": False, "number": None, "user_error": None}
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
+            lock.release()  # the trial exists now (RUNNING): other workers count it
+            state.update(released=True, number=trial.number)
+            try:
+                return _run_trial(trial, settings, experiment, space, train_cell, tracker)
+            except InputError as exc:
+                state["user_error"] = exc
+                raise
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            if not is_rdb_url(settings.storage):
+                fail_dead_local_trials(study)
+            if len(counted_trials(study)) >= settings.n_trials:
+                break
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        finally:
+            if not state["released"]:
+                lock.release()
+        if state["user_error"] is not None:
+            raise state["user_error"]
+        ran += 1
+        mine = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, state["number"])) if state["number"] is not None else None
+        _log_trial(mine, study, settings, log)
+        failures = failures + 1 if mine is not None and mine.state == TrialState.FAIL else 0
+        if failures >= _MAX_CONSECUTIVE_FAILURES:
+            reason = mine.user_attrs.get("error", "see the log above") if mine else ""
+            raise TrialsFailingError(f"{failures} trials in a row failed; last error: {reason}")
+    return ran
+
+
+def _run_trial(trial, settings, experiment, space, train_cell, tracker) -> float:
+    overrides = space.sample(trial)
+    trial.set_user_attr("overrides", overrides)
+    trial_dir = settings.out_dir / "trials" / f"{trial.number:04d}"
+    run_id = tracker.start_trial(trial, overrides) if tracker is not None else None
+    try:
+        value = float(train_cell(apply_overrides(experiment, overrides), trial, trial_dir, run_id))
+        if not math.isfinite(value):
+            raise RuntimeError(f"objective {settings.metric} is {value}")
+    except optuna.TrialPruned:
+        if tracker is not None:
+            tracker.end_trial(run_id, trial, "PRUNED", None)
+        raise
+    except InputError:
+        if tracker is not None:
+            tracker.end_trial(run_id, trial, "FAIL", None)
+        raise  # a user error fails every trial: abort the worker
+    except Exception as exc:
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
+        if tracker is not None:
+            tracker.end_trial(run_id, trial, "FAIL", None)
+        raise
+    if tracker is not None:
+        tracker.end_trial(run_id, trial, "COMPLETE", value)
+    return value
+
+
+def _log_trial(trial, study: optuna.Study, settings: TuneSettings, log: Callable[[str], None]) -> None:
+    if trial is None:
+        return
+    done = len(counted_trials(study))
+    value = "" if trial.value is None else f" {settings.metric}={trial.value:.4f}"
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        step = max(trial.intermediate_values)
+        value = f" at epoch {step} ({settings.metric}={trial.intermediate_values[step]:.4f})"
+    try:
+        best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:
+        best = ""
+    error = f": {trial.user_attrs['error']}" if trial.state == TrialState.FAIL and "error" in trial.user_attrs else ""
+    log(f"trial {trial.number} [{done}/{settings.n_trials}] {trial.state.name}{value}{error}{best}")
+
+
+# --- start-up: the tuning file -> validated settings ---------------------------------------------------------
+
+TUNE_KEYS = ("study", "n_trials", "timeout_s", "storage", "out_dir", "objective", "pruner", "sampler", "space")
+_NOT_HYPERPARAMETERS = ("accelerator", "devices", "num_nodes", "strategy")
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    settings: TuneSettings
+    experiment: dict  # the raw experiment (``tune`` section removed, ``--set`` applied)
+    space: SearchSpace
+    cfg: Any  # the resolved base experiment (benchmark.config.ExperimentConfig)
+    distributed: bool
+
+
+def prepare_tuning(
+    config: str | Path, sets: Sequence[str] = (), *, n_trials: int | None = None, timeout_s: float | None = None,
+    storage: str | None = None, study: str | None = None, out: str | Path | None = None,
+    tracking_uri: str | None = None,
+) -> TuneJob:
+    """Read and validate everything (experiment, search space, objective, pruner, storage) before any training."""
+    from benchmark.config import TRAINER_KEYS, apply_sets, load_experiment, read_raw
+    from benchmark.search_space import parse_search_space
+    from benchmark.tuning_trial import cell_of, is_distributed
+
+    raw = apply_sets(read_raw(config), sets)
+    tune = raw.pop("tune", None)
+    if not isinstance(tune, Mapping) or "space" not in tune:
+        raise TuneError(f"{config}: no 'tune' section with a 'space' (see configs/tune_di2in.yaml)")
+    unknown = sorted(set(tune) - set(TUNE_KEYS))
+    if unknown:
+        raise TuneError(f"tune.{unknown[0]}: unknown key; valid keys: {', '.join(TUNE_KEYS)}")
+    cfg = load_experiment(raw)
+    entry, _ = cell_of(cfg)
+    space = parse_search_space(tune["space"], methods=[m.name for m in cfg.methods], trainer_keys=TRAINER_KEYS)
+    for p in space.params:
+        if p.path[0] == "trainer" and p.path[-1] in _NOT_HYPERPARAMETERS:
+            raise TuneError(f"tune.space.trainer.{p.path[-1]}: a device setting, not a hyperparameter; set it in trainer")
+    _check_space_values(raw, space, load_experiment)
+
+    objective = tune.get("objective") or {}
+    if not isinstance(objective, Mapping) or set(objective) - {"metric", "direction"}:
+        raise TuneError(f"tune.objective: expected {{metric: NAME, direction: maximize|minimize}}, got {objective!r}")
+    metric = str(objective.get("metric", DEFAULT_METRIC))
+    direction = objective.get("direction", "maximize" if metric == DEFAULT_METRIC else None)
+    if direction not in ("maximize", "minimize"):
+        raise TuneError(f"tune.objective.direction: give maximize or minimize for metric {metric!r}, got {direction!r}")
+    make_pruner(tune.get("pruner"))  # validated now, built again when the study opens
+    make_sampler(tune.get("sampler"))
+
+    study_name = str(study or tune.get("study") or raw.get("name") or Path(config).stem)
+    out_dir = Path(out or tune.get("out_dir") or Path("runs") / "tune" / study_name)
+    n = n_trials if n_trials is not None else tune.get("n_trials", 20)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TuneError(f"--n-trials / tune.n_trials: expected a positive integer, got {n!r}")
+    timeout = timeout_s if timeout_s is not None else tune.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise TuneError(f"--timeout / tune.timeout_s: expected a positive number of seconds, got {timeout!r}")
+    storage_url = str(storage or tune.get("storage") or default_storage(out_dir))
+    trainer_cfg = cfg.trainer_for(entry)
+    distributed = is_distributed(trainer_cfg)
+    if distributed and trainer_cfg.num_nodes > 1:
+        raise TuneError("trainer.num_nodes: a trial runs on one machine (devices=N); for several machines run one "
+                        "`spinebench tune` worker per machine against one --storage")
+    if distributed and not is_rdb_url(storage_url):
+        raise TuneError(f"--storage {storage_url}: DDP trials need an RDB storage (sqlite:///, postgresql://); "
+                        "Optuna's Lightning pruning callback does not support journal files under DDP")
+    from benchmark.tracking import default_tracking_uri
+
+    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(out_dir)
+    settings = TuneSettings(study_name, storage_url, out_dir, n, None if timeout is None else float(timeout), metric,
+                            direction, dict(tune.get("pruner") or {}), dict(tune.get("sampler") or {}), uri)
+    return TuneJob(settings, raw, space, cfg, distributed)
+
+
+def _check_space_values(raw: Mapping[str, Any], space: SearchSpace, load_experiment) -> None:
+    """Every bound and choice must pass the experiment's own validation (types, method checks)."""
+    numeric = [p for p in space.params if p.type != "categorical"]
+    trials = [{p.key: p.low for p in numeric}, {p.key: p.high for p in numeric}]
+    trials += [{p.key: c} for p in space.params if p.type == "categorical" for c in p.choices]
+    for overrides in trials:
+        if overrides:
+            load_experiment(apply_overrides(raw, overrides))
+
+
+def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna.Study, dict[str, Path]]:
+    """Open (or continue) the study, run this worker's trials, write the outputs; returns the study and files."""
+    from benchmark.tuning_trial import StudyTracker
+
+    settings = job.settings
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    lock = StudyLock(settings.storage, settings.study_name)
+    tracker = StudyTracker(settings.tracking_uri, job.cfg.tracking.experiment, settings.out_dir,
+                           enabled=job.cfg.tracking.enabled)
+    with lock.held():  # first workers to arrive create the database, the study and the MLflow parent run in turn
+        study = load_study(settings, open_storage(settings.storage))
+        _check_same_space(study, job.space, settings)
+        tracker.start_study(study, {"study": settings.study_name, "metric": settings.metric,
+                                    "direction": settings.direction, "n_trials": settings.n_trials,
+                                    "pruner": dict(settings.pruner), "sampler": dict(settings.sampler),
+                                    "space": {p.name: _describe(p) for p in job.space.params}})
+    done = len(counted_trials(study))
+    log(f"study {settings.study_name!r} ({_redact(settings.storage)}): {done}/{settings.n_trials} trials so far, "
+        f"objective {settings.metric} ({settings.direction})")
+    status = "FAILED"
+    try:
+        train = make_cell_trainer(settings, tracker, job.distributed, job.cfg.tracking.experiment)
+        run_workers_loop(settings, study, lock, job.experiment, job.space, train, tracker, log)
+        outputs = write_outputs(study, settings, job.experiment, job.space)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if tracker.enabled and tracker.parent_run_id:
+            if status == "FINISHED":
+                _log_study_summary(tracker, study, settings, outputs)
+            tracker.end(tracker.parent_run_id, status)
+    return study, outputs
+
+
+def _check_same_space(study: optuna.Study, space: SearchSpace, settings: TuneSettings) -> None:
+    names = set(space.names)
+    for trial in study.get_trials(deepcopy=False):
+        extra = sorted(set(trial.params) - names)
+        if extra:
+            raise TuneError(f"--study {settings.study_name}: its trials tuned {', '.join(extra)}, which this search "
+                            "space lacks; pick another --study name for a different space")
+
+
+def _describe(p) -> str:
+    if p.type == "categorical":
+        return f"categorical{list(p.choices)}"
+    return f"{p.type}[{p.low}, {p.high}]" + (" log" if p.log else "") + (f" step {p.step}" if p.step else "")
+
+
+def _redact(url: str) -> str:
+    """Hide a password in ``scheme://user:password@host``."""
+    head, sep, tail = url.partition("://")
+    if sep and "@" in tail:
+        cred, _, rest = tail.rpartition("@")
+        return f"{head}://{cred.split(':')[0]}:***@{rest}"
+    return url
+
+
+def _log_study_summary(tracker, study: optuna.Study, settings: TuneSettings, outputs: dict[str, Path]) -> None:
+    counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name.lower() in counts:
+            counts[t.state.name.lower()] += 1
+    metrics = {f"trials/{k}": float(v) for k, v in counts.items()}
+    if counts["complete"]:
+        metrics["best/value"] = study.best_value
+        metrics["best/trial"] = float(study.best_trial.number)
+    tracker.log_metrics(tracker.parent_run_id, metrics)
+    tracker.log_artifacts(tracker.parent_run_id, list(outputs.values()))
+
+
+# --- outputs -------------------------------------------------------------------------------------------------
+
+
+def best_experiment(study: optuna.Study, experiment: Mapping[str, Any], space: SearchSpace) -> tuple[dict, Any]:
+    """The experiment with the best trial's overrides applied, and that trial."""
+    best = study.best_trial
+    return apply_overrides(experiment, space.overrides_from_params(best.params)), best
+
+
+def write_outputs(study: optuna.Study, settings: TuneSettings, experiment: Mapping[str, Any],
+                  space: SearchSpace) -> dict[str, Path]:
+    """``best_config.yaml`` (runnable by ``spinebench run --config``), ``trials.csv`` and the two plots (PNG)."""
+    out = settings.out_dir
+    written: dict[str, Path] = {}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete:
+        config, best = best_experiment(study, experiment, space)
+        header = (f"# Best trial {best.number} of Optuna study {settings.study_name!r} ({settings.storage}):\n"
+                  f"# {settings.metric} = {best.value:.6g} ({settings.direction}). Run it: spinebench run --config "
+                  f"{out / 'best_config.yaml'}\n"
+                  + "".join(f"#   {k} = {v!r}\n" for k, v in space.overrides_from_params(best.params).items()))
+        write_text_atomic(out / "best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
+        written["best_config"] = out / "best_config.yaml"
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
+    write_text_atomic(out / "trials.csv", frame.to_csv(index=False))
+    written["trials"] = out / "trials.csv"
+    written.update(_write_plots(study, out, settings.metric))
+    return written
+
+
+def _write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    written = {}
+    plots = {"optimization_history": lambda: ovm.plot_optimization_history(study, target_name=metric),
+             "param_importances": lambda: ovm.plot_param_importances(study, target_name=metric)}
+    for name, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for the matplotlib backend
+            try:
+                ax = plot()
+            except (ValueError, RuntimeError) as exc:  # e.g. importances need >= 2 complete trials
+                optuna.logging.get_logger(__name__).warning("no %s plot yet: %s", name, exc)
+                continue
+        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        with atomic_path(out / f"{name}.png") as tmp:
+            figure.savefig(tmp, format="png", dpi=100)
+        plt.close(figure)
+        written[name] = out / f"{name}.png"
+    return written
+
+
+# --- DDP trials in a child process ---------------------------------------------------------------------------
+
+
+def run_trial_in_subprocess(job: Mapping[str, Any], trial_dir: Path, timeout_s: float | None = None) -> float:
+    """Run one trial as ``python -m benchmark.tuning JOB.json`` (Lightning re-runs it for the other ranks)."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    job_path, result_path = trial_dir / "trial_job.json", trial_dir / "trial_result.json"
+    result_path.unlink(missing_ok=True)
+    write_text_atomic(job_path, json.dumps(dict(job), indent=1))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "benchmark.tuning", str(job_path)], env=env, timeout=timeout_s)
+    if not result_path.is_file():
+        raise RuntimeError(f"trial process exited with status {proc.returncode} and no result ({result_path})")
+    result = json.loads(result_path.read_text())
+    if result["state"] == "PRUNED":
+        raise optuna.TrialPruned(result.get("message", "pruned"))
+    if result["state"] != "COMPLETE":
+        raise RuntimeError(result.get("message", "trial process failed"))
+    return float(result["value"])
+
+
+def make_cell_trainer(settings: TuneSettings, tracker: Any, distributed: bool, tracking_experiment: str) -> CellTrainer:
+    """Train a trial's cell in this process, or (DDP) in a child process that Lightning re-launches per rank."""
+    from benchmark import tuning_trial
+
+    uri = tracker.uri if tracker is not None and tracker.enabled else None
+
+    def in_process(experiment: dict, trial: optuna.Trial, trial_dir: Path, run_id: str | None) -> float:
+        return tuning_trial.train_cell(experiment, trial, trial_dir, metric=settings.metric,
+                                       direction=settings.direction, tracking_uri=uri,
+                                       tracking_experiment=tracking_experiment, run_id=run_id)
+
+    def in_child(experiment: dict, trial: optuna.Trial, trial_dir: Path, run_id: str | None) -> float:
+        job = {"storage": settings.storage, "study_name": settings.study_name, "trial_id": trial._trial_id,
+               "experiment": experiment, "metric": settings.metric, "direction": settings.direction,
+               "tracking_uri": uri, "tracking_experiment": tracking_experiment, "run_id": run_id,
+               "trial_dir": str(trial_dir)}
+        return run_trial_in_subprocess(job, trial_dir)
+
+    return in_child if distributed else in_process
+
+
+def _trial_process_main(job_path: str) -> int:
+    """Every rank of a DDP trial: attach to the trial, train the cell; rank 0 writes the outcome."""
+    from benchmark import tuning_trial
+
+    job = json.loads(Path(job_path).read_text())
+    study = optuna.load_study(study_name=job["study_name"], storage=optuna.storages.get_storage(job["storage"]))
+    trial = optuna.trial.Trial(study, job["trial_id"])
+    try:
+        value = tuning_trial.train_cell(
+            job["experiment"], trial, Path(job["trial_dir"]), metric=job["metric"], direction=job["direction"],
+            tracking_uri=job["tracking_uri"], tracking_experiment=job["tracking_experiment"], run_id=job["run_id"])
+        result = {"state": "COMPLETE", "value": value}
+    except optuna.TrialPruned as exc:
+        result = {"state": "PRUNED", "message": str(exc)}
+    except Exception as exc:
+        result = {"state": "FAIL", "message": f"{type(exc).__name__}: {exc}"}
+    if tuning_trial.is_global_zero():
+        write_text_atomic(Path(job_path).with_name("trial_result.json"), json.dumps(result))
+    return 0 if result["state"] != "FAIL" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_trial_process_main(sys.argv[1]))

@@ -1,0 +1,164 @@
+"""One trial of a study: train the experiment's (method, seed) cell through the runner, with pruning and MLflow.
+
+The objective is the best validation value of ``metric`` over the trial's epochs (the runner keeps the checkpoint
+of the best ``val/id_rate``). ``PyTorchLightningPruningCallback`` reports every validation epoch to Optuna and
+raises ``TrialPruned`` (single process) or stops all ranks together (DDP, see ``benchmark.tuning``).
+MLflow: one parent run per study (its id is a study user attribute, so every worker and every re-run logs under
+the same parent) and one child run per trial, with the trial's params, its final value and its outcome.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import optuna
+
+from benchmark.tracking import Tracker, check_reachable
+from datamodules.errors import InputError
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+class MetricHistory(L.Callback):
+    """The monitored metric after each (non-sanity) validation epoch, and the names that were logged."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.values: list[float] = []
+        self.logged: set[str] = set()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.logged |= set(trainer.callback_metrics)
+        value = trainer.callback_metrics.get(self.metric)
+        if value is not None:
+            self.values.append(float(value))
+
+    def best(self, direction: str) -> float:
+        finite = [v for v in self.values if math.isfinite(v)]
+        if not self.values:
+            raise InputError(
+                f"tune.objective.metric: {self.metric!r} was never logged during validation; "
+                f"logged metrics: {', '.join(sorted(self.logged)) or '(none)'}"
+            )
+        if not finite:
+            return float("nan")
+        return max(finite) if direction == "maximize" else min(finite)
+
+
+class StudyTracker(Tracker):
+    """The runner's ``Tracker`` with the parent run shared by a whole study instead of one output folder."""
+
+    def start_study(self, study: optuna.Study, params: Mapping[str, Any]) -> None:
+        """Create or reuse the experiment and the study's parent run. Call it under the study lock."""
+        if not self.enabled:
+            return
+        check_reachable(self.uri)
+        from mlflow.tracking import MlflowClient
+
+        from benchmark.tracking import TrackingError, default_tracking_uri
+
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment = self.client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:
+                location = None
+                if self.uri == default_tracking_uri(self.out_dir):
+                    location = (self.out_dir.resolve() / "mlartifacts").as_uri()
+                self.experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+            else:
+                self.experiment_id = experiment.experiment_id
+        except Exception as exc:  # MLflow raises many types for a bad store: one line at start-up
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingError(f"MLflow tracking URI {self.uri!r} cannot be used: {first}") from None
+        known = study.user_attrs.get(PARENT_RUN_ATTR, {})
+        if isinstance(known, dict) and known.get(self.uri):
+            self.parent_run_id = known[self.uri]
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            return
+        run = self.client.create_run(self.experiment_id, run_name=f"tune:{study.study_name}",
+                                     tags={"optuna.study": study.study_name})
+        self.parent_run_id = run.info.run_id
+        self.log_params(self.parent_run_id, params)
+        study.set_user_attr(PARENT_RUN_ATTR, {**(known if isinstance(known, dict) else {}), self.uri: run.info.run_id})
+
+    def start_trial(self, trial: optuna.Trial, overrides: Mapping[str, Any]) -> str | None:
+        if not self.enabled:
+            return None
+        tags = {"mlflow.parentRunId": self.parent_run_id, "optuna.study": trial.study.study_name,
+                "optuna.trial": str(trial.number)}
+        run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number:04d}", tags=tags)
+        self.log_params(run.info.run_id, {**trial.params, "trial": trial.number, "overrides": dict(overrides)})
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        return run.info.run_id
+
+    def end_trial(self, run_id: str | None, trial: optuna.Trial, state: str, value: float | None) -> None:
+        if not self.enabled or run_id is None:
+            return
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        for step, v in sorted(frozen.intermediate_values.items()):
+            self.log_metrics(run_id, {"optuna/intermediate_value": v}, step=int(step))
+        metrics = {"optuna/pruned": float(state == "PRUNED")}
+        if value is not None:
+            metrics["optuna/value"] = value
+        self.log_metrics(run_id, metrics)
+        self.client.set_tag(run_id, "optuna.state", state)
+        self.end(run_id, _STATUS[state])
+
+
+def cell_of(cfg) -> tuple[Any, int]:
+    """The one (method, seed) cell a tuning experiment trains."""
+    cells = cfg.cells()
+    if len(cells) != 1:
+        names = ", ".join(f"{e.name}/seed{s}" for e, s in cells)
+        raise InputError(
+            f"methods/seeds: a tuning experiment trains exactly one (method, seed) cell per trial, got {names}; "
+            "keep one method and one seed (tune each method in its own study)"
+        )
+    return cells[0]
+
+
+def is_distributed(trainer_cfg) -> bool:
+    return trainer_cfg.devices * trainer_cfg.num_nodes > 1 or trainer_cfg.strategy.startswith(("ddp", "fsdp"))
+
+
+def train_cell(
+    experiment: Mapping[str, Any], trial: optuna.Trial, trial_dir: Path, *, metric: str, direction: str,
+    tracking_uri: str | None, tracking_experiment: str, run_id: str | None, progress: bool = False,
+) -> float:
+    """Train the trial's cell in this process (every rank of a DDP trial runs this); returns the objective.
+
+    Raises ``TrialPruned`` when pruned: directly (single process) or, under DDP, on every rank after the
+    training loop stopped on all ranks at the same epoch.
+    """
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    from benchmark.cell import train_and_evaluate_cell
+    from benchmark.config import load_experiment
+
+    cfg = load_experiment(dict(experiment))
+    entry, seed = cell_of(cfg)
+    history = MetricHistory(metric)
+    pruning = PyTorchLightningPruningCallback(trial, monitor=metric)
+    loggers = []
+    if tracking_uri and run_id:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(experiment_name=tracking_experiment, tracking_uri=tracking_uri, run_id=run_id))
+    train_and_evaluate_cell(cfg, entry, seed, trial_dir, callbacks=[pruning, history], loggers=loggers,
+                            evaluate_test=False, progress=progress)
+    pruning.check_pruned()  # DDP: raises TrialPruned on every rank when rank 0 decided to prune
+    return history.best(direction)
+
+
+def is_global_zero() -> bool:
+    from benchmark.runner import global_rank
+
+    return global_rank() == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0

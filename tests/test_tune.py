@@ -1,0 +1,226 @@
+"""``spinebench tune`` on a tiny phantom: study outputs, MLflow child runs, continuation, pruning, parallel workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from benchmark.cli import main
+from benchmark.tuning import TuneError, prepare_tuning
+
+TINY = """
+name: tiny
+data:
+  source: phantom
+  spacing_mm: 8.0
+  phantom_train: 3
+  phantom_val: 2
+  phantom_test: 1
+  phantom: {{spacing_mm: 4.0, fov_vertebrae: [5, 6]}}
+  sample_mode: volume
+  batch_size: 1
+  cache_dir: {cache}
+methods:
+  di2in:
+    overrides: {{base_width: 4, depth: 2}}
+seeds: [0]
+trainer:
+  max_epochs: 2
+  limit_train_batches: 2
+  log_every_n_steps: 1
+  enable_progress_bar: false
+tracking: {{enabled: {tracking}}}
+tune:
+  n_trials: 2
+  sampler: {{type: random, seed: 0}}
+  pruner: {{type: none}}
+  space:
+    methods:
+      di2in:
+        lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}
+        sigma_vox: {{type: float, low: 1.0, high: 3.0, step: 0.5}}
+    trainer:
+      max_epochs: {{type: int, low: 1, high: 2}}
+"""
+
+
+def _write_config(folder: Path, cache: Path, tracking: bool = True) -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(TINY.format(cache=cache, tracking=str(tracking).lower()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("phantom_cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory, cache):
+    """A 2-trial study, then the same command with --n-trials 3 (continues it)."""
+    folder = tmp_path_factory.mktemp("tune")
+    config, out = _write_config(folder, cache), folder / "out"
+    assert main(["tune", "--config", str(config), "--out", str(out)]) == 0
+    first = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}").trials
+    assert main(["tune", "--config", str(config), "--out", str(out), "--n-trials", "3"]) == 0
+    return config, out, first
+
+
+def _mlflow_runs(out: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spinebench")
+    return client.search_runs([experiment.experiment_id], max_results=100)
+
+
+@pytest.mark.slow
+def test_study_writes_a_runnable_best_config_plots_and_continues(tiny_study):
+    config, out, first = tiny_study
+    assert [t.number for t in first] == [0, 1]
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    trials = study.trials
+    assert [t.number for t in trials] == [0, 1, 2]  # the re-run added exactly one trial
+    assert [t.params for t in trials[:2]] == [t.params for t in first]  # and kept the first two untouched
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert 1e-4 <= t.params["di2in.lr"] <= 1e-2 and t.params["trainer.max_epochs"] in (1, 2)
+        assert 0.0 <= t.value <= 1.0 and sorted(t.intermediate_values) == list(range(t.params["trainer.max_epochs"]))
+        assert t.value == max(t.intermediate_values.values())  # the best validation epoch is the objective
+
+    best = study.best_trial
+    exported = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert "tune" not in exported
+    assert exported["methods"]["di2in"]["overrides"] == {
+        "base_width": 4, "depth": 2, "lr": best.params["di2in.lr"], "sigma_vox": best.params["di2in.sigma_vox"]}
+    assert exported["trainer"]["max_epochs"] == best.params["trainer.max_epochs"]
+    assert exported["trainer"]["limit_train_batches"] == 2  # the rest of the experiment is kept
+    for plot in ("optimization_history.png", "param_importances.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "trials.csv").read_text().count("COMPLETE") == 3
+
+    # a third run with the same budget runs nothing
+    assert main(["tune", "--config", str(config), "--out", str(out), "--n-trials", "3"]) == 0
+    assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}").trials) == 3
+
+
+@pytest.mark.slow
+def test_each_trial_is_an_mlflow_child_run_of_the_study_run(tiny_study):
+    _, out, _ = tiny_study
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
+    runs = _mlflow_runs(out)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["optuna.study"] == "tiny"  # re-runs reuse the parent
+    children = {int(r.data.tags["optuna.trial"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == [0, 1, 2]
+    for trial in study.trials:
+        run = children[trial.number]
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["optuna.state"] == "COMPLETE" and run.info.status == "FINISHED"
+        assert float(run.data.params["di2in.lr"]) == pytest.approx(trial.params["di2in.lr"])
+        assert run.data.metrics["optuna/value"] == pytest.approx(trial.value)
+        assert run.data.metrics["optuna/pruned"] == 0.0
+        assert "val/id_rate" in run.data.metrics  # Lightning's MLFlowLogger wrote into the child run
+    assert parents[0].data.metrics["best/value"] == pytest.approx(study.best_value)
+
+
+@pytest.mark.slow
+def test_exported_best_config_runs_with_spinebench_run(tiny_study, tmp_path):
+    _, out, _ = tiny_study
+    run_out = tmp_path / "run"
+    assert main(["run", "--config", str(out / "best_config.yaml"), "--out", str(run_out)]) == 0
+    assert (run_out / "records.csv").is_file()
+    resolved = yaml.safe_load((run_out / "config.yaml").read_text())
+    best = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}").best_trial
+    assert resolved["methods"]["di2in"]["overrides"]["lr"] == best.params["di2in.lr"]
+
+
+@pytest.mark.slow
+def test_pruned_trial_is_recorded_as_pruned_in_optuna_and_mlflow(tmp_path, cache):
+    config, out = _write_config(tmp_path, cache), tmp_path / "out"
+    # the identification rate is at most 1, so a lower bound of 2 prunes at the first validation epoch
+    args = ["tune", "--config", str(config), "--out", str(out), "--study", "pruned", "--n-trials", "1",
+            "--set", "tune.pruner={type: threshold, lower: 2.0}"]
+    assert main(args) == 0
+    (trial,) = optuna.load_study(study_name="pruned", storage=f"sqlite:///{out / 'optuna.db'}").trials
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    (child,) = [r for r in _mlflow_runs(out) if "mlflow.parentRunId" in r.data.tags]
+    assert child.data.tags["optuna.state"] == "PRUNED" and child.data.metrics["optuna/pruned"] == 1.0
+    assert child.info.status == "KILLED"
+    assert not (out / "best_config.yaml").exists()  # no complete trial, nothing to export
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_journal_file_run_exactly_n_trials(tmp_path, cache):
+    config = _write_config(tmp_path, cache, tracking=False)
+    journal = tmp_path / "study.log"
+    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(config), "--out", str(tmp_path / "out"),
+           "--storage", str(journal), "--n-trials", "4",
+           "--set", "tune.space.trainer.max_epochs={type: categorical, choices: [1]}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="tiny", storage=JournalStorage(JournalFileBackend(str(journal))))
+    trials = study.trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
+    assert sorted(p.name for p in (tmp_path / "out" / "trials").iterdir()) == ["0000", "0001", "0002", "0003"]
+    ran = sum(log.count(" COMPLETE") + log.count(" PRUNED") for log in logs)
+    assert ran == 4  # each trial was run by exactly one worker
+
+
+BAD = [
+    ({"tune": None}, "no 'tune' section"),
+    ({"tune.budget": 3}, "tune.budget: unknown key"),
+    ({"methods": ["di2in", "di2in_mp"]}, "exactly one (method, seed) cell"),
+    ({"seeds": [0, 1]}, "exactly one (method, seed) cell"),
+    ({"tune.pruner": {"type": "asha"}}, "tune.pruner.type: unknown pruner 'asha'"),
+    ({"tune.pruner": {"type": "median", "n_startup": 2}}, "tune.pruner: bad arguments for the median pruner"),
+    ({"tune.objective": {"metric": "val/mean_error_mm"}}, "tune.objective.direction: give maximize or minimize"),
+    ({"tune.n_trials": 0}, "expected a positive integer"),
+    ({"tune.space.trainer": {"devices": {"type": "int", "low": 1, "high": 2}}}, "a device setting"),
+    ({"tune.space.methods.di2in": {"lr": {"type": "float", "low": 1, "high": 0.1}}}, "inverted range"),
+    ({"tune.space.methods.di2in": {"depth": {"type": "int", "low": 0, "high": 2}}}, "methods.di2in"),
+    ({"trainer.devices": 2, "trainer.strategy": "ddp", "tune.storage": "study.log"}, "DDP trials need an RDB storage"),
+]
+
+
+@pytest.mark.parametrize("changes, message", BAD, ids=[m for _, m in BAD])
+def test_bad_tuning_file_fails_before_any_trial(tmp_path, cache, changes, message):
+    raw = yaml.safe_load(_write_config(tmp_path, cache).read_text())
+    for key, value in changes.items():
+        *parents, last = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last)
+        else:
+            node[last] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(Exception) as err:
+        prepare_tuning(path, out=tmp_path / "out")
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, (TuneError, ValueError))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_reports_a_bad_space_in_one_line(tmp_path, cache, capsys):
+    config = _write_config(tmp_path, cache)
+    code = main(["tune", "--config", str(config), "--set", "tune.space.methods.di2in.lrate={type: float, low: 0.1, high: 1}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("spinebench tune: error: tune.space.methods.di2in.lrate: unknown parameter")
