@@ -119,7 +119,7 @@ class CaseStats:
         d0 = np.where(matched, dist, 0.0)
 
         def per_region(values: np.ndarray) -> np.ndarray:
-            return values.astype(float) @ masks.T.astype(float)  # (N, K) @ (K, R)
+            return np.einsum("nk,rk->nr", values.astype(float), masks.astype(float))  # (N, K) -> (N, R)
 
         return cls(
             n_annotated=per_region(annotated),
@@ -139,11 +139,21 @@ def safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def weighted_sums(weights: np.ndarray, *columns: np.ndarray) -> list[np.ndarray]:
+    """``weights (..., N)`` times each ``(N, R)`` column -> ``(..., R)``, in one pass.
+
+    One stacked ``einsum`` (no BLAS): a few matrix products instead of many, and no thread-count dependent
+    rounding, so the tables stay byte-identical across machines.
+    """
+    r = columns[0].shape[1]
+    stacked = np.einsum("...n,nc->...c", weights, np.concatenate(columns, axis=1))
+    return [stacked[..., i * r : (i + 1) * r] for i in range(len(columns))]
+
+
 def nanmean_weighted(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``values (N, R)``, ``weights (..., N)`` -> ``(..., R)`` mean over scans where the value is defined."""
     defined = np.isfinite(values)
-    num = weights @ np.where(defined, values, 0.0)
-    den = weights @ defined.astype(float)
+    num, den = weighted_sums(weights, np.where(defined, values, 0.0), defined.astype(float))
     return safe_divide(num, den)
 
 
@@ -164,29 +174,38 @@ def aggregate(
     w = np.ones(n_scans) if weights is None else np.asarray(weights, float)
     den = stats.n_annotated if denominator == "annotated" else stats.n_matched
     if average == "micro":
-        n = w @ stats.n_matched
-        mean = safe_divide(w @ stats.sum_mm, n)
-        var = safe_divide(w @ stats.sumsq_mm, n) - mean**2
+        n, total_mm, total_sq, hits, den_sum, misses, fps, annotated = weighted_sums(
+            w, stats.n_matched, stats.sum_mm, stats.sumsq_mm, stats.n_identified, den, stats.misses,
+            stats.false_positives, stats.n_annotated,
+        )
+        mean = safe_divide(total_mm, n)
+        var = safe_divide(total_sq, n) - mean**2
         return {
             "mean_mm": mean,
             "std_mm": np.sqrt(np.clip(var, 0.0, None)),
-            "id_rate": safe_divide(w @ stats.n_identified, w @ den),
-            "misses": w @ stats.misses,
-            "false_positives": w @ stats.false_positives,
-            "n_annotated": w @ stats.n_annotated,
+            "id_rate": safe_divide(hits, den_sum),
+            "misses": misses,
+            "false_positives": fps,
+            "n_annotated": annotated,
             "n_matched": n,
         }
     per_mean = safe_divide(stats.sum_mm, stats.n_matched)
-    per_var = safe_divide(stats.sumsq_mm, stats.n_matched) - per_mean**2
+    per_std = np.sqrt(np.clip(safe_divide(stats.sumsq_mm, stats.n_matched) - per_mean**2, 0.0, None))
+    per_id = safe_divide(stats.n_identified, den)
     total = w.sum(-1)[..., None]
+    defined = [np.isfinite(v) for v in (per_mean, per_std, per_id)]
+    sums = weighted_sums(
+        w, *(np.where(d, v, 0.0) for d, v in zip(defined, (per_mean, per_std, per_id))),
+        *(d.astype(float) for d in defined), stats.misses, stats.false_positives, stats.n_annotated, stats.n_matched,
+    )
     return {
-        "mean_mm": nanmean_weighted(per_mean, w),
-        "std_mm": nanmean_weighted(np.sqrt(np.clip(per_var, 0.0, None)), w),
-        "id_rate": nanmean_weighted(safe_divide(stats.n_identified, den), w),
-        "misses": (w @ stats.misses) / total,
-        "false_positives": (w @ stats.false_positives) / total,
-        "n_annotated": (w @ stats.n_annotated) / total,
-        "n_matched": (w @ stats.n_matched) / total,
+        "mean_mm": safe_divide(sums[0], sums[3]),
+        "std_mm": safe_divide(sums[1], sums[4]),
+        "id_rate": safe_divide(sums[2], sums[5]),
+        "misses": sums[6] / total,
+        "false_positives": sums[7] / total,
+        "n_annotated": sums[8] / total,
+        "n_matched": sums[9] / total,
     }
 
 

@@ -87,7 +87,9 @@ def case_counts(
         [annotated.double(), matched.double(), hit.double(), (annotated & ~predicted).double(),
          (~annotated & predicted).double(), d0, d0**2], dim=-1,
     )  # (N, K, C)
-    counts = torch.einsum("nkc,rk->nrc", per_vertebra, masks.double())
+    # (N, 1, K, C) * (1, R, K, 1) summed over K; a plain reduction, not a BLAS product: BLAS threads cost far
+    # more than the few hundred multiply-adds here.
+    counts = (per_vertebra.unsqueeze(1) * masks.double().unsqueeze(0).unsqueeze(-1)).sum(2)
     return counts, dist
 
 
