@@ -94,7 +94,7 @@ def build_leaderboard(
     files = resolve_inputs(inputs)
     parts = [read_records(f) for f in files]
     records = Records.concatenate(parts)
-    validate(records, "the combined records")
+    validate(records, "the combined records files", line_numbers=False)
     out = Path(out_dir)
     intro = [conv.describe()]
     md_parts = [f"# {escape_markdown(TITLE)}", "", escape_markdown(conv.describe()), ""]

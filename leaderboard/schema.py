@@ -177,41 +177,48 @@ def read_records(path: str | os.PathLike) -> Records:
     return records
 
 
-def validate(records: Records, where: str) -> None:
-    """Check the rows agree with themselves: known labels, regions, coordinates vs. flags and distances."""
+def validate(records: Records, where: str, *, line_numbers: bool = True) -> None:
+    """Check the rows agree with themselves: known labels, regions, coordinates vs. flags and distances.
+
+    ``line_numbers``: name the CSV line (row ``i`` is line ``i + 2``); off for tables combined from several files.
+    """
+
+    def loc(i: int) -> str:
+        return f"{where}: line {i + 2}" if line_numbers else where
+
     if len(records) == 0:
         raise LeaderboardInputError(f"{where}: no records")
     for name in ("run", "method", "case", "dataset"):
         empty = np.flatnonzero(records[name] == "")
         if empty.size:
-            raise LeaderboardInputError(f"{where}: line {empty[0] + 2}: column {name!r} is empty")
+            raise LeaderboardInputError(f"{loc(empty[0])}: column {name!r} is empty")
     for i, (v, r) in enumerate(zip(records["vertebra"], records["region"])):
         if v not in REGION_OF:
-            raise LeaderboardInputError(f"{where}: line {i + 2}: column 'vertebra': unknown vertebra label {v!r}")
+            raise LeaderboardInputError(f"{loc(i)}: column 'vertebra': unknown vertebra label {v!r}")
         if REGION_OF[v] != r:
-            raise LeaderboardInputError(f"{where}: line {i + 2}: column 'region': {v} is {REGION_OF[v]}, not {r!r}")
+            raise LeaderboardInputError(f"{loc(i)}: column 'region': {v} is {REGION_OF[v]}, not {r!r}")
     true = np.stack([records[c] for c in COORD_COLUMNS[:3]], -1)
     pred = np.stack([records[c] for c in COORD_COLUMNS[3:]], -1)
     has_true = np.isfinite(true).all(-1)
     bad = np.flatnonzero(has_true != records["annotated"])
     if bad.size:
         raise LeaderboardInputError(
-            f"{where}: line {bad[0] + 2}: column 'annotated' disagrees with the true_*_mm coordinates"
+            f"{loc(bad[0])}: column 'annotated' disagrees with the true_*_mm coordinates"
         )
     bad = np.flatnonzero(records["pred_present"] & ~np.isfinite(pred).all(-1))
     if bad.size:
-        raise LeaderboardInputError(f"{where}: line {bad[0] + 2}: column 'pred_present' is 1 without pred_*_mm")
+        raise LeaderboardInputError(f"{loc(bad[0])}: column 'pred_present' is 1 without pred_*_mm")
     matched = has_true & records["pred_present"]
     dist = np.linalg.norm(pred - true, axis=-1)
     bad = np.flatnonzero(matched & ~(np.abs(records["distance_mm"] - dist) <= DISTANCE_TOLERANCE_MM))
     if bad.size:
-        raise LeaderboardInputError(f"{where}: line {bad[0] + 2}: column 'distance_mm' does not match the coordinates")
+        raise LeaderboardInputError(f"{loc(bad[0])}: column 'distance_mm' does not match the coordinates")
     keys = list(zip(records["run"], records["method"], records["seed"], records["case"], records["vertebra"]))
     if len(set(keys)) != len(keys):
         seen: set = set()
         for i, k in enumerate(keys):
             if k in seen:
-                raise LeaderboardInputError(f"{where}: line {i + 2}: duplicate row for (run, method, seed, case, vertebra) {k}")
+                raise LeaderboardInputError(f"{loc(i)}: duplicate row for (run, method, seed, case, vertebra) {k}")
             seen.add(k)
 
 
@@ -237,5 +244,5 @@ def load_records(inputs: list[str | os.PathLike]) -> Records:
     """Read every input (files or run folders) into one table."""
     parts = [read_records(p) for p in resolve_inputs(inputs)]
     records = Records.concatenate(parts)
-    validate(records, "the combined records")
+    validate(records, "the combined records files", line_numbers=False)
     return records

@@ -181,3 +181,13 @@ def test_leaderboard_imports_no_torch_and_nothing_of_benchmark():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_same_rows_in_two_files_are_rejected(tmp_path):
+    write_run(tmp_path / "a", n_cases=2, efficiency=False)
+    write_run(tmp_path / "b", n_cases=2, efficiency=False)
+    with pytest.raises(Exception, match="the combined records files: duplicate row"):
+        build_leaderboard([tmp_path / "a", tmp_path / "b"], tmp_path / "out", FAST)
+    write_run(tmp_path / "c", n_cases=2, efficiency=False, run="run2")  # another run of the same methods: pooled
+    out = build_leaderboard([tmp_path / "a", tmp_path / "c"], tmp_path / "out", FAST)
+    assert _row(_csv(out.csv), "di2in")["n_scans"] == "4"
