@@ -1,7 +1,6 @@
 """Tiny cases and batches for method tests, built to honour each method's ``data_requirements()``.
 
-``tiny_case`` gives one small volume with a few vertebra-like blobs along axis 0 (the vertical axis, index
-growing toward superior, so lower levels sit at smaller indices). ``tiny_batch`` turns cases into a training
+``tiny_case`` gives one small real phantom case (3-4 vertebrae at 4 mm, odd sizes on every axis). ``tiny_batch`` turns cases into a training
 batch following the contract in ``methods/base.py``: whole volumes padded to ``pad_multiple`` (+ Gaussian
 ``heatmaps`` when asked) in volume mode, or crops of ``crop_size_vox`` with ``crop_origin_vox`` and
 crop-local centroids in crop mode. ``tiny_method`` builds a registered method with its ``tiny_overrides``.
@@ -9,15 +8,23 @@ crop-local centroids in crop mode. ``tiny_method`` builds a registered method wi
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datamodules.labels import get_label_set
+from datamodules.phantom import PhantomConfig, generate_case
 from datamodules.targets import gaussian_heatmaps
 from methods import create_method, get_method_spec
 
-TINY_SHAPE = (45, 37, 35)  # deliberately not a multiple of 2, 4, 8 or 16
 NUM_VERTEBRAE = 26
+SMALL_SEEDS = (2, 4, 7)  # phantom seeds whose volumes are small (cervical), for fast tests
+# Three vertebrae at 4 mm, no metal or thick slices: real phantom cases; SMALL_SEEDS are about 13 x 36 x 34.
+TINY_PHANTOM = PhantomConfig(
+    spacing_mm=4.0, fov_vertebrae=(3, 3), with_mask=False, metal_rate=0.0, anisotropic_rate=0.0
+)
 
 
 def tiny_method(name: str, **overrides):
@@ -26,36 +33,37 @@ def tiny_method(name: str, **overrides):
     return create_method(name, **{**getattr(spec.module_cls, "tiny_overrides", {}), **overrides})
 
 
-def tiny_case(seed: int = 0, shape: tuple[int, int, int] = TINY_SHAPE, first_level: int = 18, num_levels: int = 4):
+@lru_cache(maxsize=32)
+def _phantom(seed: int):
+    case = generate_case(seed, 0, TINY_PHANTOM)
+    world = case.centroids_mm.to_array(get_label_set("default"))
+    present = ~np.isnan(world).any(axis=1)
+    vox = np.zeros_like(world)
+    vox[present] = case.geometry.world_to_vox(world[present])
+    image = np.maximum(case.ct_hu.astype(np.float32), -1000.0)  # clip at air, then z-score
+    image = (image - image.mean()) / image.std()
+    # Odd sizes on every axis, so no volume is a multiple of any pad (the contract must hold anyway).
+    image = image[tuple(slice(0, n - 1 + n % 2) for n in image.shape)]
+    present &= (vox <= np.array(image.shape) - 1).all(axis=1)
+    return image, np.where(present[:, None], vox, 0.0).astype(np.float32), present
+
+
+def tiny_case(seed: int = 0):
     """``(image (1, 1, D, H, W) float32, centroids_vox (K, 3) float32 (0 where absent), present (K,) bool)``.
 
-    Levels ``first_level …`` descend along axis 0 about 9 voxels apart (18 mm at 2 mm), with a little
-    left-right/posterior jitter; each is a bright ellipsoidal blob on a noisy background, z-scored.
+    A phantom case (``datamodules.phantom``) with 3 vertebrae at 4 mm, clipped at air and z-scored, every
+    spatial size odd.
     """
-    rng = np.random.default_rng(seed)
-    d, h, w = shape
-    centroids = np.zeros((NUM_VERTEBRAE, 3), dtype=np.float32)
-    present = np.zeros(NUM_VERTEBRAE, dtype=bool)
-    top = d - 6 - rng.uniform(0, 3)
-    for n in range(num_levels):
-        level = first_level + n
-        centroids[level] = (top - 9.0 * n, h / 2 + rng.normal(0, 1.0), w / 2 + rng.normal(0, 1.0))
-        present[level] = True
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).astype(np.float32)
-    image = rng.normal(0.0, 0.3, size=shape).astype(np.float32)
-    for c in centroids[present]:
-        r2 = (((grid - c) / np.array([3.0, 4.0, 4.0])) ** 2).sum(-1)
-        image += 2.0 * np.exp(-r2)
-    image = (image - image.mean()) / image.std()
-    return torch.from_numpy(image)[None, None], torch.from_numpy(centroids), torch.from_numpy(present)
+    image, vox, present = _phantom(seed)
+    return torch.from_numpy(image.copy())[None, None], torch.from_numpy(vox.copy()), torch.from_numpy(present.copy())
 
 
 def train_centroids(num_cases: int = 6) -> np.ndarray:
-    """``(N, K, 3)`` training centroids, NaN where absent, from ``tiny_case`` seeds (for fit_shape_prior)."""
+    """``(N, K, 3)`` training centroids, NaN where absent, from phantom cases (for fit_shape_prior)."""
     out = np.full((num_cases, NUM_VERTEBRAE, 3), np.nan)
-    for seed in range(num_cases):
-        _, c, p = tiny_case(seed=100 + seed, first_level=16 + seed % 4)
-        out[seed, p.numpy()] = c.numpy()[p.numpy()]
+    for n in range(num_cases):
+        _, c, p = tiny_case(seed=100 + n)
+        out[n, p.numpy()] = c.numpy()[p.numpy()]
     return out
 
 
@@ -74,18 +82,21 @@ def _crop(image, centroids, present, crop_size, rng):
     return image[(..., *sl)], torch.where(inside[:, None], local, 0.0), inside, torch.from_numpy(origin)
 
 
-def tiny_batch(method, seeds: tuple[int, ...] = (0,)) -> dict:
+def tiny_batch(method, seeds: tuple[int, ...] = SMALL_SEEDS[:2]) -> dict:
     """A training batch for ``method`` honouring its ``data_requirements()``."""
     req = method.data_requirements()
     rng = np.random.default_rng(sum(seeds))
+    cases = [tiny_case(seed) for seed in seeds]
+    # volume mode: every image padded (high end, with its minimum) to the largest size, rounded up to pad_multiple
+    target = np.max([c[0].shape[-3:] for c in cases], axis=0)
+    target = target + (-target) % req.pad_multiple
     images, cents, pres, origins = [], [], [], []
-    for seed in seeds:
-        image, centroids, present = tiny_case(seed)
+    for image, centroids, present in cases:
         if req.sample_mode == "crop":
             image, centroids, present, origin = _crop(image, centroids, present, req.crop_size_vox, rng)
             origins.append(origin)
         else:
-            extra = [(-s) % req.pad_multiple for s in image.shape[-3:]]
+            extra = [int(t - s) for t, s in zip(target, image.shape[-3:])]
             image = F.pad(image, (0, extra[2], 0, extra[1], 0, extra[0]), value=float(image.min()))
         images.append(image[0])
         cents.append(centroids)
@@ -94,7 +105,7 @@ def tiny_batch(method, seeds: tuple[int, ...] = (0,)) -> dict:
         "image": torch.stack(images),
         "centroids_vox": torch.stack(cents),
         "present": torch.stack(pres),
-        "spacing_mm": torch.full((len(seeds), 3), 2.0),
+        "spacing_mm": torch.full((len(seeds), 3), TINY_PHANTOM.spacing_mm),
         "case_id": [f"tiny{seed}" for seed in seeds],
     }
     if req.sample_mode == "crop":

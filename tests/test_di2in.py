@@ -1,0 +1,136 @@
+"""DI2IN network, presets, heatmap decoding, tiled inference and checkpoint round trip of the shape priors."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.errors import InputError
+from datamodules.targets import gaussian_heatmaps
+from methods import create_method, method_config
+from methods.blocks import argmax_subvoxel
+from methods.di2in import DI2IN, DI2INNet
+from methods.registry import MethodRegistryError
+from methods.sliding_window import sliding_window_inference, tile_shape
+from tests.method_fixtures import SMALL_SEEDS, tiny_batch, tiny_case, tiny_method, train_centroids
+
+
+def test_presets_and_explicit_sizes():
+    assert (method_config("di2in").base_width, method_config("di2in").depth) == (8, 3)
+    paper = method_config("di2in", preset="paper")
+    assert (paper.base_width, paper.depth, paper.convs_per_level) == (32, 4, 2)
+    assert method_config("di2in", preset="paper", base_width=16).base_width == 16
+    assert create_method("di2in", depth=2).data_requirements().pad_multiple == 4
+    with pytest.raises(InputError, match="preset"):
+        method_config("di2in", preset="huge")
+    with pytest.raises(InputError, match="mp_alpha"):
+        method_config("di2in_mp", mp_alpha=1.0)
+    with pytest.raises(MethodRegistryError, match="valid options: .*mp_iterations"):
+        method_config("di2in", mp_iteration=3)
+
+
+def test_variants_differ_only_by_flags():
+    a, b, c = (method_config(n) for n in ("di2in", "di2in_mp", "di2in_mp_sparsity"))
+    assert (a.message_passing, a.sparsity) == (False, False)
+    assert (b.message_passing, b.sparsity) == (True, False)
+    assert (c.message_passing, c.sparsity) == (True, True)
+    assert {type(create_method(n)) for n in ("di2in", "di2in_mp", "di2in_mp_sparsity")} == {DI2IN}
+
+
+def test_network_shapes_and_fused_output_equals_conv_over_concatenated_branches():
+    torch.manual_seed(0)
+    net = DI2INNet(1, 5, base_width=4, depth=2, convs_per_level=1)
+    with torch.no_grad():
+        net.fuse.weight.normal_()  # a non-trivial fusion
+        out = net(torch.randn(1, 1, 8, 12, 16))
+    assert out["final"].shape == (1, 5, 8, 12, 16) and len(out["branches"]) == 2
+    assert all(b.shape == (1, 5, 8, 12, 16) for b in out["branches"])
+    reference = torch.relu(net.fuse(torch.cat(out["branches"][::-1], dim=1)))  # branch order: shallowest last
+    torch.testing.assert_close(out["final"], reference, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="multiple of 2\\*\\*depth"):
+        net(torch.randn(1, 1, 9, 12, 16))
+
+
+def test_untrained_fusion_is_the_mean_of_the_branches():
+    net = DI2INNet(1, 3, base_width=2, depth=2, convs_per_level=1)
+    with torch.no_grad():
+        out = net(torch.randn(1, 1, 8, 8, 8))
+    torch.testing.assert_close(out["final"], torch.relu(sum(out["branches"]) / 2), atol=1e-6, rtol=1e-5)
+
+
+def test_argmax_subvoxel_recovers_gaussian_centres():
+    centres = torch.tensor([[[5.3, 7.8, 4.5], [10.0, 3.2, 9.9]]])
+    heat = gaussian_heatmaps(centres, torch.ones(1, 2, dtype=torch.bool), (16, 12, 14), sigma_vox=1.5)[0]
+    coords, peak = argmax_subvoxel(heat)
+    assert np.abs(coords.numpy() - centres[0].numpy()).max() < 0.12
+    assert (peak > 0.85).all()
+    coarse, _ = argmax_subvoxel(heat, subvoxel=False)
+    assert torch.equal(coarse, coords.round())
+
+
+def test_tiled_inference_equals_single_pass_for_a_pointwise_function():
+    image = torch.randn(1, 1, 21, 18, 13)
+    double = lambda x: torch.cat([2 * x, x + 1], dim=1)  # noqa: E731
+    single = sliding_window_inference(double, image, pad_multiple=4, max_voxels=10**9)
+    tiled = sliding_window_inference(double, image, pad_multiple=4, max_voxels=8 * 8 * 8)
+    assert single.shape == tiled.shape == (1, 2, 21, 18, 13)
+    torch.testing.assert_close(tiled, single, atol=1e-5, rtol=1e-5)
+    tile = tile_shape((24, 20, 16), 4, 512)
+    assert all(t % 4 == 0 for t in tile) and np.prod(tile) <= 512
+
+
+def test_predict_volume_uses_tiles_beyond_max_voxels():
+    image, _, _ = tiny_case(SMALL_SEEDS[2])
+    small = tiny_method("di2in", max_window_voxels=4096).eval()
+    pred = small.predict_volume(image)
+    assert pred.centroids_vox.shape == (26, 3)
+    assert small.predict_heatmaps(image).shape[1:] == image.shape[-3:]
+
+
+def test_unrolled_message_passing_trains_its_kernels():
+    method = tiny_method("di2in_mp", mp_mode="unrolled")
+    method.fit_shape_prior(train_centroids())
+    assert isinstance(method.mp.kernels, torch.nn.Parameter)
+    terms = method.training_loss(tiny_batch(method))
+    assert "mp" in terms and torch.isfinite(terms["mp"])
+    terms["loss"].backward()
+    assert method.mp.kernels.grad is not None and method.mp.kernels.grad.abs().sum() > 0
+    post = tiny_method("di2in_mp")
+    post.fit_shape_prior(train_centroids())
+    assert "mp" not in post.training_loss(tiny_batch(post)) and not post.mp.kernels.requires_grad
+
+
+class _TinyData(L.LightningDataModule):
+    def __init__(self, method):
+        super().__init__()
+        self.batch = tiny_batch(method)
+
+    def train_centroids_vox(self):
+        return train_centroids()
+
+    def train_dataloader(self):
+        return DataLoader([self.batch], batch_size=None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["post", "unrolled"])
+def test_checkpoint_round_trip_keeps_kernels_and_dictionary(tmp_path, mode):
+    method = tiny_method("di2in_mp_sparsity", mp_mode=mode)
+    assert not method.mp.fitted and not method.shape_dictionary.fitted
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(method, datamodule=_TinyData(method))  # on_fit_start fits the priors from the datamodule
+    assert method.mp.fitted and method.shape_dictionary.fitted
+    path = tmp_path / "di2in.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = DI2IN.load_from_checkpoint(path, map_location="cpu")
+    assert loaded.config == method.config
+    torch.testing.assert_close(loaded.mp.kernels, method.mp.kernels)
+    torch.testing.assert_close(loaded.shape_dictionary.atoms, method.shape_dictionary.atoms)
+    image, _, _ = tiny_case(SMALL_SEEDS[2])
+    a, b = method.eval().predict_volume(image), loaded.eval().predict_volume(image)
+    np.testing.assert_allclose(a.centroids_vox, b.centroids_vox)
+    np.testing.assert_array_equal(a.present, b.present)
