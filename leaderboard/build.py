@@ -22,7 +22,8 @@ from leaderboard.plots import id_rate_per_region_png, per_vertebra_error_png
 from leaderboard.projections import find_projections, projection_png
 from leaderboard.published import reported_rows
 from leaderboard.render import (
-    condition_table, efficiency_table, escape_latex, escape_markdown, main_table, reported_table, shown_regions, tests_table,
+    condition_table, efficiency_table, escape_latex, escape_markdown, main_table, reported_table, shown_regions,
+    tests_table,
     to_latex, to_markdown,
 )
 from leaderboard.schema import Records, read_records, resolve_inputs, validate

@@ -226,7 +226,10 @@ def median_error_mm(stats: CaseStats, *, average: str = "micro", scan_index: np.
 
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Step-wise average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds; NaN without positives."""
+    """Step-wise average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds.
+
+    NaN when there is no positive.
+    """
     y_true = np.asarray(y_true, bool).ravel()
     scores = np.asarray(scores, float).ravel()
     n_pos = int(y_true.sum())

@@ -19,7 +19,8 @@ REGION_TITLES = {"all": "All", "cervical": "Cervical", "thoracic": "Thoracic", "
 DASH = "–"
 _MD_SPECIAL = set("\\`*_{}[]<>#!|&~$%^+")
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}"}
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}",
+          ">": r"\textgreater{}"}
 
 
 def escape_markdown(text: str) -> str:

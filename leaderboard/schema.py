@@ -74,7 +74,9 @@ def ordered_columns(names: set[str] | list[str]) -> list[str]:
     unknown = sorted(n for n in names if n not in REQUIRED_COLUMNS and n not in OPTIONAL_COLUMNS)
     bad = [n for n in unknown if not n.startswith(META_PREFIX)]
     if bad:
-        raise LeaderboardInputError(f"unknown records column {bad[0]!r}; metadata columns must start with {META_PREFIX!r}")
+        raise LeaderboardInputError(
+            f"unknown records column {bad[0]!r}; metadata columns must start with {META_PREFIX!r}"
+        )
     return list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in names] + unknown
 
 

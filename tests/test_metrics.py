@@ -171,7 +171,8 @@ def test_torchmetrics_class_matches_functional_and_merges_like_ddp(average):
     single.update(*a)
     single.update(*b)
     # Two "processes", each with its own shard, merged as DDP's sync would (sum and cat states).
-    rank0, rank1 = LocalizationIdentification(names, average=average), LocalizationIdentification(names, average=average)
+    rank0 = LocalizationIdentification(names, average=average)
+    rank1 = LocalizationIdentification(names, average=average)
     rank0.update(*a)
     rank1.update(*b)
     rank0.merge_state(rank1)

@@ -88,7 +88,8 @@ def test_bad_arrays_raise_input_error():
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace(",lumbar,1,0.0,0.0,60.0", ",lumbar,yes,0.0,0.0,60.0", 1), "column 'annotated': expected 0 or 1"),
+        (lambda t: t.replace(",lumbar,1,0.0,0.0,60.0", ",lumbar,yes,0.0,0.0,60.0", 1),
+         "column 'annotated': expected 0 or 1"),
         (lambda t: t.replace("run,", "runs,", 1), "missing column 'run'"),
         (lambda t: t.replace(",L1,", ",Q1,", 1), "column 'vertebra': unknown vertebra label 'Q1'"),
         (lambda t: t.replace(",1.0,1,0.9,", ",3.0,1,0.9,", 1), "column 'distance_mm' does not match"),

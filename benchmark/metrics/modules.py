@@ -62,7 +62,8 @@ class LocalizationIdentification(Metric):
         self.scan_distances.append(dist)
 
     def compute(self) -> dict[str, Tensor]:
-        counts = dim_zero_cat(self.scan_counts) if self.scan_counts else self.counts_sum.new_zeros((0,) + self.counts_sum.shape)
+        empty = self.counts_sum.new_zeros((0,) + self.counts_sum.shape)
+        counts = dim_zero_cat(self.scan_counts) if self.scan_counts else empty
         masks = self.masks.to(counts.device)
         if self.average == "micro":
             out = F.aggregate(self.counts_sum.unsqueeze(0), "micro", self.denominator)
