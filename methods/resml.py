@@ -9,8 +9,8 @@ Training batches are crops (``DataRequirements(sample_mode="crop")``): ``centroi
 coordinates (relative to the crop, i.e. volume coordinate minus ``crop_origin_vox``) and ``present`` is
 "annotated and inside the crop". Whole volumes are predicted by ``methods.crop_inference`` (tiling + K-means).
 
-Sizes: ``RESML_PRESETS["paper"]`` (the defaults) and ``RESML_PRESETS["small"]`` (CPU-sized), e.g.
-``create_method("resml_cls", **RESML_PRESETS["small"])``.
+Size: ``preset="paper"`` (default: the paper's crop, classifier and LSTM sizes) or ``preset="small"``
+(CPU-sized); ``widths``, ``cls_channels``, ``lstm_hidden`` and ``crop_size_vox`` set explicitly win over it.
 """
 
 from __future__ import annotations
@@ -28,17 +28,27 @@ from methods.integral import soft_argmax_3d
 from methods.registry import register_method
 
 
+# preset -> network size; any of these fields set explicitly wins over the preset.
+RESML_PRESETS: dict[str, dict] = {
+    # the paper's crop (104 x 80 x 80 at 2 mm), classifier and LSTM sizes; widths are ours (Fig. 3 not in text)
+    "paper": {"widths": (32, 64, 128, 256), "cls_channels": 32, "lstm_hidden": 128, "crop_size_vox": (104, 80, 80)},
+    # CPU-sized: a quarter of the channels, a smaller crop (128 x 96 x 96 mm at 2 mm) and LSTM
+    "small": {"widths": (8, 16, 16, 32), "cls_channels": 8, "lstm_hidden": 32, "crop_size_vox": (64, 48, 48)},
+}
+
+
 @dataclass(frozen=True)
 class ResMLConfig:
     num_vertebrae: int = 26
-    crop_size_vox: tuple[int, int, int] = (104, 80, 80)  # (D, H, W) at 2 mm, the paper's crop
-    widths: tuple[int, int, int, int] = (32, 64, 128, 256)  # channels at 1, 1/2, 1/4, 1/8 resolution
+    preset: str = "paper"  # "paper" | "small" (RESML_PRESETS); the four fields below override it
+    crop_size_vox: tuple[int, int, int] | None = None  # (D, H, W); paper: (104, 80, 80) at 2 mm
+    widths: tuple[int, int, int, int] | None = None  # channels at 1, 1/2, 1/4, 1/8 resolution
+    cls_channels: int | None = None  # the two classification convolutions (5x3x3, 1x1x1); paper: 32
+    lstm_hidden: int | None = None  # paper: 128
+    lstm_layers: int = 3  # stacked bidirectional LSTMs
     norm_groups: int = 4  # GroupNorm groups, as in the paper
     use_classifier: bool = True
     use_bilstm: bool = True
-    cls_channels: int = 32  # the two classification convolutions (5x3x3, 1x1x1)
-    lstm_hidden: int = 128
-    lstm_layers: int = 3  # stacked bidirectional LSTMs
     localization_weight: float = 0.4  # lambda of the Smooth-L1 coordinate loss
     pos_weight: float = 3.0  # B of the weighted BCE; the paper uses 2 to 4
     learning_rate: float = 0.01  # Adam, the paper's initial rate
@@ -59,31 +69,34 @@ class ResMLConfig:
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> InputError:
-            return InputError(f"resml config: {key}={getattr(self, key)!r} {why}")
+            return InputError(f"resml option {key}: {getattr(self, key)!r} {why}")
 
+        if self.preset not in RESML_PRESETS:
+            raise bad("preset", f"is unknown; valid: {', '.join(RESML_PRESETS)}")
+        for key, value in RESML_PRESETS[self.preset].items():
+            given = getattr(self, key)
+            value = value if given is None else given
+            object.__setattr__(self, key, tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else int(value))
         if self.num_vertebrae < 1:
             raise bad("num_vertebrae", "must be at least 1")
-        if len(self.crop_size_vox) != 3 or any(int(s) < 8 or int(s) % 8 for s in self.crop_size_vox):
+        if len(self.crop_size_vox) != 3 or any(s < 8 or s % 8 for s in self.crop_size_vox):
             raise bad("crop_size_vox", "must be three sizes, each a multiple of 8 (three 2x max-pools)")
-        if len(self.widths) != 4 or any(int(w) < 2 * self.norm_groups or w % (2 * self.norm_groups) for w in self.widths):
-            raise bad("widths", f"must be four channel counts, each a multiple of 2 * norm_groups = {2 * self.norm_groups}")
-        if self.cls_channels % self.norm_groups:
+        step = 2 * self.norm_groups  # GroupNorm on the out/2 bottleneck of every residual module
+        if len(self.widths) != 4 or any(w < step or w % step for w in self.widths):
+            raise bad("widths", f"must be four channel counts, each a multiple of 2 * norm_groups = {step}")
+        if self.cls_channels < 1 or self.cls_channels % self.norm_groups:
             raise bad("cls_channels", f"must be a multiple of norm_groups = {self.norm_groups}")
+        if self.lstm_hidden < 1 or self.lstm_layers < 1:
+            raise bad("lstm_hidden", "and lstm_layers must be at least 1")
         if self.use_bilstm and not self.use_classifier:
             raise bad("use_bilstm", "needs use_classifier=True (the Bi-LSTM is part of the classification branch)")
         if self.plateau_mode not in ("min", "max"):
             raise bad("plateau_mode", "must be 'min' or 'max'")
         if not 0.0 <= self.tile_overlap < 1.0:
             raise bad("tile_overlap", "must be in [0, 1)")
-        if self.n_clusters < 1 or self.min_support < 1 or self.inference_batch_size < 1:
-            raise InputError("resml config: n_clusters, min_support and inference_batch_size must be at least 1")
-
-
-RESML_PRESETS: dict[str, dict] = {
-    "paper": {},
-    # CPU-sized: a quarter of the channels, a smaller crop (128 x 96 x 96 mm at 2 mm) and LSTM
-    "small": {"widths": (8, 16, 16, 32), "cls_channels": 8, "lstm_hidden": 32, "crop_size_vox": (64, 48, 48)},
-}
+        for key in ("n_clusters", "min_support", "inference_batch_size"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be at least 1")
 
 
 class ResidualModule(nn.Module):
@@ -198,18 +211,18 @@ class ResidualMultiLabel(VertebraMethod):
         c = self.config
         self.net = ResMLNet(
             c.num_vertebrae,
-            tuple(c.widths),
+            c.widths,
             c.norm_groups,
             c.use_classifier,
             c.use_bilstm,
             c.cls_channels,
             c.lstm_hidden,
             c.lstm_layers,
-            pooled_size=tuple(max(1, int(s) // 16) for s in c.crop_size_vox),  # the 1/8 map max-pooled by 2
+            pooled_size=tuple(max(1, s // 16) for s in c.crop_size_vox),  # the 1/8 map max-pooled by 2
         )
 
     def data_requirements(self) -> DataRequirements:
-        return DataRequirements(sample_mode="crop", crop_size_vox=tuple(int(s) for s in self.config.crop_size_vox))
+        return DataRequirements(sample_mode="crop", crop_size_vox=self.config.crop_size_vox)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net(image)
@@ -250,7 +263,7 @@ class ResidualMultiLabel(VertebraMethod):
         return predict_volume_tiled(
             image.to(self.device, torch.float32),
             self.predict_crops,
-            tuple(int(s) for s in c.crop_size_vox),
+            c.crop_size_vox,
             overlap=c.tile_overlap,
             batch_size=c.inference_batch_size,
             presence_threshold=c.presence_threshold,

@@ -63,14 +63,22 @@ def test_paper_sized_bilstm_classifier_and_residual_module():
     assert isinstance(ResidualModule(8, 8).skip, torch.nn.Identity)
 
 
-def test_presets_build_and_small_is_much_smaller():
-    sizes = {p: sum(x.numel() for x in create_method("resml_cls_bilstm", **o).parameters()) for p, o in RESML_PRESETS.items()}
+def test_presets_build_small_is_much_smaller_and_explicit_fields_win():
+    sizes = {p: sum(x.numel() for x in create_method("resml_cls_bilstm", preset=p).parameters()) for p in RESML_PRESETS}
     assert sizes["small"] * 10 < sizes["paper"]
+    cfg = ResMLConfig(preset="small", widths=[8, 8, 16, 16], crop_size_vox=[32, 24, 24])  # YAML gives lists
+    assert cfg.widths == (8, 8, 16, 16) and cfg.crop_size_vox == (32, 24, 24)
+    assert cfg.lstm_hidden == RESML_PRESETS["small"]["lstm_hidden"]
+    assert create_method("resml_cls", **TINY).data_requirements().crop_size_vox == (32, 16, 16)
 
 
-@pytest.mark.parametrize("bad", [dict(widths=(8, 8, 12, 16)), dict(crop_size_vox=(30, 16, 16)), dict(plateau_mode="up")])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(widths=(8, 8, 12, 16)), dict(crop_size_vox=(30, 16, 16)), dict(plateau_mode="up"), dict(preset="huge"),
+     dict(use_classifier=False, use_bilstm=True)],
+)
 def test_bad_config_values_name_the_key(bad):
-    key = next(iter(bad))
+    key = list(bad)[-1]
     with pytest.raises(InputError, match=key):
         ResMLConfig(**{**TINY, **bad})
 
