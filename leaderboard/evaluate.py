@@ -233,12 +233,14 @@ class ConditionRow:
 
 
 def condition_breakdown(all_scans: list[MethodScans], conv: Conventions) -> list[ConditionRow]:
-    """Per ``meta_*`` column with 2..8 distinct values: each method's summary on the scans of each value."""
+    """Per ``meta_*`` column with 2..8 distinct values, fewer than the cases (so not an identifier): each method's
+    summary on the scans of each value."""
     columns = sorted(set().union(*(s.meta for s in all_scans))) if all_scans else []
+    n_cases = len({key[2] for s in all_scans for key in s.scan_keys})
     rows = []
     for col in columns:
         values = sorted({v for s in all_scans for v in s.meta.get(col, ()) if v != ""})
-        if not 2 <= len(values) <= MAX_CONDITION_VALUES:
+        if not 2 <= len(values) <= min(MAX_CONDITION_VALUES, n_cases - 1):
             continue
         for value in values:
             subsets = [s.subset(s.meta[col] == value) for s in all_scans if col in s.meta]

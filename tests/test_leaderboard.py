@@ -192,3 +192,12 @@ def test_the_same_rows_in_two_files_are_rejected(tmp_path):
     write_run(tmp_path / "c", n_cases=2, efficiency=False, run="run2")  # another run of the same methods: pooled
     out = build_leaderboard([tmp_path / "a", tmp_path / "c"], tmp_path / "out", FAST)
     assert _row(_csv(out.csv), "di2in")["n_scans"] == "4"
+
+
+def test_identifier_like_metadata_is_not_a_condition(tmp_path):
+    rows = synthetic_rows(n_cases=4, efficiency=False)
+    for r in rows:
+        r["meta_case_id"] = r["case"]  # one value per case: an identifier, not a condition
+    write_records(tmp_path / "records.csv", rows)
+    md = build_leaderboard([tmp_path / "records.csv"], tmp_path / "out", FAST).markdown.read_text()
+    assert "| metal | " in md and "| case\\_id | " not in md
