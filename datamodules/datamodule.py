@@ -26,12 +26,12 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from datamodules.errors import InputError
 from datamodules.labels import get_label_set
 from datamodules.preprocess import CacheEntry, PreprocessParams, ensure_entry
-from datamodules.samples import Augmentation, CropDataset, VolumeDataset, pad_collate
+from datamodules.samples import Augmentation, CropDataset, ShardedEvalSampler, VolumeDataset, pad_collate
 from datamodules.sources import (
     SPLITS, CaseRecord, SourceListing, csi2014_records, folder_records, phantom_records, verse_records,
 )
@@ -130,52 +130,6 @@ class CaseInfo:
         return {"case_id": self.case_id, "dataset": self.dataset, "split": self.split, "geometry": self.geometry,
                 "original_geometry": self.original_geometry, "true_mm": self.centroids_world_mm,
                 "patient": self.patient, "metadata": dict(self.metadata)}
-
-
-class ShardedEvalSampler(DistributedSampler):
-    """Every index on exactly one rank (``rank::num_replicas``), in order, without padding duplicates.
-
-    With ``num_replicas=None`` the rank and world size are read from ``torch.distributed`` when iterated, so a
-    loader built before the process group starts still shards correctly.
-    """
-
-    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
-        if num_replicas is not None and not 0 <= (rank or 0) < num_replicas:
-            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
-        # not super().__init__: that requires an initialised process group
-        self.dataset, self._replicas, self._rank = dataset, num_replicas, rank
-        self.epoch, self.shuffle, self.seed, self.drop_last = 0, False, 0, False
-
-    def _world(self) -> tuple[int, int]:
-        if self._replicas is not None:
-            return self._replicas, self._rank or 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
-    @property
-    def num_replicas(self) -> int:
-        return self._world()[0]
-
-    @property
-    def rank(self) -> int:
-        return self._world()[1]
-
-    @property
-    def num_samples(self) -> int:
-        replicas, rank = self._world()
-        return len(range(rank, len(self.dataset), replicas))
-
-    @property
-    def total_size(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self):
-        replicas, rank = self._world()
-        return iter(range(rank, len(self.dataset), replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 def _build_one(args):

@@ -242,3 +242,61 @@ def test_phantom_source_with_worker_processes_is_deterministic(tmp_path):
     assert "metal" in a.case_info("phantom-s5-200000").metadata
     batches = list(a.train_dataloader())  # DataLoader worker processes read the cache
     assert sum(len(x["case_id"]) for x in batches) == 2 and batches[0]["image"].shape[2:] == (16, 16, 16)
+
+
+def test_runner_kwargs_apply_requirements_and_seed_the_shuffle(data_root, tmp_path):
+    from methods.base import DataRequirements
+
+    base = DataConfig(source="folder", root=str(data_root), cache_dir=str(tmp_path / "cache"), test_fraction=0.0,
+                      batch_size=1)
+    orders = []
+    for torch_seed in (0, 1):
+        dm = VertebraDataModule(base, requirements=DataRequirements("crop", crop_size_vox=(6, 6, 6)), seed=3)
+        dm.setup("fit")
+        torch.manual_seed(torch_seed)  # the shuffle follows ``seed``, not the global RNG
+        orders.append([b["case_id"][0] for b in dm.train_dataloader()])
+        assert dm.config.crop_size_vox == (6, 6, 6) and dm.config.sample_mode == "crop"
+    assert orders[0] == orders[1] and sorted(orders[0]) == ["a", "b", "c"]
+
+
+_DDP_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+import torch.multiprocessing as mp
+sys.path.insert(0, {repo!r})
+
+def run(rank):
+    from torch.utils.data import DataLoader
+    from datamodules.samples import ShardedEvalSampler
+    dist.init_process_group("gloo", init_method="file://{store}", rank=rank, world_size=2)
+    cases = {cases!r}
+    # built like the datamodule's eval loaders without a Trainer: the sampler asks the process group
+    loader = DataLoader(cases, batch_size=1, sampler=ShardedEvalSampler(cases), collate_fn=lambda b: b)
+    mine = [b[0] for b in loader]
+    everything = [None, None]
+    dist.all_gather_object(everything, mine)
+    if rank == 0:
+        open({out!r}, "w").write(json.dumps(everything))
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, nprocs=2)
+"""
+
+
+@pytest.mark.slow
+def test_two_process_gloo_evaluation_sees_every_case_once(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cases = [f"case{i}" for i in range(5)]
+    out = tmp_path / "shards.json"
+    script = tmp_path / "ddp_check.py"
+    script.write_text(_DDP_SCRIPT.format(repo=str(Path(__file__).resolve().parents[1]), store=str(tmp_path / "store"),
+                                         cases=cases, out=str(out)))
+    subprocess.run([sys.executable, str(script)], check=True, timeout=180)
+    shards = json.loads(out.read_text())
+    assert sorted(shards[0] + shards[1]) == cases and not set(shards[0]) & set(shards[1])
+    assert [len(s) for s in shards] == [3, 2]  # uneven, no padding duplicate
