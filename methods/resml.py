@@ -76,7 +76,8 @@ class ResMLConfig:
         for key, value in RESML_PRESETS[self.preset].items():
             given = getattr(self, key)
             value = value if given is None else given
-            object.__setattr__(self, key, tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else int(value))
+            value = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else int(value)
+            object.__setattr__(self, key, value)
         if self.num_vertebrae < 1:
             raise bad("num_vertebrae", "must be at least 1")
         if len(self.crop_size_vox) != 3 or any(s < 8 or s % 8 for s in self.crop_size_vox):
@@ -118,7 +119,8 @@ class ResidualModule(nn.Module):
 
 def _conv_gn_relu(cin: int, cout: int, kernel, groups: int) -> nn.Sequential:
     padding = tuple(k // 2 for k in kernel) if isinstance(kernel, tuple) else kernel // 2
-    return nn.Sequential(nn.Conv3d(cin, cout, kernel, padding=padding, bias=False), nn.GroupNorm(groups, cout), nn.ReLU())
+    conv = nn.Conv3d(cin, cout, kernel, padding=padding, bias=False)
+    return nn.Sequential(conv, nn.GroupNorm(groups, cout), nn.ReLU())
 
 
 class ResMLNet(nn.Module):
@@ -154,7 +156,7 @@ class ResMLNet(nn.Module):
                 ResidualModule(1, w0, groups),
                 ResidualModule(w0, w1, groups),
                 ResidualModule(w1, w2, groups),
-                nn.Sequential(ResidualModule(w2, w3, groups), ResidualModule(w3, w3, groups), ResidualModule(w3, w3, groups)),
+                nn.Sequential(*(ResidualModule(w2 if i == 0 else w3, w3, groups) for i in range(3))),
             ]
         )
         self.skip_outs = nn.ModuleList([_conv_gn_relu(w, w, 1, groups) for w in widths])
@@ -173,7 +175,9 @@ class ResMLNet(nn.Module):
             d, h, w = pooled_size
             fc_in = cls_channels * d * h * w
             if use_bilstm:
-                self.lstm = nn.LSTM(cls_channels * h * w, lstm_hidden, lstm_layers, batch_first=True, bidirectional=True)
+                self.lstm = nn.LSTM(
+                    cls_channels * h * w, lstm_hidden, lstm_layers, batch_first=True, bidirectional=True
+                )
                 fc_in = d * 2 * lstm_hidden
             self.fc = nn.Linear(fc_in, num_outputs)
 
@@ -231,9 +235,9 @@ class ResidualMultiLabel(VertebraMethod):
         """Paper eqs. (1)-(4): L = L_cls + lambda * sum_present SmoothL1(coords); sums per crop, mean over crops."""
         out = self.net(batch["image"])
         present = batch["present"].to(torch.bool)
-        target = batch["centroids_vox"].to(out["coords_vox"].dtype)
+        target = torch.nan_to_num(batch["centroids_vox"].to(out["coords_vox"].dtype))  # absent rows: any value
         per_coord = F.smooth_l1_loss(out["coords_vox"], target, reduction="none", beta=1.0).sum(-1)  # (B, K)
-        loc = self.config.localization_weight * (per_coord * present).sum(-1).mean()
+        loc = self.config.localization_weight * torch.where(present, per_coord, 0.0).sum(-1).mean()
         terms = {"loss_localization": loc}
         loss = loc
         if "logits" in out:
@@ -277,12 +281,18 @@ class ResidualMultiLabel(VertebraMethod):
         c = self.config
         optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=c.plateau_mode, factor=c.plateau_factor, patience=c.plateau_patience, min_lr=c.min_learning_rate
+            optimizer,
+            mode=c.plateau_mode,
+            factor=c.plateau_factor,
+            patience=c.plateau_patience,
+            min_lr=c.min_learning_rate,
         )
         # strict=False: an epoch whose monitored metric was not logged (e.g. no validation) skips the step
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": c.plateau_monitor, "interval": "epoch", "strict": False},
+            "lr_scheduler": {
+                "scheduler": scheduler, "monitor": c.plateau_monitor, "interval": "epoch", "strict": False
+            },
         }
 
 

@@ -33,7 +33,8 @@ def test_variants_are_overrides_of_one_class_with_paper_defaults():
     specs = [get_method_spec(n) for n in VARIANTS]
     assert len({s.module_cls for s in specs}) == 1 and {s.family for s in specs} == {"resml"}
     cfg = method_config("resml_cls_bilstm")
-    assert (cfg.num_vertebrae, cfg.crop_size_vox, cfg.localization_weight, cfg.pos_weight) == (26, (104, 80, 80), 0.4, 3.0)
+    assert (cfg.num_vertebrae, cfg.crop_size_vox) == (26, (104, 80, 80))
+    assert (cfg.localization_weight, cfg.pos_weight) == (0.4, 3.0)
     assert (cfg.lstm_layers, cfg.lstm_hidden, cfg.norm_groups, cfg.weight_decay) == (3, 128, 4, 1e-4)
     assert (cfg.plateau_factor, cfg.min_learning_rate) == (0.4, 1e-6)
     assert not method_config("resml_loc").use_classifier and not method_config("resml_cls").use_bilstm
@@ -116,7 +117,7 @@ def test_loss_follows_the_paper_equations():
     cls = (-(3.0 * u * torch.log(p) + (1 - u) * torch.log(1 - p))).sum(-1).mean()
     assert terms["loss_classification"] == pytest.approx(float(cls), rel=1e-5)
     # centroids of absent vertebrae never reach the loss
-    moved = dict(batch, centroids_vox=torch.where(batch["present"][..., None], batch["centroids_vox"], 99.0))
+    moved = dict(batch, centroids_vox=torch.where(batch["present"][..., None], batch["centroids_vox"], torch.nan))
     with torch.no_grad():
         assert m.training_loss(moved)["loss"] == pytest.approx(float(terms["loss"]))
     assert set(create_method("resml_loc", **TINY).training_loss(batch)) == {"loss", "loss_localization"}
