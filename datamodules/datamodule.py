@@ -235,7 +235,9 @@ class VertebraDataModule(L.LightningDataModule):
         try:
             e = self._by_id[case_id]
         except KeyError:
-            raise InputError(f"unknown case id {case_id!r}; call setup() first or pick one of case_ids(split)") from None
+            raise InputError(
+                f"unknown case id {case_id!r}; call setup() first or pick one of case_ids(split)"
+            ) from None
         return CaseInfo(e.case_id, e.dataset, e.split, e.geometry, e.original_geometry,
                         e.centroids_world_mm(self.label_names), str(e.metadata.get("patient", e.case_id)),
                         dict(e.metadata))

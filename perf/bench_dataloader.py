@@ -159,7 +159,10 @@ def main() -> None:
         "",
         "Reading is not the bottleneck when the loader's samples/s exceeds the step's samples/s.",
         "",
-        "The machine is a 2-core VM shared with other jobs while this ran: step times in particular varied by 2x or more between runs (the crop-batch step is not really slower per voxel than the volume step). With 2 workers on 2 cores the workers compete with the main process, and a volume sample's heatmaps (26 x D x H x W float32, ~190 MB) must cross process boundaries, so workers do not pay off here.",
+        "The machine is a 2-core VM shared with other jobs while this ran: step times in particular varied by "
+        "2x or more between runs (the crop-batch step is not really slower per voxel than the volume step). "
+        "With 2 workers on 2 cores the workers compete with the main process, and a volume sample's heatmaps "
+        "(26 x D x H x W float32, ~190 MB) must cross process boundaries, so workers do not pay off here.",
     ])
     print(write_fragment("dataloader", md))
 

@@ -14,7 +14,9 @@ import pytest
 
 import datamodules.preprocess as pp
 from datamodules.geometry import Geometry
-from datamodules.preprocess import AIR_VALUE, HU_MEAN, HU_STD, PreprocessParams, ensure_entry, preprocess_volume, read_entry
+from datamodules.preprocess import (
+    AIR_VALUE, HU_MEAN, HU_STD, PreprocessParams, ensure_entry, preprocess_volume, read_entry,
+)
 from datamodules.sources import folder_records
 
 REPO = Path(__file__).resolve().parents[1]

@@ -111,7 +111,8 @@ def test_verse_subject_based_layout_with_mask_fallback(tmp_path):
     by_id = {r.case_id: r for r in listing.records}
     assert {k: (r.split, r.dataset) for k, r in by_id.items()} == {
         "sub-verse500_dir-ax": ("train", "verse2020"), "sub-gl003_dir-ax": ("test", "verse2020")}
-    assert by_id["sub-gl003_dir-ax"].centroids_path is None and by_id["sub-gl003_dir-ax"].mask_path.endswith("_msk.nii.gz")
+    gl = by_id["sub-gl003_dir-ax"]
+    assert gl.centroids_path is None and gl.mask_path.endswith("_msk.nii.gz")
     raw = load_case(by_id["sub-gl003_dir-ax"])  # centroid = mask centre of mass = the ball centre
     for name, c in centroids_mm().items():
         np.testing.assert_allclose(raw.centroids_mm[name], c, atol=1e-6)
