@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.errors import InputError
 from datamodules.labels import get_label_set
-from datamodules.preprocess import CacheEntry, PreprocessParams, ensure_entry
+from datamodules.preprocess import CacheEntry, PreprocessParams, ensure_entry, remove_stale_parts
 from datamodules.samples import Augmentation, CropDataset, ShardedEvalSampler, VolumeDataset, pad_collate
 from datamodules.sources import (
     SPLITS, CaseRecord, SourceListing, csi2014_records, folder_records, phantom_records, verse_records,
@@ -179,6 +179,7 @@ class VertebraDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Preprocess every missing case into the cache; ``num_workers`` processes when > 0."""
         params, cache_dir = self.config.preprocess_params, self.config.cache_dir
+        remove_stale_parts(cache_dir)
         jobs = [(cache_dir, r, params) for r in self.records()]
         if self.config.num_workers > 0 and len(jobs) > 1:
             with ProcessPoolExecutor(max_workers=self.config.num_workers) as pool:

@@ -11,7 +11,8 @@ only its slab) + ``.json`` beside it (geometry, original geometry, centroids in 
 the source fingerprint (path, size, mtime of each file; phantom arguments and generator code) and the
 preprocessing parameters. Both files are written through ``atomic_path``, the ``.npy`` first: the ``.json`` is
 the commit record, and an entry counts only when its json exists and its npy has the size the json states.
-An interrupted write therefore leaves at most an orphan ``.npy`` that is overwritten next time.
+An interrupted write therefore leaves at most a temporary ``.part`` file (removed by ``remove_stale_parts`` once
+an hour old) or an ``.npy`` without its json (overwritten next time), never an entry that is read.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -168,6 +170,23 @@ def ensure_entry(cache_dir, record: CaseRecord, params: PreprocessParams) -> tup
     if entry is not None:
         return entry, True
     return build_entry(cache_dir, record, params), False
+
+
+def remove_stale_parts(cache_dir, older_than_s: float = 3600.0) -> int:
+    """Delete temporary ``.part`` files that a killed writer left behind (old enough that no live writer owns
+    them); returns how many. They are never read as entries, this only reclaims their disk space."""
+    root = Path(cache_dir).expanduser()
+    if not root.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for path in root.glob("*/.*.part*"):
+        try:
+            if now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass  # another process removed or renamed it meanwhile
+    return removed
 
 
 def _safe(case_id: str) -> str:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import datamodules.preprocess as pp
 from datamodules.geometry import Geometry
 from datamodules.preprocess import (
-    AIR_VALUE, HU_MEAN, HU_STD, PreprocessParams, ensure_entry, preprocess_volume, read_entry,
+    AIR_VALUE, HU_MEAN, HU_STD, PreprocessParams, ensure_entry, preprocess_volume, read_entry, remove_stale_parts,
 )
 from datamodules.sources import folder_records
 
@@ -127,6 +128,11 @@ def test_write_killed_midway_leaves_no_entry_that_is_read(tmp_path):
     assert read_entry(cache, rec, PreprocessParams()) is None
     entry, hit = ensure_entry(cache, rec, PreprocessParams())
     assert not hit and entry.load_array().shape == entry.geometry.shape
+    # the orphan is reclaimed once old enough that no live writer can own it
+    (part,) = [p for p in cache.rglob("*") if ".part" in p.name]
+    assert remove_stale_parts(cache) == 0 and part.exists()
+    os.utime(part, (time.time() - 7200, time.time() - 7200))
+    assert remove_stale_parts(cache) == 1 and not part.exists() and read_entry(cache, rec, PreprocessParams())
 
 
 def test_truncated_array_behind_a_json_is_not_read(tmp_path):
