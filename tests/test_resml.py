@@ -11,7 +11,7 @@ import torch
 from datamodules.errors import InputError
 from methods.base import VolumePrediction
 from methods.registry import MethodRegistryError, create_method, get_method_spec, method_config
-from methods.resml import RESML_PRESETS, ResidualModule, ResMLConfig
+from methods.resml import RESML_PRESETS, ResidualModule, ResidualMultiLabel, ResMLConfig
 
 TINY = dict(widths=(8, 8, 8, 16), cls_channels=4, lstm_hidden=8, crop_size_vox=(32, 16, 16), num_vertebrae=5)
 VARIANTS = ["resml_loc", "resml_cls", "resml_cls_bilstm"]
@@ -160,7 +160,7 @@ class _Crops(torch.utils.data.Dataset):
 
 
 @pytest.mark.slow
-def test_fit_runs_when_the_monitored_metric_is_never_logged():
+def test_fit_runs_when_the_monitored_metric_is_never_logged_and_the_checkpoint_reloads(tmp_path):
     torch.manual_seed(0)
     m = create_method("resml_cls_bilstm", **TINY, plateau_monitor="val/id_rate", plateau_mode="max", plateau_patience=0)
     loader = torch.utils.data.DataLoader(_Crops(), batch_size=2)
@@ -170,3 +170,11 @@ def test_fit_runs_when_the_monitored_metric_is_never_logged():
     assert trainer.global_step == 4
     assert torch.isfinite(trainer.callback_metrics["train/epoch_loss"])
     assert trainer.optimizers[0].param_groups[0]["lr"] == 0.01  # no metric, no plateau step
+    trainer.save_checkpoint(tmp_path / "resml.ckpt")
+    reloaded = ResidualMultiLabel.load_from_checkpoint(tmp_path / "resml.ckpt", map_location="cpu")
+    assert reloaded.config == m.config
+    image = _batch(b=1)["image"]
+    m.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(image)["logits"], m(image)["logits"])
