@@ -17,14 +17,19 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from datamodules.errors import InputError
+
 ENTRY_POINT_GROUP = "spinebench.methods"
 
 # Built-in method families, imported on first use of the registry.
 _BUILTIN_MODULES: tuple[str, ...] = ("methods.di2in", "methods.resml")
 
 
-class MethodRegistryError(ValueError):
-    """An unknown method name or override key, or a duplicate registration."""
+class MethodRegistryError(InputError):
+    """An unknown method name or override key, or a duplicate registration.
+
+    An ``InputError``, so the CLI reports it in one line (exit 2) without importing the methods package.
+    """
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,39 @@
+"""``spinebench list [PATTERN]``: the registered methods (built-in and plugins) with family and description."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "list",
+        help="list the registered methods",
+        description="List registered methods (built-in families and entry-point group 'spinebench.methods'). "
+        "Select one in an experiment YAML with `methods: [{name: NAME, overrides: {...}}]`.",
+    )
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'di2in*' (default: all)")
+    p.add_argument("--options", action="store_true", help="also print each method's config options and values")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from methods.registry import MethodRegistryError, get_method_spec, list_methods
+
+    names = list_methods(args.pattern)
+    if not names:
+        raise MethodRegistryError(f"no method matches {args.pattern!r}; registered methods: {', '.join(list_methods())}")
+    specs = [get_method_spec(n) for n in names]
+    width_name = max(len(s.name) for s in specs)
+    width_family = max(len(s.family) for s in specs)
+    for spec in specs:
+        print(f"{spec.name:<{width_name}}  {spec.family:<{width_family}}  {spec.description}")
+        if args.options:
+            config = spec.config()
+            for f in dataclasses.fields(config):
+                mark = "*" if f.name in spec.overrides else " "
+                print(f"    {mark} {f.name} = {getattr(config, f.name)!r}")
+    if args.options:
+        print("(* = set by the registered variant)")
+    return 0

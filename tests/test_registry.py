@@ -1,0 +1,113 @@
+"""The method registry: registration rules, lookups that list valid names, CLI listing and plugins."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from datamodules.errors import InputError
+from methods import create_method, get_method_spec, list_methods, method_config, register_method
+from methods import registry
+from methods.di2in import DI2IN, DI2INConfig
+from methods.registry import MethodRegistryError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clean_registry():
+    list_methods()  # built-ins loaded first
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+
+
+def test_duplicate_and_bad_registrations_are_rejected(clean_registry):
+    with pytest.raises(MethodRegistryError, match="already registered"):
+        register_method("di2in", module_cls=DI2IN, config_cls=DI2INConfig, family="di2in", description="again")
+    with pytest.raises(MethodRegistryError, match="valid options"):
+        register_method("x", module_cls=DI2IN, config_cls=DI2INConfig, family="di2in", description="", widthh=3)
+    with pytest.raises(MethodRegistryError, match="dataclass"):
+        register_method("y", module_cls=DI2IN, config_cls=dict, family="di2in", description="")
+    assert "x" not in list_methods() and "y" not in list_methods()
+
+
+def test_variant_overrides_and_lookups(clean_registry):
+    register_method("di2in_deep", module_cls=DI2IN, config_cls=DI2INConfig, family="di2in", description="d",
+                    depth=4, message_passing=True)  # fmt: skip
+    assert list_methods("di2in_d*") == ["di2in_deep"]
+    assert method_config("di2in_deep").depth == 4
+    assert method_config("di2in_deep", depth=2).depth == 2  # call-site overrides win over registered ones
+    assert create_method("di2in_deep", depth=2).data_requirements().pad_multiple == 4
+    assert get_method_spec("di2in_deep").overrides == {"depth": 4, "message_passing": True}
+
+
+def test_unknown_names_and_keys_list_the_valid_ones():
+    with pytest.raises(MethodRegistryError, match=r"unknown method 'di2n'; registered methods: .*di2in_mp_sparsity"):
+        create_method("di2n")
+    with pytest.raises(MethodRegistryError, match=r"unknown option\(s\) sigma .*valid options: .*sigma_vox"):
+        create_method("di2in", sigma=2.0)
+    assert issubclass(MethodRegistryError, InputError)  # the CLI reports it in one line, exit 2
+
+
+def test_cli_list_prints_name_family_description_and_rejects_unknown_pattern(capsys):
+    from benchmark.cli import main
+
+    assert main(["list", "di2in*"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["di2in", "di2in_mp", "di2in_mp_sparsity"]
+    assert all(line.split()[1] == "di2in" for line in lines) and "message passing" in lines[1]
+    assert main(["list", "nothing*"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "registered methods: di2in" in err
+    assert main(["list", "di2in_mp", "--options"]) == 0
+    assert re.search(r"^\s+\* message_passing = True$", capsys.readouterr().out, re.M)
+
+
+def _readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Register a new method") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.splitlines()) < 40
+    return code
+
+
+def _env_with(path: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(REPO)])}
+
+
+@pytest.mark.slow
+def test_pip_installed_plugin_is_listed_and_contract_tested(tmp_path):
+    """A real ``pip install`` of the README example (into a private ``--target`` folder, not the shared venv:
+    pip writes the module and its ``*.dist-info/entry_points.txt`` there), then found through the entry point."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "my_methods.py").write_text(_readme_example())
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "my-methods"\nversion = "0.1"\n'
+        '[project.entry-points."spinebench.methods"]\nmy_methods = "my_methods"\n'
+        "[tool.setuptools]\npy-modules = [\"my_methods\"]\n"
+    )
+    site = tmp_path / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(site), str(src)], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert pip.returncode == 0, pip.stderr
+    assert (site / "my_methods-0.1.dist-info" / "entry_points.txt").is_file()
+    env = _env_with(site)
+    contract = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_method_contract.py",
+         "-k", "pooled_regressor"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )  # fmt: skip
+    assert contract.returncode == 0, contract.stdout[-2000:]
+    # the entry point registered it, so the registry-parametrized contract tests ran for it
+    assert re.search(r"\b3 passed", contract.stdout) and "no tests ran" not in contract.stdout
