@@ -17,7 +17,8 @@ Rule (Qin et al., test phase; parameters are fields of the method's config):
    ``min(n_clusters, distinct votes)`` clusters. The dominant cluster is the one with most votes (ties: the
    higher summed score). Clusters whose centres lie within ``merge_radius_vox`` of the dominant centre are
    merged into it (K-means splits an agreeing group when asked for more clusters than there are modes).
-   The centroid is the mean of the merged members. A single vote is its own cluster.
+   The centroid is the mean of the merged members. A single vote is its own cluster, and votes that all lie
+   within ``merge_radius_vox`` of their mean form one cluster without running K-means.
 4. **Presence and score.** k is present when its dominant cluster has at least ``min_support`` votes.
    Score with a classifier: the mean classifier score of the members (present) or the highest score of any
    crop (absent). Without a classifier: the members' share of the crops whose extent contains the centroid.
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from methods.base import VolumePrediction
 
@@ -122,9 +124,11 @@ def dominant_cluster(
     if m == 0:
         return np.zeros(0, dtype=bool)
     k = min(n_clusters, len(np.unique(np.round(points_vox, 6), axis=0)))
-    if k <= 1:
-        return np.ones(m, dtype=bool)
-    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(points_vox)
+    if k <= 1 or np.linalg.norm(points_vox - points_vox.mean(0), axis=1).max() <= merge_radius_vox:
+        return np.ones(m, dtype=bool)  # one vote, or all votes agree: a single cluster
+    # a few dozen points: OpenMP threads cost far more than they save (10x slower on a busy 2-core CPU)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(points_vox)
     labels, centres = km.labels_, km.cluster_centers_
     counts = np.bincount(labels, minlength=k)
     mass = np.bincount(labels, weights=weights, minlength=k)

@@ -57,6 +57,7 @@ def test_clustering_rejects_an_outlier_crop_and_is_not_biased_by_the_split():
     members = dominant_cluster(points, np.ones(7), n_clusters=3, merge_radius_vox=5.0)
     assert members.tolist() == [True] * 6 + [False]
     assert np.allclose(points[members].mean(0), agreeing.mean(0))
+    assert dominant_cluster(agreeing, np.ones(6), n_clusters=3, merge_radius_vox=5.0).all()
     # a two-vote tie is broken by the summed score
     pair = np.array([[10.0, 10.0, 10.0], [40.0, 10.0, 10.0]])
     assert dominant_cluster(pair, np.array([0.6, 0.9])).tolist() == [False, True]
