@@ -253,8 +253,10 @@ class ResidualMultiLabel(VertebraMethod):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
-        # epoch mean for the default reduce-on-plateau monitor ("train/loss" is logged per step)
-        self.log("train/epoch_loss", loss.detach(), on_step=False, on_epoch=True, batch_size=batch["image"].shape[0])
+        # epoch mean for the default reduce-on-plateau monitor ("train/loss" is logged per step); synced across
+        # DDP ranks (once per epoch) so every rank's scheduler sees the same value and keeps the same learning rate
+        self.log("train/epoch_loss", loss.detach(), on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=batch["image"].shape[0])
         return loss
 
     def predict_crops(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
