@@ -126,9 +126,7 @@ def dominant_cluster(
     k = min(n_clusters, len(np.unique(np.round(points_vox, 6), axis=0)))
     if k <= 1 or np.linalg.norm(points_vox - points_vox.mean(0), axis=1).max() <= merge_radius_vox:
         return np.ones(m, dtype=bool)  # one vote, or all votes agree: a single cluster
-    # a few dozen points: OpenMP threads cost far more than they save (10x slower on a busy 2-core CPU)
-    with threadpool_limits(limits=1, user_api="openmp"):
-        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(points_vox)
+    km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(points_vox)
     labels, centres = km.labels_, km.cluster_centers_
     counts = np.bincount(labels, minlength=k)
     mass = np.bincount(labels, weights=weights, minlength=k)
@@ -153,9 +151,17 @@ def aggregate_crops(
     present = np.zeros(k, dtype=bool)
     out_scores = np.zeros(k)
     size = np.asarray(crop_size_vox)
+    # K-means on a few dozen points: OpenMP threads cost far more than they save (10x slower on a busy
+    # 2-core CPU); the limit is set once, entering it costs ~20 ms
+    with threadpool_limits(limits=1, user_api="openmp"):
+        members_of = [
+            np.flatnonzero(votes[:, j])[
+                dominant_cluster(world[votes[:, j], j], scores[votes[:, j], j], n_clusters, merge_radius_vox)
+            ]
+            for j in range(k)
+        ]
     for j in range(k):
-        voters = np.flatnonzero(votes[:, j])
-        members = voters[dominant_cluster(world[voters, j], scores[voters, j], n_clusters, merge_radius_vox)]
+        members = members_of[j]
         if len(members) == 0:
             best = int(np.argmax(scores[:, j])) if n_crops else 0
             centroids[j] = world[best, j]
