@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ def run_workers_loop(
 def _run_trial(trial, settings, experiment, space, train_cell, tracker) -> float:
     overrides = space.sample(trial)
     trial.set_user_attr("overrides", overrides)
-    trial_dir = settings.out_dir / "trials" / f"{trial.number:04d}"
+    trial_dir = settings.out_dir / "trials" / settings.study_name / f"{trial.number:04d}"
     run_id = tracker.start_trial(trial, overrides) if tracker is not None else None
     try:
         value = float(train_cell(apply_overrides(experiment, overrides), trial, trial_dir, run_id))
@@ -493,6 +494,7 @@ def _trial_process_main(job_path: str) -> int:
     except optuna.TrialPruned as exc:
         result = {"state": "PRUNED", "message": str(exc)}
     except Exception as exc:
+        traceback.print_exc()
         result = {"state": "FAIL", "message": f"{type(exc).__name__}: {exc}"}
     if tuning_trial.is_global_zero():
         write_text_atomic(Path(job_path).with_name("trial_result.json"), json.dumps(result))

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +42,10 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
         if storage.startswith("sqlite:///"):
             Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
-            return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, heartbeat_interval=30,
-                                              grace_period=120)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: stable since 2.9
+                return optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, heartbeat_interval=30,
+                                                  grace_period=120)
         except (ImportError, ModuleNotFoundError) as exc:
             raise StorageError(f"--storage {storage}: the database driver is not installed ({exc})") from None
         except Exception as exc:  # sqlalchemy: bad URL, unreachable server, refused credentials

@@ -73,12 +73,13 @@ def tiny_study(tmp_path_factory, cache):
     return config, out, first
 
 
-def _mlflow_runs(out: Path):
+def _mlflow_runs(out: Path, study: str):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("spinebench")
-    return client.search_runs([experiment.experiment_id], max_results=100)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    return [r for r in runs if r.data.tags.get("optuna.study") == study]
 
 
 @pytest.mark.slow
@@ -115,7 +116,7 @@ def test_study_writes_a_runnable_best_config_plots_and_continues(tiny_study):
 def test_each_trial_is_an_mlflow_child_run_of_the_study_run(tiny_study):
     _, out, _ = tiny_study
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}")
-    runs = _mlflow_runs(out)
+    runs = _mlflow_runs(out, "tiny")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].data.tags["optuna.study"] == "tiny"  # re-runs reuse the parent
     children = {int(r.data.tags["optuna.trial"]): r for r in runs if "mlflow.parentRunId" in r.data.tags}
@@ -143,18 +144,19 @@ def test_exported_best_config_runs_with_spinebench_run(tiny_study, tmp_path):
 
 
 @pytest.mark.slow
-def test_pruned_trial_is_recorded_as_pruned_in_optuna_and_mlflow(tmp_path, cache):
-    config, out = _write_config(tmp_path, cache), tmp_path / "out"
+def test_pruned_trial_is_recorded_as_pruned_in_optuna_and_mlflow(tiny_study):
+    config, out, _ = tiny_study  # a second study in the same database and MLflow store
     # the identification rate is at most 1, so a lower bound of 2 prunes at the first validation epoch
     args = ["tune", "--config", str(config), "--out", str(out), "--study", "pruned", "--n-trials", "1",
-            "--set", "tune.pruner={type: threshold, lower: 2.0}"]
+            "--set", "tune.pruner={type: threshold, lower: 2.0}",
+            "--set", "tune.space.trainer.max_epochs={type: categorical, choices: [2]}"]
     assert main(args) == 0
     (trial,) = optuna.load_study(study_name="pruned", storage=f"sqlite:///{out / 'optuna.db'}").trials
     assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
-    (child,) = [r for r in _mlflow_runs(out) if "mlflow.parentRunId" in r.data.tags]
+    assert not (out / "trials" / "pruned" / "0000" / "checkpoints" / "last.ckpt").exists()  # stopped in epoch 0
+    (child,) = [r for r in _mlflow_runs(out, "pruned") if "mlflow.parentRunId" in r.data.tags]
     assert child.data.tags["optuna.state"] == "PRUNED" and child.data.metrics["optuna/pruned"] == 1.0
     assert child.info.status == "KILLED"
-    assert not (out / "best_config.yaml").exists()  # no complete trial, nothing to export
 
 
 @pytest.mark.slow
@@ -176,7 +178,7 @@ def test_two_workers_on_one_journal_file_run_exactly_n_trials(tmp_path, cache):
     trials = study.trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
-    assert sorted(p.name for p in (tmp_path / "out" / "trials").iterdir()) == ["0000", "0001", "0002", "0003"]
+    assert sorted(p.name for p in (tmp_path / "out" / "trials" / "tiny").iterdir()) == ["0000", "0001", "0002", "0003"]
     ran = sum(log.count(" COMPLETE") + log.count(" PRUNED") for log in logs)
     assert ran == 4  # each trial was run by exactly one worker
 
