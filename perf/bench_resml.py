@@ -1,0 +1,97 @@
+"""Residual multi-label network: whole-CT inference per case, crops per second and clustering cost.
+
+A typical partial-spine case at 2 mm is about 160 x 112 x 112 voxels. The network weights are the seeded
+initial ones (timing does not depend on training). Clustering is timed in its worst case: every crop votes
+for every one of the 26 vertebrae (26 K-means runs over all crops), and on the untrained network's votes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import timed, write_fragment  # noqa: E402
+
+from methods.crop_inference import aggregate_crops, crop_votes, run_crops  # noqa: E402
+from methods.registry import create_method  # noqa: E402
+
+VOLUME_VOX = (160, 112, 112)
+
+
+def measure(name: str, preset: str, repeat: int) -> dict:
+    torch.manual_seed(0)
+    method = create_method(name, preset=preset).eval()
+    c = method.config
+    crop = tuple(c.crop_size_vox)
+    image = torch.randn(1, 1, *VOLUME_VOX)
+    method.predict_volume(image[..., : crop[0], : crop[1], : crop[2]])  # warm-up: one crop
+    # predict_volume = run_crops -> crop_votes -> aggregate_crops; timed step by step on the same data
+    t_net, outputs = timed(
+        lambda: run_crops(image, method.predict_crops, crop, c.tile_overlap, c.inference_batch_size), repeat=repeat
+    )
+    t_vote, votes = timed(lambda: crop_votes(outputs, crop, VOLUME_VOX, c.presence_threshold, c.border_margin_vox))
+    cluster = dict(n_clusters=c.n_clusters, merge_radius_vox=c.merge_radius_vox, min_support=c.min_support)
+    t_votes, _ = timed(lambda: aggregate_crops(outputs, votes, crop, **cluster), repeat=3)
+    t_all, _ = timed(lambda: aggregate_crops(outputs, np.ones_like(votes), crop, **cluster), repeat=3)
+    t_case = t_net + t_vote + t_votes
+    n_crops = len(outputs.origins_vox)
+    return {
+        "name": name,
+        "preset": preset,
+        "crop": "x".join(map(str, crop)),
+        "params": sum(p.numel() for p in method.parameters()) / 1e6,
+        "crops": n_crops,
+        "case_s": t_case,
+        "crops_per_s": n_crops / t_net,
+        "cluster_all_ms": 1e3 * t_all,
+        "cluster_votes_ms": 1e3 * t_votes,
+        "votes": int(votes.sum()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared CPU)")
+    parser.add_argument("--quick", action="store_true", help="small preset only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    runs = [("resml_cls_bilstm", "small", 2), ("resml_loc", "small", 2)]
+    if not args.quick:
+        runs += [("resml_cls_bilstm", "paper", 1), ("resml_loc", "paper", 1)]
+    rows = []
+    load_before = os.getloadavg()[0]
+    for name, preset, repeat in runs:
+        start = time.perf_counter()
+        r = measure(name, preset, repeat)
+        print(r, f"({time.perf_counter() - start:.0f} s)", flush=True)
+        rows.append(
+            f"| `{r['name']}` | {r['preset']} | {r['params']:.2f} M | {r['crop']} | {r['crops']} | "
+            f"**{r['case_s']:.1f} s** | {r['crops_per_s']:.2f} | {r['cluster_all_ms']:.0f} ms | "
+            f"{r['cluster_votes_ms']:.0f} ms ({r['votes']} votes) |"
+        )
+    load = f"load average (1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    command = ".venv/bin/python perf/bench_resml.py" + (f" --threads {args.threads}" if args.threads != 1 else "")
+    write_fragment(
+        "resml",
+        "## Residual multi-label network: whole-CT inference (CPU)\n\n"
+        f"One case of {'x'.join(map(str, VOLUME_VOX))} voxels (a typical partial spine at 2 mm), crops tiled with 50 % "
+        f"overlap, 4 crops per forward pass, torch threads = {args.threads}. *Per case* = tiling + network + "
+        "K-means voting on the untrained network's votes (network: best of 1-2 runs, wall time). *Clustering, worst case*: every crop votes for all 26 "
+        "vertebrae; *on votes*: the votes of the (untrained) network. The machine is a 2-core CPU shared with "
+        f"other jobs ({load}); repeated runs differed by up to 3x, and 2 torch threads under contention were several "
+        "times slower than 1.\n\n"
+        "| method | preset | parameters | crop (vox) | crops per case | per case | crops / s | "
+        "clustering, worst case | clustering on votes |\n|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows),
+        command=command,
+    )
+
+
+if __name__ == "__main__":
+    main()
