@@ -35,19 +35,19 @@ def batch_truth_mm(batch: dict, index: int) -> np.ndarray:
 
 
 class ValidationIdentification(L.Callback):
-    """Logs ``val/id_rate`` (Glocker, 20 mm, pooled) and ``val/mean_error_mm`` from validation predictions."""
+    """Logs ``val/id_rate`` (Glocker, 20 mm, pooled) and ``val/mean_error_mm`` from validation predictions.
+
+    Each rank keeps its cases' arrays; at epoch end they are gathered (``all_gather_object``) and one shared
+    metric instance computes the result, identical on every rank (the eval sampler gives each case to exactly
+    one rank, so every case counts once).
+    """
 
     def __init__(self, label_names: tuple[str, ...] | list[str]) -> None:
         self.label_names = tuple(label_names)
-        self._metric = None
-
-    def _new_metric(self):
-        from benchmark.metrics import LocalizationIdentification
-
-        return LocalizationIdentification(self.label_names)
+        self._cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._metric = self._new_metric().to(pl_module.device)
+        self._cases = []
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -57,22 +57,36 @@ class ValidationIdentification(L.Callback):
             return
         spacing = batch["spacing_mm"].detach().cpu().double().numpy()
         for i, pred in enumerate(outputs["predictions"]):
-            true_mm = batch_truth_mm(batch, i)
-            pred_mm = pred.centroids_vox * spacing[i]
-            self._metric.update(
-                torch.as_tensor(true_mm[None], device=pl_module.device),
-                torch.as_tensor(pred_mm[None], device=pl_module.device),
-                torch.as_tensor(pred.present[None], device=pl_module.device),
-            )
+            self._cases.append((batch_truth_mm(batch, i), pred.centroids_vox * spacing[i], pred.present))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._metric is None:
-            return
-        values = self._metric.compute()
-        # torchmetrics already reduced the state over ranks: every rank logs the same number.
+        from benchmark.metrics import LocalizationIdentification
+
+        cases = _gather_objects(self._cases)
+        self._cases = []
+        metric = LocalizationIdentification(self.label_names, sync_on_compute=False)
+        if cases:
+            metric.update(
+                torch.as_tensor(np.stack([c[0] for c in cases])),
+                torch.as_tensor(np.stack([c[1] for c in cases])),
+                torch.as_tensor(np.stack([c[2] for c in cases])),
+            )
+            values = metric.compute()
+        else:
+            values = {"id_rate": torch.tensor(float("nan")), "mean_mm": torch.tensor(float("nan"))}
+        # The same number on every rank: no further reduction.
         pl_module.log(VAL_ID_RATE, _as_float(values, "id_rate"), sync_dist=False, prog_bar=True)
         pl_module.log(VAL_MEAN_ERROR, _as_float(values, "mean_mm"), sync_dist=False)
-        self._metric = None
+
+
+def _gather_objects(local: list) -> list:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, local)
+        return [item for part in parts for item in part]
+    return list(local)
 
 
 def _as_float(values: Any, key: str) -> torch.Tensor:

@@ -1,0 +1,142 @@
+"""Experiment config: one-to-one YAML mapping, --set overrides, and one-line errors for every bad setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from benchmark.config import (
+    REPO_CONFIG_DIR,
+    ConfigError,
+    apply_sets,
+    load_experiment,
+    parse_set,
+    resolve_config_path,
+)
+from datamodules.errors import InputError
+
+SHIPPED = sorted(p.stem for p in REPO_CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("tune_"))
+
+
+def _raw(**changes):
+    raw = yaml.safe_load(resolve_config_path("smoke").read_text())
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_resolve(name):
+    cfg = load_experiment(name, ["data.root=/nonexistent"] if name in ("csi2014_set2", "verse2020") else [],
+                          check_devices=False)
+    assert cfg.methods and cfg.seeds
+    # the resolved config is written to the run folder and must load back to the same experiment
+    again = load_experiment(yaml.safe_load(cfg.to_yaml()), check_devices=False)
+    assert again.config_hash() == cfg.config_hash()
+
+
+def test_default_config_runs_every_registered_variant():
+    from methods.registry import list_methods
+
+    cfg = load_experiment("default")
+    assert [m.name for m in cfg.methods] == list_methods()
+    assert cfg.data.source == "phantom" and cfg.trainer.accelerator == "cpu"
+
+
+def test_set_overrides_are_yaml_typed():
+    assert parse_set("trainer.max_epochs=3") == ("trainer.max_epochs", 3)
+    assert parse_set("seeds=[0, 1]") == ("seeds", [0, 1])
+    assert parse_set("tracking.enabled=false") == ("tracking.enabled", False)
+    assert parse_set("data.root=/a/b=c") == ("data.root", "/a/b=c")
+    cfg = load_experiment("smoke", ["trainer.max_epochs=3", "seeds=[0, 1]", "methods.di2in.overrides.sigma_vox=1.5",
+                                    "data.spacing_mm=6"])
+    assert cfg.trainer.max_epochs == 3 and cfg.seeds == (0, 1) and cfg.data.spacing_mm == 6
+    assert cfg.method_config(cfg.methods[0]).sigma_vox == 1.5
+    assert [c[1] for c in cfg.cells()] == [0, 1, 0, 1]
+    # the method list can be replaced, in list form, and keeps its order
+    cfg = load_experiment("smoke", ["methods=[resml_loc, di2in]"])
+    assert [m.name for m in cfg.methods] == ["resml_loc", "di2in"]
+
+
+def test_label_set_sets_num_vertebrae():
+    cfg = load_experiment("smoke", ["data.label_set=transitional"])
+    assert all(cfg.method_config(m).num_vertebrae == 28 for m in cfg.methods)
+    with pytest.raises(ConfigError, match="num_vertebrae: 26 disagrees with the label set 'transitional'"):
+        load_experiment("smoke", ["data.label_set=transitional", "methods.di2in.overrides.num_vertebrae=26"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["trainer.max_epoch=3"], r"^trainer\.max_epoch: unknown key; valid keys: accelerator, devices, .*max_epochs"),
+        (["bogus=1"], r"^bogus: unknown key; valid keys: name, description, data, methods"),
+        (["methods=[di2in, nosuch]"], r"^methods\.nosuch: unknown method 'nosuch'; registered methods: .*di2in"),
+        (["methods.di2in.overrides.widht=3"], r"^methods\.di2in\.overrides\.widht: unknown option .*valid options: "),
+        (["methods.di2in.overrides.sigma_vox=abc"], r"^methods\.di2in\.overrides\.sigma_vox: expected a number"),
+        (["methods.di2in.trainer.max_epoch=1"], r"^methods\.di2in\.trainer\.max_epoch: unknown key"),
+        (["data.source=dicomweb"], r"^data\.source: unknown data source 'dicomweb'; valid sources: phantom, csi2014"),
+        (["data.spacing=2"], r"^data\.spacing: unknown key; valid keys: source, root"),
+        (["data.phantom.metal=1"], r"^data\.phantom\.metal: unknown key; valid keys: spacing_mm"),
+        (["data.label_set=foo"], r"^data\.label_set: .*foo"),
+        (["trainer.accelerator=tpu9"], r"^trainer\.accelerator: unknown accelerator 'tpu9'; valid: cpu, gpu"),
+        (["trainer.strategy=horovod"], r"^trainer\.strategy: unknown strategy 'horovod'; valid: auto, ddp"),
+        (["trainer.precision=8-bit"], r"^trainer\.precision: unknown precision '8-bit'; valid: 32-true"),
+        (["trainer.devices=0"], r"^trainer\.devices: must be a positive number"),
+        (["trainer.devices=2"], r"^trainer\.strategy: 2 device\(s\) x 1 node\(s\) need a distributed strategy"),
+        (["trainer.devices=two"], r"^trainer\.devices: expected an integer, got 'two'"),
+        (["trainer.max_time=1h"], r"^trainer\.max_time: expected DD:HH:MM:SS"),
+        (["trainer.max_epochs=0", "trainer.max_steps=-1"], r"^trainer: set a budget"),
+        (["seeds=[1, 1]"], r"^seeds: duplicate seeds"),
+        (["seeds=abc"], r"^seeds: expected a non-empty list of integers"),
+        (["tracking.uri=x"], r"^tracking\.uri: unknown key; valid keys: enabled, tracking_uri, experiment"),
+        (["trainer=3"], r"^trainer: expected a mapping"),
+        (["nodot"], r"^--set 'nodot': expected key=value"),
+    ],
+)
+def test_bad_settings_fail_with_one_line_naming_the_key(sets, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_experiment("smoke", sets)
+    assert "\n" not in str(info.value) and isinstance(info.value, InputError)
+
+
+def test_gpu_request_without_gpu_fails_before_training():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(ConfigError, match=r"^trainer\.accelerator: 'gpu' requested but no CUDA device is visible"):
+        load_experiment("smoke", ["trainer.accelerator=gpu"])
+    # the paper-sized GPU configs still resolve for inspection without devices
+    assert load_experiment("verse2020", ["data.root=/x"], check_devices=False).trainer.accelerator == "gpu"
+
+
+def test_unknown_config_name_lists_shipped_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"config 'nope' not found; .*default.*smoke"):
+        load_experiment("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line \d+ is not valid YAML"):
+        load_experiment(bad)
+
+
+def test_apply_sets_normalises_list_form_methods():
+    raw = apply_sets({"methods": ["di2in", {"name": "resml_loc", "overrides": {"pos_weight": 2.0}}]},
+                     ["methods.di2in.overrides.sigma_vox=3"])
+    assert raw["methods"] == {"di2in": {"overrides": {"sigma_vox": 3}}, "resml_loc": {"overrides": {"pos_weight": 2.0}}}
+
+
+@pytest.mark.slow
+def test_cli_reports_config_error_in_one_line_exit_2(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark", "run", "--config", "smoke", "--set", "trainer.max_epoch=3",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "spinebench run: error: trainer.max_epoch: unknown key; valid keys: " + ", ".join(
+            __import__("benchmark.config", fromlist=["TRAINER_KEYS"]).TRAINER_KEYS)
+    ]
+    assert not (tmp_path / "run").exists()  # nothing written before validation passed

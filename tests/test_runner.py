@@ -1,0 +1,173 @@
+"""``spinebench run`` end to end on a tiny phantom: outputs, determinism, resume after kill -9, DDP, predict.
+
+One tiny di2in run (``smoke`` config, 8 mm phantoms of 6-10 vertebrae, a few steps) is trained once per module
+and shared. Subprocess tests use ``python -m benchmark`` like a user would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.config import load_experiment
+from benchmark.runner import run_benchmark
+
+pytestmark = pytest.mark.slow
+
+TIMING_COLUMNS = ("seconds_per_case", "peak_memory_mb")
+TINY = ["methods=[di2in]", "tracking.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _sets(cache_dir: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.cache_dir={cache_dir}", *extra]
+
+
+def _records(path: Path, drop=TIMING_COLUMNS) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
+
+
+def _cli(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, env=env, **kw)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_dir) -> Path:
+    out = tmp_path_factory.mktemp("run") / "smoke"
+    cfg = load_experiment("smoke", _sets(cache_dir))
+    run_benchmark(cfg, out)
+    return out
+
+
+def test_run_writes_every_output(trained_run):
+    out = trained_run
+    cfg = load_experiment(out / "config.yaml")
+    assert cfg.name == "smoke" and [m.name for m in cfg.methods] == ["di2in"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config_hash"] == cfg.config_hash() and manifest["seeds"] == [0]
+    assert len(manifest["case_ids"]["test"]) == cfg.data.phantom_test and len(manifest["case_ids_hash"]) == 64
+    assert {"torch", "lightning", "mlflow"} <= set(manifest["packages"]) and manifest["machine"]["cpu_count"]
+    result = json.loads((out / "cells" / "di2in" / "seed0" / "result.json").read_text())
+    assert 0.0 <= result["metrics"]["val/id_rate"] <= 1.0 and result["metrics"]["test/cases"] == cfg.data.phantom_test
+    assert Path(result["best_checkpoint"]).is_file() and (out / "cells/di2in/seed0/checkpoints/last.ckpt").is_file()
+    rows = _records(out / "records.csv", drop=())
+    # every test case exactly once, all K vertebrae each, with world-mm truth and the efficiency columns
+    assert len(rows) == cfg.data.phantom_test * 26
+    assert len({r["case"] for r in rows}) == cfg.data.phantom_test
+    assert all(float(r["seconds_per_case"]) > 0 and float(r["params"]) > 0 for r in rows)
+    annotated = [r for r in rows if r["annotated"] == "1"]
+    assert annotated and all(r["true_z_mm"] for r in annotated)
+    identified = sum(r["identified"] == "1" for r in annotated) / len(annotated)
+    assert abs(identified - result["metrics"]["test/id_rate"]) < 1e-9
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.tex", "leaderboard.html"):
+        assert (out / "leaderboard" / name).stat().st_size > 0
+    assert list((out / "projections").rglob("*.npz"))
+
+
+def test_same_seed_gives_identical_records(trained_run, tmp_path, cache_dir):
+    cfg = load_experiment("smoke", _sets(cache_dir))
+    again = run_benchmark(cfg, tmp_path / "smoke")  # same folder name: the "run" column matches
+    first = _records(trained_run / "records.csv")
+    second = _records(again / "records.csv")
+    assert first == second and len(first) > 0
+
+
+def test_existing_output_folder_is_refused(trained_run, cache_dir):
+    out = _cli("run", "--config", "smoke", *sum((["--set", s] for s in _sets(cache_dir)), []), "--out", str(trained_run))
+    assert out.returncode == 2 and "already holds a run; continue it with --resume" in out.stderr
+
+
+def test_resume_after_kill_keeps_complete_cells_and_continues(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    sets = _sets(cache_dir, "seeds=[0, 1]", "trainer.max_epochs=4", "trainer.limit_train_batches=3",
+                 "trainer.checkpoint_every_n_steps=1", "tracking.enabled=true")
+    args = ["run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    second_last = out / "cells" / "di2in" / "seed1" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 400
+    while not second_last.exists():
+        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first_records = (out / "cells" / "di2in" / "seed0" / "records.csv").read_bytes()
+    assert not (out / "cells" / "di2in" / "seed1" / "result.json").exists()
+
+    resumed = _cli("run", "--resume", str(out), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "cell 1/2: di2in seed 0 (complete, kept)" in resumed.stdout
+    assert (out / "cells" / "di2in" / "seed0" / "records.csv").read_bytes() == first_records
+    result = json.loads((out / "cells" / "di2in" / "seed1" / "result.json").read_text())
+    assert result["resumed_from_step"] >= 1  # continued from last.ckpt, not from scratch
+    assert result["metrics"]["train/steps"] == 12  # 4 epochs x 3 batches in all, none repeated
+    assert len({r["seed"] for r in _records(out / "records.csv")}) == 2
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spinebench")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the resumed run reuses its parent
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" and "test/id_rate" in r.data.metrics for r in children)
+    assert parents[0].data.params["config_hash"] == json.loads((out / "manifest.json").read_text())["config_hash"]
+
+
+def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, cache_dir):
+    out = tmp_path / "ddp"
+    sets = _sets(cache_dir, "trainer.devices=2", "trainer.strategy=ddp", "data.phantom_test=3")
+    run = _cli("run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(out), timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp_rows = _records(out / "records.csv")
+    assert len(ddp_rows) == 3 * 26 and len({r["case"] for r in ddp_rows}) == 3  # 3 cases on 2 ranks, no padding
+
+    # The same checkpoint evaluated by one process gives the same records.
+    from benchmark.cell import evaluate_checkpoint
+    from benchmark.records import write_records
+
+    cfg = load_experiment(out / "config.yaml", ["trainer.devices=1", "trainer.strategy=auto"])
+    best = json.loads((out / "cells" / "di2in" / "seed0" / "result.json").read_text())["best_checkpoint"]
+    rows, info = evaluate_checkpoint(cfg, cfg.methods[0], 0, Path(best), run_name=out.name, method_order=0)
+    assert info["test/cases"] == 3
+    write_records(tmp_path / "single.csv", rows)
+    assert _records(tmp_path / "single.csv") == ddp_rows
+
+
+def test_predict_on_a_real_ct(trained_run, shared_real, tmp_path):
+    ct = shared_real / "totalsegmentator_tests" / "example_ct.nii.gz"  # RAS NIfTI, 3 mm
+    out = tmp_path / "pred.json"
+    res = _cli("predict", str(ct), "--run", str(trained_run), "--out", str(out), "--preview")
+    assert res.returncode == 0, res.stderr[-3000:]
+    entries = json.loads(out.read_text())
+    assert "direction" in entries[0]  # VerSe json: axcodes first, then one entry per predicted vertebra
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    csv_out = tmp_path / "pred.csv"
+    res = _cli("predict", str(ct), "--run", str(trained_run), "--method", "di2in", "--out", str(csv_out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    from datamodules.centroids import read_centroids
+    from datamodules.ct_io import read_geometry
+
+    geometry = read_geometry(ct)
+    for name, mm in read_centroids(csv_out).items():  # every written centroid lies inside the CT
+        assert geometry.contains_vox(geometry.world_to_vox(mm), margin=0.5), name
+    assert len(read_centroids(csv_out)) == len(entries) - 1
+    bad = _cli("predict", str(ct), "--run", str(trained_run), "--method", "nosuch", "--out", str(out))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "its methods: di2in" in bad.stderr
