@@ -40,7 +40,7 @@ class DI2INConfig:
     depth: int | None = None  # number of 2×2×2 max-pools
     convs_per_level: int | None = None
     sigma_vox: float = 2.0  # Gaussian target σ in voxels of the preprocessed volume (4 mm at 2 mm spacing)
-    presence_threshold: float = 0.4  # a vertebra is present when its channel's maximum exceeds this
+    presence_threshold: float = 0.5  # a vertebra is present when its channel's maximum exceeds this
     subvoxel: bool = True  # parabolic refinement of the argmax
     message_passing: bool = False
     mp_mode: str = "post"  # "post" | "unrolled"
@@ -161,7 +161,7 @@ class DI2IN(VertebraMethod):
     def fit_shape_prior(self, centroids_vox: np.ndarray) -> None:
         c = np.asarray(centroids_vox, dtype=np.float64)
         if self.mp is not None:
-            self.mp.fit(c, self.config.mp_stride, self.config.mp_min_sigma_vox)
+            self.mp.fit(c, self.config.mp_stride, self.config.mp_min_sigma_vox, self.config.sigma_vox)
         if self.shape_dictionary is not None:
             self.shape_dictionary.fit(c)
 
@@ -216,16 +216,20 @@ class DI2IN(VertebraMethod):
         enhanced = self.mp(self._coarse(heatmaps)[None])[0]
         coarse, peak = argmax_subvoxel(enhanced, cfg.subvoxel)
         coords = coarse * s + (s - 1) / 2.0  # centre of the coarse cell in full-resolution voxels
-        # Snap to the full-resolution peak when the network itself responds near the enhanced maximum.
+        # The enhanced map chooses where each vertebra is; there, the network's own response wins when it is
+        # confident: snap to its full-resolution peak, and never score below it (message passing adds
+        # evidence for weak channels; it does not erase a confident one, e.g. an isolated vertebra).
+        scores = peak.double().clone()
         shape = heatmaps.shape[1:]
         for k in range(heatmaps.shape[0]):
             lo = [max(0, int(math.floor(coords[k, a] - s))) for a in range(3)]
             hi = [min(shape[a], int(math.ceil(coords[k, a] + s)) + 1) for a in range(3)]
             window = heatmaps[k : k + 1, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
             if window.numel() and float(window.max()) > cfg.presence_threshold:
-                local, _ = argmax_subvoxel(window, cfg.subvoxel)
+                local, local_peak = argmax_subvoxel(window, cfg.subvoxel)
                 coords[k] = local[0] + torch.tensor(lo, dtype=torch.float64)
-        return coords.numpy(), peak.double().numpy()
+                scores[k] = max(float(scores[k]), float(local_peak[0]))
+        return coords.numpy(), scores.numpy()
 
     def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
         heatmaps = self.predict_heatmaps(image).float()

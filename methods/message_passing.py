@@ -5,8 +5,10 @@
 ``k(v_i|v_j)`` is the distribution of the offset ``c_i − c_j`` between neighbouring centroids, fitted from
 the training centroids as a 3D Gaussian (mean and full covariance, in voxels) and discretised on a grid, so
 convolving ``P_j`` with it moves ``P_j``'s mass to where vertebra ``i`` is expected. Our heatmaps are
-peak-1 Gaussians, not probability maps, so ``Z = 1 + α``: a map that agrees with its messages is a fixed
-point and keeps its height, and a removed channel grows towards the mean of its neighbours' messages.
+peak-1 Gaussians, not probability maps: kernels are scaled so a confident neighbour sends a peak-1 message
+(``peak_preserving``), and ``Z = 1 + α``, so a map that agrees with its messages is a fixed point and
+keeps its height, and a removed channel grows towards the mean of its neighbours' messages (about 0.7 of
+it after 3 iterations at α = 0.5; a level beyond the end of the visible chain gets half of that).
 
 Message passing runs on a grid ``stride`` times coarser than the heatmaps (max-pooled): at 2 mm and stride
 4 a 160×112×112 case becomes 40×28×28, which keeps it far below 0.1 s per case on a CPU. The kernels are
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from scipy.fft import next_fast_len
 from torch import nn
+
+from datamodules.targets import gaussian_heatmaps
 
 # Kernels with at most this many taps are applied as a direct grouped convolution, larger ones via FFT.
 _DIRECT_MAX_TAPS = 125
@@ -72,6 +76,25 @@ def gaussian_kernels(means: np.ndarray, covs: np.ndarray, stride: int) -> torch.
         kernels[direction] = np.exp(-0.5 * mahal)
     kernels /= kernels.sum(axis=2, keepdims=True)
     return torch.from_numpy(kernels.reshape(2, len(m), *(2 * radius + 1))).float()
+
+
+def peak_preserving(kernels: torch.Tensor, stride: int, source_sigma_vox: float) -> torch.Tensor:
+    """Scale kernels so that a confident response sends a message of peak 1.
+
+    The paper passes probability maps, which a sum-1 kernel keeps normalised. Our maps are peak-1 heatmaps
+    whose height is the confidence, so we keep the peak instead: each kernel is divided by the peak of its
+    message from a peak-1 Gaussian of σ = ``source_sigma_vox`` (the training target) max-pooled by
+    ``stride``, exactly as ``DI2IN`` presents heatmaps to message passing.
+    """
+    ksize = kernels.shape[2:]
+    size = tuple((k + 2) * stride for k in ksize)
+    centre = torch.tensor([[[s // 2 for s in size]]], dtype=torch.float32)
+    source = gaussian_heatmaps(centre, torch.ones(1, 1, dtype=torch.bool), size, source_sigma_vox)
+    if stride > 1:
+        source = F.max_pool3d(source, stride)
+    flat = kernels.reshape(-1, *ksize)
+    peaks = _convolve(source[0].expand(flat.shape[0], *source.shape[2:]).contiguous(), flat).amax(dim=(1, 2, 3))
+    return kernels / peaks.clamp_min(1e-12).reshape(kernels.shape[:2])[..., None, None, None]
 
 
 class _Convolver:
@@ -141,14 +164,18 @@ class ChainMessagePassing(nn.Module):
     def fitted(self) -> bool:
         return self.kernels.numel() > 0
 
-    def fit(self, centroids_vox: np.ndarray, stride: int, min_sigma_vox: float) -> None:
-        """Learn the kernels from training centroids ``(N, K, 3)`` in heatmap voxels (NaN = absent)."""
+    def fit(self, centroids_vox: np.ndarray, stride: int, min_sigma_vox: float, source_sigma_vox: float) -> None:
+        """Learn the kernels from training centroids ``(N, K, 3)`` in heatmap voxels (NaN = absent).
+
+        ``source_sigma_vox``: σ of the heatmaps' peaks (the training target), in heatmap voxels.
+        """
         c = np.asarray(centroids_vox, dtype=np.float64)
         if c.ndim != 3 or c.shape[1:] != (self.num_vertebrae, 3):
             raise ValueError(f"training centroids must be (N, {self.num_vertebrae}, 3), got {c.shape}")
         means, covs = fit_offset_gaussians(c, min_sigma_vox)
         device = self.kernels.device
-        self._set_kernels(gaussian_kernels(means, covs, stride).to(device))
+        kernels = peak_preserving(gaussian_kernels(means, covs, stride), stride, source_sigma_vox)
+        self._set_kernels(kernels.to(device))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Kernel size is only known after fitting: take the checkpoint's.

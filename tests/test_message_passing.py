@@ -9,7 +9,13 @@ import torch.nn.functional as F
 
 from datamodules.targets import gaussian_heatmaps
 from methods import create_method
-from methods.message_passing import ChainMessagePassing, _convolve, fit_offset_gaussians, gaussian_kernels
+from methods.message_passing import (
+    ChainMessagePassing,
+    _convolve,
+    fit_offset_gaussians,
+    gaussian_kernels,
+    peak_preserving,
+)
 
 K = 26
 LEVELS = range(8, 15)  # T1..T7 in the hand-built case
@@ -40,16 +46,23 @@ def test_fitted_offsets_match_training_distribution():
     assert (np.linalg.eigvalsh(covs) >= 0.25 - 1e-9).all()
 
 
-def test_kernels_sum_to_one_and_peak_at_the_offset():
+def test_kernels_peak_at_the_offset_and_preserve_a_confident_peak():
     means, covs = fit_offset_gaussians(training_centroids(), min_sigma_vox=0.5)
     kernels = gaussian_kernels(means, covs, stride=2)
-    assert kernels.shape[:2] == (2, K - 1)
+    assert kernels.shape[:2] == (2, K - 1) and (kernels >= 0).all()
     torch.testing.assert_close(kernels.sum(dim=(2, 3, 4)), torch.ones(2, K - 1))
     centre = torch.tensor(kernels.shape[2:]) // 2
     for direction, sign in ((0, 1), (1, -1)):
         peak = torch.tensor(np.unravel_index(int(kernels[direction, 3].argmax()), kernels.shape[2:]))
         offset = peak - centre  # mean offset / stride = (-4, 0.5, 0) going down, its negative going up
         assert offset[0] == -4 * sign and offset[2] == 0 and offset[1] in (0, sign)
+    # a peak-1 source shaped like the training target sends a peak-1 message, centred at source + offset
+    fine = peak_preserving(gaussian_kernels(means, covs, stride=1), stride=1, source_sigma_vox=1.5)
+    source = gaussian_heatmaps(torch.tensor([[[30.0, 10.0, 10.0]]]), torch.ones(1, 1, dtype=torch.bool),
+                               (48, 20, 20), sigma_vox=1.5)[0]  # fmt: skip
+    message = _convolve(source, fine[0, 3:4])[0]
+    assert abs(float(message.max()) - 1.0) < 0.02
+    assert np.unravel_index(int(message.argmax()), message.shape) == (22, 11, 10)  # + (-8, 1, 0)
 
 
 def test_fft_convolution_matches_direct_convolution():
@@ -69,7 +82,7 @@ def test_restores_removed_channel_and_keeps_confident_ones(stride):
     missing = 11
     damaged = heat.clone()
     damaged[missing] = 0.0
-    method = create_method("di2in_mp", mp_stride=stride, mp_iterations=4, mp_min_sigma_vox=0.5)
+    method = create_method("di2in_mp", mp_stride=stride, mp_min_sigma_vox=0.5, sigma_vox=1.5)
     method.fit_shape_prior(training_centroids())
     coords, scores = method.locate(damaged)
     present_pred = scores > method.config.presence_threshold
@@ -97,7 +110,7 @@ def test_confident_channel_resists_disagreeing_neighbours():
     heat_shifted = gaussian_heatmaps(shifted[None], present[None], (64, 14, 14), sigma_vox=1.5)[0]
     heat[10], heat[12] = heat_shifted[10], heat_shifted[12]
     mp = ChainMessagePassing(K, alpha=0.5, iterations=3)
-    mp.fit(training_centroids(), stride=1, min_sigma_vox=0.5)
+    mp.fit(training_centroids(), stride=1, min_sigma_vox=0.5, source_sigma_vox=1.5)
     out = mp(heat[None])[0]
     peak = np.unravel_index(int(out[11].argmax()), out.shape[1:])
     assert np.abs(np.array(peak) - c[11].numpy()).max() <= 1.0
@@ -111,3 +124,15 @@ def test_unfitted_and_bad_arguments_raise():
         ChainMessagePassing(K, alpha=1.5)
     with pytest.raises(ValueError, match="iterations"):
         ChainMessagePassing(K, iterations=0)
+
+
+def test_isolated_confident_vertebra_is_kept():
+    c = torch.zeros(K, 3)
+    present = torch.zeros(K, dtype=torch.bool)
+    c[12], present[12] = torch.tensor([30.0, 7.0, 7.0]), True
+    heat = gaussian_heatmaps(c[None], present[None], (64, 14, 14), sigma_vox=1.5)[0]
+    method = create_method("di2in_mp", mp_stride=2, mp_min_sigma_vox=0.5, sigma_vox=1.5)
+    method.fit_shape_prior(training_centroids())
+    coords, scores = method.locate(heat)
+    assert scores[12] > 0.9 and np.linalg.norm(coords[12] - c[12].numpy()) < 0.3
+    assert (np.delete(scores, 12) < method.config.presence_threshold).all()
