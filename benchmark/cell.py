@@ -227,13 +227,18 @@ def train_and_evaluate_cell(
         dirpath=ckpt_dir, filename="best", monitor=VAL_ID_RATE, mode="max", save_top_k=1,
         save_last=False, enable_version_counter=False, auto_insert_metric_name=False,
     )  # fmt: skip
-    last_cb = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="step{step}", monitor=None, save_top_k=0, save_last=True,
-        every_n_train_steps=trainer_cfg.checkpoint_every_n_steps, enable_version_counter=False,
-    )  # fmt: skip
+    # "last.ckpt" as the one kept unmonitored checkpoint (newest wins): Lightning's save_last=True only writes
+    # when another checkpoint was saved in the same step, which a top-0 callback never does.
+    last_cbs = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                                enable_version_counter=False)]
+    if trainer_cfg.checkpoint_every_n_steps:
+        last_cbs.append(ModelCheckpoint(
+            dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
+            every_n_train_steps=trainer_cfg.checkpoint_every_n_steps,
+        ))  # fmt: skip
     trainer = build_trainer(
         trainer_cfg,
-        callbacks=[ValidationIdentification(names), best_cb, last_cb, *callbacks],
+        callbacks=[ValidationIdentification(names), best_cb, *last_cbs, *callbacks],
         loggers=loggers,
         default_root_dir=folder,
         progress=progress,
