@@ -10,7 +10,6 @@ voxels apart (see ``methods.message_passing``); ``mp_mode="post"`` applies it at
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -57,7 +56,7 @@ class DI2INConfig:
     window_overlap: float = 0.25
     lr: float = 1e-3
     weight_decay: float = 0.0
-    channels_last: bool = False  # channels_last_3d memory format (see perf/results/di2in.md)
+    channels_last: bool = True  # channels_last_3d memory format: faster 3D convs on CPU (perf/results/di2in.md)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -219,16 +218,20 @@ class DI2IN(VertebraMethod):
         # The enhanced map chooses where each vertebra is; there, the network's own response wins when it is
         # confident: snap to its full-resolution peak, and never score below it (message passing adds
         # evidence for weak channels; it does not erase a confident one, e.g. an isolated vertebra).
-        scores = peak.double().clone()
-        shape = heatmaps.shape[1:]
-        for k in range(heatmaps.shape[0]):
-            lo = [max(0, int(math.floor(coords[k, a] - s))) for a in range(3)]
-            hi = [min(shape[a], int(math.ceil(coords[k, a] + s)) + 1) for a in range(3)]
-            window = heatmaps[k : k + 1, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-            if window.numel() and float(window.max()) > cfg.presence_threshold:
-                local, local_peak = argmax_subvoxel(window, cfg.subvoxel)
-                coords[k] = local[0] + torch.tensor(lo, dtype=torch.float64)
-                scores[k] = max(float(scores[k]), float(local_peak[0]))
+        # One (2s+1)³ window per channel around its enhanced maximum, gathered at once (clamped at borders).
+        shape = torch.tensor(heatmaps.shape[1:])
+        centre = coords.round().long().clamp(torch.zeros(3, dtype=torch.long), shape - 1)  # (K, 3)
+        steps = torch.arange(-s, s + 1)
+        idx = [(centre[:, a, None] + steps).clamp(0, int(shape[a]) - 1) for a in range(3)]  # 3 × (K, 2s+1)
+        rows = torch.arange(heatmaps.shape[0])[:, None, None, None]
+        windows = heatmaps[rows, idx[0][:, :, None, None], idx[1][:, None, :, None], idx[2][:, None, None, :]]
+        local, local_peak = argmax_subvoxel(windows, cfg.subvoxel)
+        snap = local_peak.double() > cfg.presence_threshold
+        whole = local.round().long().clamp(0, 2 * s)  # window index -> volume index through the (clamped) gather indices
+        local_vox = torch.stack([idx[a].gather(1, whole[:, a : a + 1])[:, 0] for a in range(3)], 1).double()
+        local_vox = local_vox + (local - whole.double())
+        coords = torch.where(snap[:, None], local_vox, coords)
+        scores = torch.where(snap, torch.maximum(peak.double(), local_peak.double()), peak.double())
         return coords.numpy(), scores.numpy()
 
     def predict_volume(self, image: torch.Tensor) -> VolumePrediction:

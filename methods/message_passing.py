@@ -97,36 +97,61 @@ def peak_preserving(kernels: torch.Tensor, stride: int, source_sigma_vox: float)
     return kernels / peaks.clamp_min(1e-12).reshape(kernels.shape[:2])[..., None, None, None]
 
 
-class _Convolver:
-    """Applies fixed kernels ``(C, kd, kh, kw)`` (odd, centred) to ``(C, D, H, W)`` maps, same size out.
+def _wrapped_spectra(kernels: torch.Tensor, full: list[int]) -> torch.Tensor:
+    """rfftn of odd, centred kernels ``(C, kd, kh, kw)`` placed with their centre at index 0 of a ``full`` grid."""
+    r = [k // 2 for k in kernels.shape[1:]]
+    padded = F.pad(kernels, (0, full[2] - kernels.shape[3], 0, full[1] - kernels.shape[2], 0, full[0] - kernels.shape[1]))
+    return torch.fft.rfftn(torch.roll(padded, shifts=[-x for x in r], dims=(1, 2, 3)), dim=(1, 2, 3))
 
-    Up to ``_DIRECT_MAX_TAPS`` taps: a grouped direct convolution. Larger: FFT at padded fast sizes (2·3·5
-    smooth), with the kernel spectra computed once and reused for every iteration.
-    """
 
-    def __init__(self, kernels: torch.Tensor, shape: tuple[int, int, int]) -> None:
-        self.shape = tuple(shape)
-        self.ksize = tuple(kernels.shape[1:])
-        self.direct = math.prod(self.ksize) <= _DIRECT_MAX_TAPS
-        if self.direct:
-            self.weight = kernels.flip(1, 2, 3)[:, None]  # conv3d correlates: flip for a true convolution
-        else:
-            self.full = [next_fast_len(s + k - 1, real=True) for s, k in zip(self.shape, self.ksize)]
-            self.spectra = torch.fft.rfftn(kernels, s=self.full, dim=(1, 2, 3))
-
-    def __call__(self, maps: torch.Tensor) -> torch.Tensor:
-        r = [k // 2 for k in self.ksize]
-        if self.direct:
-            return F.conv3d(maps[None], self.weight, padding=tuple(r), groups=maps.shape[0])[0]
-        spec = torch.fft.rfftn(maps, s=self.full, dim=(1, 2, 3)) * self.spectra
-        out = torch.fft.irfftn(spec, s=self.full, dim=(1, 2, 3))
-        d, h, w = self.shape
-        return out[:, r[0] : r[0] + d, r[1] : r[1] + h, r[2] : r[2] + w]
+def _fft_size(shape, ksize) -> list[int]:
+    # A reach of ±r needs only r voxels of zero padding for a circular convolution to equal the linear one
+    # on the volume: what wraps around lands in the padding. Sizes rounded up to 2·3·5-smooth lengths.
+    return [next_fast_len(s + k // 2, real=True) for s, k in zip(shape, ksize)]
 
 
 def _convolve(maps: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """``maps (C, D, H, W)`` each convolved with ``kernels (C, kd, kh, kw)`` (odd, centred); same size out."""
-    return _Convolver(kernels, tuple(maps.shape[1:]))(maps)
+    """``maps (C, D, H, W)`` each convolved with ``kernels (C, kd, kh, kw)`` (odd, centred); same size out.
+
+    Up to ``_DIRECT_MAX_TAPS`` taps a grouped direct convolution, larger kernels by FFT.
+    """
+    ksize = tuple(kernels.shape[1:])
+    if math.prod(ksize) <= _DIRECT_MAX_TAPS:
+        weight = kernels.flip(1, 2, 3)[:, None]  # conv3d correlates: flip for a true convolution
+        return F.conv3d(maps[None], weight, padding=tuple(k // 2 for k in ksize), groups=maps.shape[0])[0]
+    d, h, w = maps.shape[1:]
+    full = _fft_size(maps.shape[1:], ksize)
+    spec = torch.fft.rfftn(maps, s=full, dim=(1, 2, 3)) * _wrapped_spectra(kernels, full)
+    return torch.fft.irfftn(spec, s=full, dim=(1, 2, 3))[:, :d, :h, :w]
+
+
+class _ChainMessages:
+    """Sum of the incoming messages of every level, ``(K, D, H, W)`` from maps ``(K, D, H, W)``.
+
+    With FFT kernels, one forward and one inverse transform per call serve both directions (the neighbour
+    shift is a channel shift of the same spectrum); kernel spectra are computed once per volume shape.
+    """
+
+    def __init__(self, kernels: torch.Tensor, shape: tuple[int, int, int]) -> None:
+        self.kernels = kernels
+        self.shape = tuple(shape)
+        self.direct = math.prod(kernels.shape[2:]) <= _DIRECT_MAX_TAPS
+        if not self.direct:
+            self.full = _fft_size(self.shape, kernels.shape[2:])
+            self.above = _wrapped_spectra(kernels[0], self.full)  # level i -> i+1
+            self.below = _wrapped_spectra(kernels[1], self.full)  # level i+1 -> i
+
+    def __call__(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.direct:
+            zero = torch.zeros_like(maps[:1])
+            from_above = _convolve(maps[:-1], self.kernels[0])
+            from_below = _convolve(maps[1:], self.kernels[1])
+            return torch.cat([zero, from_above]) + torch.cat([from_below, zero])
+        spec = torch.fft.rfftn(maps, s=self.full, dim=(1, 2, 3))
+        zero = torch.zeros_like(spec[:1])
+        total = torch.cat([zero, spec[:-1] * self.above]) + torch.cat([spec[1:] * self.below, zero])
+        d, h, w = self.shape
+        return torch.fft.irfftn(total, s=self.full, dim=(1, 2, 3))[:, :d, :h, :w]
 
 
 class ChainMessagePassing(nn.Module):
@@ -184,25 +209,16 @@ class ChainMessagePassing(nn.Module):
             self._set_kernels(torch.empty_like(state_dict[key], device=self.kernels.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def messages(self, maps: torch.Tensor, above: _Convolver, below: _Convolver) -> torch.Tensor:
-        """Mean incoming message per channel, ``(K, D, H, W)`` from ``(K, D, H, W)``."""
-        zero = torch.zeros_like(maps[:1])
-        from_above = above(maps[:-1])  # level i -> i+1, for i+1 = 1..K-1
-        from_below = below(maps[1:])  # level i+1 -> i, for i = 0..K-2
-        total = torch.cat([zero, from_above]) + torch.cat([from_below, zero])
-        return total * self.inv_degree.to(maps.dtype)[:, None, None, None]
-
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
             raise RuntimeError("message-passing kernels are not fitted: call fit_shape_prior(train_centroids_vox) first")
         if maps.ndim != 5 or maps.shape[1] != self.num_vertebrae:
             raise ValueError(f"expected maps (B, {self.num_vertebrae}, D, H, W), got {tuple(maps.shape)}")
-        shape = tuple(maps.shape[2:])
-        kernels = self.kernels.to(maps.dtype)
-        above, below = _Convolver(kernels[0], shape), _Convolver(kernels[1], shape)
+        messages = _ChainMessages(self.kernels.to(maps.dtype), tuple(maps.shape[2:]))
+        inv_degree = self.inv_degree.to(maps.dtype)[:, None, None, None]  # mean over the neighbours
         out = []
         for p in maps:
             for _ in range(self.iterations):
-                p = (self.alpha * self.messages(p, above, below) + p) / (1.0 + self.alpha)
+                p = (self.alpha * inv_degree * messages(p) + p) / (1.0 + self.alpha)
             out.append(p)
         return torch.stack(out)
