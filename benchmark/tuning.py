@@ -405,7 +405,8 @@ def write_outputs(study: optuna.Study, settings: TuneSettings, experiment: Mappi
     frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
     write_text_atomic(out / "trials.csv", frame.to_csv(index=False))
     written["trials"] = out / "trials.csv"
-    written.update(_write_plots(study, out, settings.metric))
+    if complete:
+        written.update(_write_plots(study, out, settings.metric))
     return written
 
 
@@ -472,6 +473,7 @@ def make_cell_trainer(settings: TuneSettings, tracker: Any, distributed: bool, t
     def in_child(experiment: dict, trial: optuna.Trial, trial_dir: Path, run_id: str | None) -> float:
         job = {"storage": settings.storage, "study_name": settings.study_name, "trial_id": trial._trial_id,
                "experiment": experiment, "metric": settings.metric, "direction": settings.direction,
+               "pruner": dict(settings.pruner),
                "tracking_uri": uri, "tracking_experiment": tracking_experiment, "run_id": run_id,
                "trial_dir": str(trial_dir)}
         return run_trial_in_subprocess(job, trial_dir)
@@ -484,7 +486,9 @@ def _trial_process_main(job_path: str) -> int:
     from benchmark import tuning_trial
 
     job = json.loads(Path(job_path).read_text())
-    study = optuna.load_study(study_name=job["study_name"], storage=optuna.storages.get_storage(job["storage"]))
+    # the pruner lives in the process, not in the storage: every rank builds the study's own
+    study = optuna.load_study(study_name=job["study_name"], storage=optuna.storages.get_storage(job["storage"]),
+                              pruner=make_pruner(job["pruner"]))
     trial = optuna.trial.Trial(study, job["trial_id"])
     try:
         value = tuning_trial.train_cell(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,9 @@ def train_cell(
         loggers.append(MLFlowLogger(experiment_name=tracking_experiment, tracking_uri=tracking_uri, run_id=run_id))
     train_and_evaluate_cell(cfg, entry, seed, trial_dir, callbacks=[pruning, history], loggers=loggers,
                             evaluate_test=False, progress=progress)
-    pruning.check_pruned()  # DDP: raises TrialPruned on every rank when rank 0 decided to prune
+    with warnings.catch_warnings():  # it re-reports rank 0's values, which Optuna already holds
+        warnings.simplefilter("ignore", UserWarning)
+        pruning.check_pruned()  # DDP: raises TrialPruned on every rank when rank 0 decided to prune
     return history.best(direction)
 
 

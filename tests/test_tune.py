@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
@@ -181,6 +182,24 @@ def test_two_workers_on_one_journal_file_run_exactly_n_trials(tmp_path, cache):
     assert sorted(p.name for p in (tmp_path / "out" / "trials" / "tiny").iterdir()) == ["0000", "0001", "0002", "0003"]
     ran = sum(log.count(" COMPLETE") + log.count(" PRUNED") for log in logs)
     assert ran == 4  # each trial was run by exactly one worker
+
+
+@pytest.mark.slow
+def test_ddp_trial_on_two_cpu_processes_stops_all_ranks_when_pruned(tmp_path, cache):
+    """devices=2 on CPU (gloo): the trial runs as ``python -m benchmark.tuning JOB`` re-launched per rank."""
+    config, out = _write_config(tmp_path, cache, tracking=False), tmp_path / "out"
+    # epoch 0 is warm-up, epoch 1 is pruned (id rate < 2); a rank that kept training would hang in epoch 2
+    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(config), "--out", str(out), "--n-trials", "1",
+           "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp",
+           "--set", "tune.space.trainer.max_epochs={type: categorical, choices: [3]}",
+           "--set", "tune.pruner={type: threshold, lower: 2.0, n_warmup_steps: 1}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (trial,) = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}").trials
+    assert trial.state == TrialState.PRUNED and sorted(trial.intermediate_values) == [0, 1]
+    assert trial.system_attrs["ddp_pl:pruned"] is True  # written by global rank 0 only
+    last = torch.load(out / "trials" / "tiny" / "0000" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1  # training ended after the pruned epoch, not at max_epochs
 
 
 BAD = [
