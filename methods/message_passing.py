@@ -148,8 +148,9 @@ class _ChainMessages:
             from_below = _convolve(maps[1:], self.kernels[1])
             return torch.cat([zero, from_above]) + torch.cat([from_below, zero])
         spec = torch.fft.rfftn(maps, s=self.full, dim=(1, 2, 3))
-        zero = torch.zeros_like(spec[:1])
-        total = torch.cat([zero, spec[:-1] * self.above]) + torch.cat([spec[1:] * self.below, zero])
+        total = torch.zeros_like(spec)
+        total[1:] = spec[:-1] * self.above
+        total[:-1] += spec[1:] * self.below
         d, h, w = self.shape
         return torch.fft.irfftn(total, s=self.full, dim=(1, 2, 3))[:, :d, :h, :w]
 
@@ -209,12 +210,22 @@ class ChainMessagePassing(nn.Module):
             self._set_kernels(torch.empty_like(state_dict[key], device=self.kernels.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _messages(self, shape: tuple[int, int, int], dtype: torch.dtype) -> _ChainMessages:
+        # Kernel spectra depend on the volume shape only: reuse them across cases of one shape, unless the
+        # kernels are being trained (autograd needs the graph; an optimizer step bumps ``_version``).
+        if torch.is_grad_enabled() and self.kernels.requires_grad:
+            return _ChainMessages(self.kernels.to(dtype), shape)
+        key = (shape, dtype, self.kernels.device, self.kernels.data_ptr(), self.kernels._version)
+        if getattr(self, "_cache_key", None) != key:
+            self._cache_key, self._cache = key, _ChainMessages(self.kernels.detach().to(dtype), shape)
+        return self._cache
+
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
             raise RuntimeError("message-passing kernels are not fitted: call fit_shape_prior(train_centroids_vox) first")
         if maps.ndim != 5 or maps.shape[1] != self.num_vertebrae:
             raise ValueError(f"expected maps (B, {self.num_vertebrae}, D, H, W), got {tuple(maps.shape)}")
-        messages = _ChainMessages(self.kernels.to(maps.dtype), tuple(maps.shape[2:]))
+        messages = self._messages(tuple(maps.shape[2:]), maps.dtype)
         inv_degree = self.inv_degree.to(maps.dtype)[:, None, None, None]  # mean over the neighbours
         out = []
         for p in maps:
