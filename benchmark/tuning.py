@@ -161,7 +161,7 @@ def run_workers_loop(
                 fail_dead_local_trials(study)
             if len(counted_trials(study)) >= settings.n_trials:
                 break
-            study.optimize(objective, n_trials=1, catch=(Exception,))
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
         finally:
             if not state["released"]:
                 lock.release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -200,6 +201,30 @@ def test_ddp_trial_on_two_cpu_processes_stops_all_ranks_when_pruned(tmp_path, ca
     assert trial.system_attrs["ddp_pl:pruned"] is True  # written by global rank 0 only
     last = torch.load(out / "trials" / "tiny" / "0000" / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 1  # training ended after the pruned epoch, not at max_epochs
+
+
+@pytest.mark.parametrize("name", ["tune_di2in", "tune_resml"])
+def test_shipped_tuning_configs_validate(name, tmp_path):
+    job = prepare_tuning(name, out=tmp_path)
+    (method,) = job.cfg.methods
+    assert job.space.names and all(n.startswith(f"{method.name}.") for n in job.space.names)
+    assert job.settings.metric == "val/id_rate" and job.settings.direction == "maximize"
+    assert job.settings.storage == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}" and not job.distributed
+
+
+def test_journal_worker_fails_running_trials_of_dead_processes_on_its_host(tmp_path):
+    from benchmark.tuning_storage import WORKER_ATTR, fail_dead_local_trials, open_storage
+
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "study.log")), study_name="s")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owners = [f"{socket.gethostname()}:{dead.pid}", f"{socket.gethostname()}:{os.getpid()}", f"elsewhere:{dead.pid}"]
+    for owner in owners:
+        trial = study.ask()
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, owner)
+    fail_dead_local_trials(study)
+    # only the trial of the dead local process fails; a live one and another host's stay RUNNING
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING]
 
 
 BAD = [
