@@ -84,7 +84,7 @@ def test_tiled_inference_equals_single_pass_for_a_pointwise_function():
 
 def test_predict_volume_uses_tiles_beyond_max_voxels():
     image, _, _ = tiny_case(SMALL_SEEDS[2])
-    small = tiny_method("di2in", max_window_voxels=4096).eval()
+    small = tiny_method("di2in", max_window_voxels=10_000).eval()  # 16×36×36 padded: several tiles
     pred = small.predict_volume(image)
     assert pred.centroids_vox.shape == (26, 3)
     assert small.predict_heatmaps(image).shape[1:] == image.shape[-3:]
