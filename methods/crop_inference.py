@@ -19,10 +19,13 @@ Rule (Qin et al., test phase; parameters are fields of the method's config):
    merged into it (K-means splits an agreeing group when asked for more clusters than there are modes).
    The centroid is the mean of the merged members. A single vote is its own cluster, and votes that all lie
    within ``merge_radius_vox`` of their mean form one cluster without running K-means.
-4. **Presence and score.** k is present when its dominant cluster has at least ``min_support`` votes.
-   Score with a classifier: the mean classifier score of the members (present) or the highest score of any
-   crop (absent). Without a classifier: the members' share of the crops whose extent contains the centroid.
-   Absent vertebrae keep a best guess: the coordinate of their highest-scoring crop.
+4. **Presence and score.** The *agreement* of k is the share of the crops containing its centroid that are
+   members of its dominant cluster. k is present when the cluster has at least ``min_support`` votes and an
+   agreement of at least ``min_agreement``: a vertebra at the edge seen by a single crop (agreement 1) is
+   kept, a false positive of one crop among the eight that overlap there (agreement 1/8) is not. Score with a
+   classifier: the mean classifier score over the crops containing the centroid; without a classifier: the
+   agreement. A vertebra without votes keeps a best guess: the coordinate and score of its highest-scoring
+   crop (score 0 without a classifier).
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ def aggregate_crops(
     n_clusters: int = 3,
     merge_radius_vox: float = 5.0,
     min_support: int = 1,
+    min_agreement: float = 0.25,
 ) -> VolumePrediction:
     """Cluster the votes of every vertebra into one ``VolumePrediction`` (rule steps 3 and 4)."""
     world = outputs.coords_vox + outputs.origins_vox[:, None, :]
@@ -168,14 +172,14 @@ def aggregate_crops(
             out_scores[j] = float(scores[best, j]) if outputs.scores is not None else 0.0
             continue
         centroids[j] = world[members, j].mean(axis=0)
-        present[j] = len(members) >= min_support
-        if outputs.scores is not None:
-            out_scores[j] = float(scores[members, j].mean())
-        else:
-            covering = np.all(
-                (outputs.origins_vox <= centroids[j]) & (centroids[j] <= outputs.origins_vox + size - 1), axis=1
-            )
-            out_scores[j] = min(1.0, len(members) / max(1, int(covering.sum())))
+        covering = np.all(
+            (outputs.origins_vox <= centroids[j] + 0.5) & (centroids[j] - 0.5 <= outputs.origins_vox + size - 1),
+            axis=1,
+        )
+        agreement = min(1.0, len(members) / max(1, int(covering.sum())))
+        present[j] = len(members) >= min_support and agreement >= min_agreement
+        covering[members] = True  # a member's crop counts even if the cluster mean falls just outside it
+        out_scores[j] = float(scores[covering, j].mean()) if outputs.scores is not None else agreement
     return VolumePrediction(centroids, present, out_scores)
 
 
@@ -191,8 +195,9 @@ def predict_volume_tiled(
     n_clusters: int = 3,
     merge_radius_vox: float = 5.0,
     min_support: int = 1,
+    min_agreement: float = 0.25,
 ) -> VolumePrediction:
     """The whole rule on one ``(1, 1, D, H, W)`` volume; coordinates in voxels of that (unpadded) volume."""
     outputs = run_crops(image, predictor, crop_size_vox, overlap, batch_size)
     votes = crop_votes(outputs, crop_size_vox, image.shape[-3:], presence_threshold, border_margin_vox)
-    return aggregate_crops(outputs, votes, crop_size_vox, n_clusters, merge_radius_vox, min_support)
+    return aggregate_crops(outputs, votes, crop_size_vox, n_clusters, merge_radius_vox, min_support, min_agreement)

@@ -66,6 +66,7 @@ class ResMLConfig:
     n_clusters: int = 3
     merge_radius_vox: float = 5.0
     min_support: int = 1
+    min_agreement: float = 0.25  # share of the crops containing the centroid that must agree
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> InputError:
@@ -93,6 +94,8 @@ class ResMLConfig:
             raise bad("use_bilstm", "needs use_classifier=True (the Bi-LSTM is part of the classification branch)")
         if self.plateau_mode not in ("min", "max"):
             raise bad("plateau_mode", "must be 'min' or 'max'")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise bad("min_agreement", "must be in [0, 1]")
         if not 0.0 <= self.tile_overlap < 1.0:
             raise bad("tile_overlap", "must be in [0, 1)")
         for key in ("n_clusters", "min_support", "inference_batch_size"):
@@ -277,6 +280,7 @@ class ResidualMultiLabel(VertebraMethod):
             n_clusters=c.n_clusters,
             merge_radius_vox=c.merge_radius_vox,
             min_support=c.min_support,
+            min_agreement=c.min_agreement,
         )
 
     def configure_optimizers(self):

@@ -81,6 +81,23 @@ def test_a_vertebra_seen_by_a_single_crop_is_present_at_that_crop_coordinate():
     assert not aggregate_crops(outputs, votes, (32, 16, 16), min_support=2).present[0]
 
 
+def test_a_false_positive_of_one_crop_among_many_covering_crops_is_not_present():
+    # eight crops overlap at (20, 20, 20); only one says vertebra 0 is there
+    origins = [[d, h, w] for d in (0, 8) for h in (0, 8) for w in (0, 8)]
+    local = np.array([[[20.0 - d, 20.0 - h, 20.0 - w]] for d, h, w in origins])
+    scores = np.full((8, 1), 0.1)
+    scores[3, 0] = 0.8
+    outputs = _outputs(origins, local, scores)
+    votes = crop_votes(outputs, (24, 24, 24), (32, 32, 32))
+    assert votes.sum() == 1
+    pred = aggregate_crops(outputs, votes, (24, 24, 24), min_agreement=0.5)
+    assert not pred.present[0] and pred.scores[0] == pytest.approx((0.8 + 7 * 0.1) / 8)
+    assert aggregate_crops(outputs, votes, (24, 24, 24), min_agreement=0.0).present[0]
+    scores[:5, 0] = 0.9  # five of eight agree
+    pred = aggregate_crops(outputs, crop_votes(outputs, (24, 24, 24), (32, 32, 32)), (24, 24, 24))
+    assert pred.present[0] and np.allclose(pred.centroids_vox[0], [20, 20, 20])
+
+
 def test_votes_in_padding_and_near_the_crop_faces_without_classifier_are_dropped():
     outputs = _outputs([[0, 0, 0]], [[[5, 6, 7], [0.5, 6, 7], [5, 6, 14.0]]])
     # volume is 12 voxels deep along axis 2: the third coordinate (14) lands in padding
