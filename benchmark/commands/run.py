@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume DIR continues DIR; leave out --out (or give the same folder)")
     cfg = load_for_run(args.config, args.sets, args.resume)
     out_dir = resolve_out_dir(cfg, args.out, args.resume)
-    console = Console()
+    console = Console(width=max(120, Console().width))  # the leaderboard table needs the room in logs too
     run_benchmark(cfg, out_dir, resume=bool(args.resume), tracking_uri=args.tracking_uri, console=console)
     from benchmark.runner import global_rank
 
