@@ -67,7 +67,7 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
     from benchmark.config import ConfigError, load_experiment
     from datamodules.centroids import Centroids
     from datamodules.ct_io import read_image
-    from datamodules.datamodule import preprocess_volume
+    from datamodules.preprocess import preprocess_volume
     from datamodules.labels import get_label_set
 
     run_dir = Path(run_dir)
@@ -76,7 +76,7 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
     cfg = load_experiment(run_dir / "config.yaml", check_devices=False)
     entry, seed, checkpoint = _choose_cell(run_dir, cfg, method, seed)
     array, geometry = read_image(ct)
-    image, pre_geometry = preprocess_volume(array, geometry, cfg.data)
+    image, pre_geometry = preprocess_volume(array, geometry, cfg.data.preprocess_params)
     model = build_method(cfg, entry)
     _fit_prior_from_checkpoint(model, checkpoint)
     load_weights(model, checkpoint)
