@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir, train_and_evaluate_cell
-from benchmark.config import ConfigError, ExperimentConfig, MethodEntry, TrainerConfig, load_experiment
+from benchmark.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
 from benchmark.results import build_leaderboard, write_run_records
 from datamodules.atomic import write_text_atomic
 

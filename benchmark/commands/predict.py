@@ -78,8 +78,7 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
     array, geometry = read_image(ct)
     image, pre_geometry = preprocess_volume(array, geometry, cfg.data.preprocess_params)
     model = build_method(cfg, entry)
-    _fit_prior_from_checkpoint(model, checkpoint)
-    load_weights(model, checkpoint)
+    load_weights(model, checkpoint)  # shape priors are buffers in the checkpoint; methods size them on load
     model.eval()
     with torch.no_grad():
         tensor = torch.as_tensor(image, dtype=torch.float32)[None, None]
@@ -89,16 +88,6 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
     present = {n: world[k] for k, n in enumerate(names) if pred.present[k] and geometry.contains_vox(
         geometry.world_to_vox(world[k]), margin=0.5)}
     return Centroids(present), geometry, entry.name, (image, pre_geometry, pred)
-
-
-def _fit_prior_from_checkpoint(model, checkpoint: Path) -> None:
-    """Shape priors live in buffers saved in the checkpoint; size them before loading the weights."""
-    import torch
-
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hook = getattr(model, "prepare_state_dict", None)
-    if callable(hook):
-        hook(ckpt["state_dict"])
 
 
 def run(args: argparse.Namespace) -> int:
