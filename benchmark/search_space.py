@@ -188,7 +188,8 @@ def _parse_param(entry: Any, key: str, name: str, path: tuple[str, ...]) -> Para
     allowed = _CATEGORICAL_KEYS if kind == "categorical" else _NUMERIC_KEYS
     extra = sorted(set(entry) - allowed)
     if extra:
-        raise SearchSpaceError(f"{key}.{extra[0]}: unknown key for a {kind} parameter; valid keys: {', '.join(sorted(allowed))}")
+        valid = ", ".join(sorted(allowed))
+        raise SearchSpaceError(f"{key}.{extra[0]}: unknown key for a {kind} parameter; valid keys: {valid}")
     if kind == "categorical":
         return Param(name, path, kind, choices=_parse_choices(entry.get("choices"), key))
 

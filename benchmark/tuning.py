@@ -11,22 +11,18 @@ storage, Optuna's heartbeat marks the RUNNING trials of a killed worker FAIL; wi
 FAIL the RUNNING trials of dead processes on its own host.
 
 DDP. A trial whose trainer runs several processes (``devices`` > 1 or ``num_nodes`` > 1) runs in a child
-process, ``python -m benchmark.tuning TRIAL.json``, so that Lightning's launcher re-runs that command (with the
-trial id) for the other ranks instead of the whole study. Every rank attaches to the same trial; Optuna's
+process, ``python -m benchmark.tuning_trial TRIAL.json``, so that Lightning's launcher re-runs that command
+(with the trial id) for the other ranks instead of the whole study. Every rank attaches to the same trial; Optuna's
 ``PyTorchLightningPruningCallback`` reports only on global rank 0 and broadcasts its prune decision, so all ranks
 stop at the same epoch; rank 0 then writes the outcome for the study process. This needs an RDB storage.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
-import subprocess
-import sys
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -258,7 +254,8 @@ def prepare_tuning(
     space = parse_search_space(tune["space"], methods=[m.name for m in cfg.methods], trainer_keys=TRAINER_KEYS)
     for p in space.params:
         if p.path[0] == "trainer" and p.path[-1] in _NOT_HYPERPARAMETERS:
-            raise TuneError(f"tune.space.trainer.{p.path[-1]}: a device setting, not a hyperparameter; set it in trainer")
+            raise TuneError(
+                f"tune.space.trainer.{p.path[-1]}: a device setting, not a hyperparameter; set it in trainer")
     _check_space_values(raw, space, load_experiment)
 
     objective = tune.get("objective") or {}
@@ -438,25 +435,7 @@ def _write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, Path]
     return written
 
 
-# --- DDP trials in a child process ---------------------------------------------------------------------------
-
-
-def run_trial_in_subprocess(job: Mapping[str, Any], trial_dir: Path, timeout_s: float | None = None) -> float:
-    """Run one trial as ``python -m benchmark.tuning JOB.json`` (Lightning re-runs it for the other ranks)."""
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    job_path, result_path = trial_dir / "trial_job.json", trial_dir / "trial_result.json"
-    result_path.unlink(missing_ok=True)
-    write_text_atomic(job_path, json.dumps(dict(job), indent=1))
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, "-m", "benchmark.tuning", str(job_path)], env=env, timeout=timeout_s)
-    if not result_path.is_file():
-        raise RuntimeError(f"trial process exited with status {proc.returncode} and no result ({result_path})")
-    result = json.loads(result_path.read_text())
-    if result["state"] == "PRUNED":
-        raise optuna.TrialPruned(result.get("message", "pruned"))
-    if result["state"] != "COMPLETE":
-        raise RuntimeError(result.get("message", "trial process failed"))
-    return float(result["value"])
+# --- how a trial trains ---------------------------------------------------------------------------------------
 
 
 def make_cell_trainer(settings: TuneSettings, tracker: Any, distributed: bool, tracking_experiment: str) -> CellTrainer:
@@ -476,34 +455,6 @@ def make_cell_trainer(settings: TuneSettings, tracker: Any, distributed: bool, t
                "pruner": dict(settings.pruner),
                "tracking_uri": uri, "tracking_experiment": tracking_experiment, "run_id": run_id,
                "trial_dir": str(trial_dir)}
-        return run_trial_in_subprocess(job, trial_dir)
+        return tuning_trial.run_trial_in_subprocess(job, trial_dir)
 
     return in_child if distributed else in_process
-
-
-def _trial_process_main(job_path: str) -> int:
-    """Every rank of a DDP trial: attach to the trial, train the cell; rank 0 writes the outcome."""
-    from benchmark import tuning_trial
-
-    job = json.loads(Path(job_path).read_text())
-    # the pruner lives in the process, not in the storage: every rank builds the study's own
-    study = optuna.load_study(study_name=job["study_name"], storage=optuna.storages.get_storage(job["storage"]),
-                              pruner=make_pruner(job["pruner"]))
-    trial = optuna.trial.Trial(study, job["trial_id"])
-    try:
-        value = tuning_trial.train_cell(
-            job["experiment"], trial, Path(job["trial_dir"]), metric=job["metric"], direction=job["direction"],
-            tracking_uri=job["tracking_uri"], tracking_experiment=job["tracking_experiment"], run_id=job["run_id"])
-        result = {"state": "COMPLETE", "value": value}
-    except optuna.TrialPruned as exc:
-        result = {"state": "PRUNED", "message": str(exc)}
-    except Exception as exc:
-        traceback.print_exc()
-        result = {"state": "FAIL", "message": f"{type(exc).__name__}: {exc}"}
-    if tuning_trial.is_global_zero():
-        write_text_atomic(Path(job_path).with_name("trial_result.json"), json.dumps(result))
-    return 0 if result["state"] != "FAIL" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(_trial_process_main(sys.argv[1]))

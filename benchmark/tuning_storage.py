@@ -49,7 +49,8 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
         except (ImportError, ModuleNotFoundError) as exc:
             raise StorageError(f"--storage {storage}: the database driver is not installed ({exc})") from None
         except Exception as exc:  # sqlalchemy: bad URL, unreachable server, refused credentials
-            raise StorageError(f"--storage {storage}: cannot open the study database: {exc}".replace("\n", " ")) from None
+            message = f"--storage {storage}: cannot open the study database: {exc}".replace("\n", " ")
+            raise StorageError(message) from None
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
@@ -96,7 +97,8 @@ class StudyLock:
         if self._conn is not None:
             import sqlalchemy
 
-            sql = "SELECT pg_advisory_unlock_all()" if self.storage.startswith("postgresql") else "SELECT RELEASE_ALL_LOCKS()"
+            postgres = self.storage.startswith("postgresql")
+            sql = "SELECT pg_advisory_unlock_all()" if postgres else "SELECT RELEASE_ALL_LOCKS()"
             self._conn.execute(sqlalchemy.text(sql))
             self._conn.close()
             self._conn = None

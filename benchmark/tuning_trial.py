@@ -9,8 +9,12 @@ the same parent) and one child run per trial, with the trial's params, its final
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import sys
+import traceback
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +24,7 @@ import lightning as L
 import optuna
 
 from benchmark.tracking import Tracker, check_reachable
+from datamodules.atomic import write_text_atomic
 from datamodules.errors import InputError
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -165,3 +170,52 @@ def is_global_zero() -> bool:
     from benchmark.runner import global_rank
 
     return global_rank() == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+# --- DDP trials in a child process ---------------------------------------------------------------------------
+
+
+def run_trial_in_subprocess(job: Mapping[str, Any], trial_dir: Path, timeout_s: float | None = None) -> float:
+    """Run one trial as ``python -m benchmark.tuning_trial JOB.json`` (Lightning re-runs it for the other ranks)."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    job_path, result_path = trial_dir / "trial_job.json", trial_dir / "trial_result.json"
+    result_path.unlink(missing_ok=True)
+    write_text_atomic(job_path, json.dumps(dict(job), indent=1))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "benchmark.tuning_trial", str(job_path)], env=env, timeout=timeout_s)
+    if not result_path.is_file():
+        raise RuntimeError(f"trial process exited with status {proc.returncode} and no result ({result_path})")
+    result = json.loads(result_path.read_text())
+    if result["state"] == "PRUNED":
+        raise optuna.TrialPruned(result.get("message", "pruned"))
+    if result["state"] != "COMPLETE":
+        raise RuntimeError(result.get("message", "trial process failed"))
+    return float(result["value"])
+
+
+def _trial_process_main(job_path: str) -> int:
+    """Every rank of a DDP trial: attach to the trial, train the cell; rank 0 writes the outcome."""
+    from benchmark.tuning import make_pruner
+
+    job = json.loads(Path(job_path).read_text())
+    # the pruner lives in the process, not in the storage: every rank builds the study's own
+    study = optuna.load_study(study_name=job["study_name"], storage=optuna.storages.get_storage(job["storage"]),
+                              pruner=make_pruner(job["pruner"]))
+    trial = optuna.trial.Trial(study, job["trial_id"])
+    try:
+        value = train_cell(
+            job["experiment"], trial, Path(job["trial_dir"]), metric=job["metric"], direction=job["direction"],
+            tracking_uri=job["tracking_uri"], tracking_experiment=job["tracking_experiment"], run_id=job["run_id"])
+        result = {"state": "COMPLETE", "value": value}
+    except optuna.TrialPruned as exc:
+        result = {"state": "PRUNED", "message": str(exc)}
+    except Exception as exc:
+        traceback.print_exc()
+        result = {"state": "FAIL", "message": f"{type(exc).__name__}: {exc}"}
+    if is_global_zero():
+        write_text_atomic(Path(job_path).with_name("trial_result.json"), json.dumps(result))
+    return 0 if result["state"] != "FAIL" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(_trial_process_main(sys.argv[1]))

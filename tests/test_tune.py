@@ -266,7 +266,8 @@ def test_bad_tuning_file_fails_before_any_trial(tmp_path, cache, changes, messag
 
 def test_cli_reports_a_bad_space_in_one_line(tmp_path, cache, capsys):
     config = _write_config(tmp_path, cache)
-    code = main(["tune", "--config", str(config), "--set", "tune.space.methods.di2in.lrate={type: float, low: 0.1, high: 1}"])
+    bad = "tune.space.methods.di2in.lrate={type: float, low: 0.1, high: 1}"
+    code = main(["tune", "--config", str(config), "--set", bad])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert err.startswith("spinebench tune: error: tune.space.methods.di2in.lrate: unknown parameter")
