@@ -150,11 +150,7 @@ def run_workers_loop(
                 raise
 
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            if not is_rdb_url(settings.storage):
-                fail_dead_local_trials(study)
+            _fail_dead_trials(study, settings)
             if len(counted_trials(study)) >= settings.n_trials:
                 break
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
@@ -172,6 +168,15 @@ def run_workers_loop(
             reason = mine.user_attrs.get("error", "see the log above") if mine else ""
             raise TrialsFailingError(f"{failures} trials in a row failed; last error: {reason}")
     return ran
+
+
+def _fail_dead_trials(study: optuna.Study, settings: TuneSettings) -> None:
+    """RUNNING trials of killed workers -> FAIL: by heartbeat (RDB) or by dead local process (journal)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if not is_rdb_url(settings.storage):
+        fail_dead_local_trials(study)
 
 
 def _run_trial(trial, settings, experiment, space, train_cell, tracker) -> float:
@@ -319,6 +324,7 @@ def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna
                                     "direction": settings.direction, "n_trials": settings.n_trials,
                                     "pruner": dict(settings.pruner), "sampler": dict(settings.sampler),
                                     "space": {p.name: _describe(p) for p in job.space.params}})
+        _fail_dead_trials(study, settings)  # before counting: a killed worker's trial does not count
     done = len(counted_trials(study))
     log(f"study {settings.study_name!r} ({_redact(settings.storage)}): {done}/{settings.n_trials} trials so far, "
         f"objective {settings.metric} ({settings.direction})")
@@ -374,6 +380,11 @@ def _log_study_summary(tracker, study: optuna.Study, settings: TuneSettings, out
         metrics["best/trial"] = float(study.best_trial.number)
     tracker.log_metrics(tracker.parent_run_id, metrics)
     tracker.log_artifacts(tracker.parent_run_id, list(outputs.values()))
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # child runs of killed workers
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
+            tracker.client.set_tag(run_id, "optuna.state", "FAIL")
+            tracker.end(run_id, "FAILED")
 
 
 # --- outputs -------------------------------------------------------------------------------------------------
