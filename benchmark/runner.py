@@ -90,20 +90,23 @@ def run_benchmark(
     from rich.console import Console
 
     from benchmark.manifest import build_manifest, write_manifest
-    from benchmark.tracking import Tracker, default_tracking_uri
+    from benchmark.tracking import Tracker, check_reachable, default_tracking_uri
 
     out_dir = Path(out_dir)
     rank = global_rank(cfg.trainer)
     console = console or Console(stderr=False)
     is_zero = rank == 0
+    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(out_dir)
+    tracking_on = cfg.tracking.enabled or tracking_uri is not None  # --tracking-uri asks for tracking
+    if is_zero and tracking_on:
+        check_reachable(uri)  # an unreachable server fails before anything is written or trained
     os.environ[RUN_DIR_ENV] = str(out_dir.resolve())
     if is_zero:
         _prepare_out_dir(cfg, out_dir, resume)
         if not (out_dir / "manifest.json").is_file():
             write_manifest(out_dir / "manifest.json", build_manifest(cfg, listed_case_ids(cfg)))
 
-    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(out_dir)
-    tracker = Tracker(uri, cfg.tracking.experiment, out_dir, enabled=cfg.tracking.enabled and is_zero)
+    tracker = Tracker(uri, cfg.tracking.experiment, out_dir, enabled=tracking_on and is_zero)
     params = cfg.to_dict()
     tracker.start(run_name=f"{cfg.name}", params={k: params[k] for k in ("data", "seeds", "trainer")} | {
         "methods": list(params["methods"]), "config_hash": cfg.config_hash()})

@@ -115,6 +115,22 @@ def test_real_mlflow_server(tmp_path):
         _check_store(uri, parent, child)
         assert not (out / "mlflow.db").exists()
         assert any((tmp_path / "server-artifacts").rglob("records.csv"))
+
+        # A whole (one-epoch) benchmark run logging to the server.
+        from mlflow.tracking import MlflowClient
+
+        from benchmark.config import load_experiment
+        from benchmark.runner import run_benchmark
+
+        cfg = load_experiment("smoke", ["methods=[di2in]", f"data.cache_dir={tmp_path / 'cache'}",
+                                        "trainer.max_epochs=1", "tracking.experiment=server-run"])
+        run_benchmark(cfg, tmp_path / "bench", tracking_uri=uri)
+        client = MlflowClient(tracking_uri=uri)
+        runs = client.search_runs([client.get_experiment_by_name("server-run").experiment_id])
+        child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+        assert "test/id_rate" in child.data.metrics and "train/loss" in child.data.metrics
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"records.csv", "best.ckpt"}
+        assert not (tmp_path / "bench" / "mlflow.db").exists()
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its workers: the group we started
         try:
@@ -123,3 +139,19 @@ def test_real_mlflow_server(tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+@pytest.mark.slow
+def test_run_with_unreachable_server_fails_before_training(tmp_path):
+    port = _free_port()
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark", "run", "--config", "smoke", "--out", str(tmp_path / "run"),
+         "--tracking-uri", f"http://127.0.0.1:{port}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"spinebench run: error: MLflow tracking server http://127.0.0.1:{port} is unreachable ([Errno 111] "
+        "Connection refused); start it, or drop --tracking-uri to use the local sqlite store"
+    ]
+    assert not (tmp_path / "run").exists()
