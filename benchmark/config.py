@@ -67,6 +67,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None  # also write last.ckpt every N steps (finer resume)
     deterministic: bool = True
     enable_progress_bar: bool = True
+    num_threads: int | None = None  # CPU intra-op threads of torch (None: torch's default); fixed -> same float sums
 
 
 @dataclass(frozen=True)
@@ -416,6 +417,8 @@ def _check_trainer(t: TrainerConfig, key: str, check_devices: bool) -> None:
         parts = str(t.max_time).split(":")
         if len(parts) != 4 or not all(p.isdigit() for p in parts):
             raise ConfigError(f"{key}.max_time: expected DD:HH:MM:SS, got {t.max_time!r}")
+    if t.num_threads is not None and t.num_threads < 1:
+        raise ConfigError(f"{key}.num_threads: must be >= 1 or null, got {t.num_threads}")
     if t.checkpoint_every_n_steps is not None and t.checkpoint_every_n_steps < 1:
         raise ConfigError(f"{key}.checkpoint_every_n_steps: must be >= 1 or null, got {t.checkpoint_every_n_steps}")
     if check_devices and t.accelerator in ("gpu", "cuda"):

@@ -134,3 +134,22 @@ def test_checkpoint_round_trip_keeps_kernels_and_dictionary(tmp_path, mode):
     a, b = method.eval().predict_volume(image), loaded.eval().predict_volume(image)
     np.testing.assert_allclose(a.centroids_vox, b.centroids_vox)
     np.testing.assert_array_equal(a.present, b.present)
+
+
+def test_foreground_weight_one_is_the_papers_plain_squared_loss_and_more_weights_the_targets():
+    torch.manual_seed(0)
+    image = torch.randn(1, 1, 16, 8, 8)
+    centroids = torch.tensor([[[5.0, 4.0, 4.0], [11.0, 4.0, 4.0]]])
+    present = torch.tensor([[True, True]])
+    batch = {"image": image, "centroids_vox": centroids, "present": present}
+    plain = create_method("di2in", num_vertebrae=2, base_width=2, depth=1, channels_last=False)
+    weighted = create_method("di2in", num_vertebrae=2, base_width=2, depth=1, channels_last=False,
+                             foreground_weight=20.0)
+    weighted.load_state_dict(plain.state_dict())
+    target = gaussian_heatmaps(centroids, present, (16, 8, 8), plain.config.sigma_vox)
+    final = plain(image)["final"]
+    assert torch.allclose(plain.training_loss(batch)["final"], torch.nn.functional.mse_loss(final, target))
+    expected = ((1.0 + 19.0 * target) * (final - target) ** 2).mean()
+    assert torch.allclose(weighted.training_loss(batch)["final"], expected)
+    with pytest.raises(InputError, match="foreground_weight"):
+        method_config("di2in", foreground_weight=0.5)

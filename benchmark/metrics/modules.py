@@ -63,13 +63,14 @@ class LocalizationIdentification(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         empty = self.counts_sum.new_zeros((0,) + self.counts_sum.shape)
-        counts = dim_zero_cat(self.scan_counts) if self.scan_counts else empty
+        # After a DDP sync a list state is already one concatenated tensor: test its length, not its truth value.
+        counts = dim_zero_cat(self.scan_counts) if len(self.scan_counts) else empty
         masks = self.masks.to(counts.device)
         if self.average == "micro":
             out = F.aggregate(self.counts_sum.unsqueeze(0), "micro", self.denominator)
         else:
             out = F.aggregate(counts, "macro", self.denominator)
-        dist = dim_zero_cat(self.scan_distances) if self.scan_distances else counts.new_zeros((0, len(self.names)))
+        dist = dim_zero_cat(self.scan_distances) if len(self.scan_distances) else counts.new_zeros((0, len(self.names)))
         out["median_mm"] = F.median_error_mm(dist, masks, self.average)
         return out
 
