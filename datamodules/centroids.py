@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from datamodules.errors import InputError
 from datamodules.geometry import Geometry
-from datamodules.labels import ALL_NAMES, NAME_OF_VERSE_ID, LabelSet, check_name
+from datamodules.labels import ALL_NAMES, NAME_OF_VERSE_ID, VERSE_ID_OF, LabelSet, check_name
 
 # VerSe/SPINEPS subregion labels of the vertebral body: 49 corpus border, 50 corpus.
 BODY_SUBREGION_LABELS: tuple[int, ...] = (49, 50)
@@ -93,6 +93,10 @@ class Centroids(Mapping):
         if array_mm.shape != (len(label_set), 3):
             raise ValueError(f"expected an array of shape ({len(label_set)}, 3), got {array_mm.shape}")
         return cls((n, array_mm[k]) for k, n in enumerate(label_set.names) if np.all(np.isfinite(array_mm[k])))
+
+    def verse_numbered(self) -> Centroids:
+        """The centroids a VerSe json can hold: every vertebra but S2, which VerSe does not number."""
+        return Centroids((n, p) for n, p in self._mm.items() if n in VERSE_ID_OF)
 
     def outside(self, geometry: Geometry, margin_vox: float = 0.5) -> list[str]:
         """Names of centroids that fall outside ``geometry``'s voxel grid (centres +- ``margin_vox``)."""

@@ -188,3 +188,16 @@ def test_tptbox_body_centroids_lie_anterior_of_whole_vertebra_centroids(shared_r
     for name in whole:
         anterior_mm = whole[name][1] - body[name][1]  # LPS y grows posterior
         assert 5 < anterior_mm < 25, (name, anterior_mm)
+
+
+def test_verse_numbered_drops_only_s2_which_verse_json_cannot_hold(tmp_path):
+    from datamodules.geometry import canonical_geometry
+
+    geometry = canonical_geometry((40, 20, 20), 2.0)
+    full = Centroids({"L5": (20.0, 20.0, 20.0), "S1": (20.0, 20.0, 10.0), "S2": (20.0, 20.0, 2.0)})
+    with pytest.raises(InputError, match="full.json: vertebra S2 has no VerSe id"):
+        write_centroids(tmp_path / "full.json", full, fmt="verse", geometry=geometry)
+    assert not (tmp_path / "full.json").exists()
+    assert full.verse_numbered().names == ("L5", "S1")
+    write_centroids(tmp_path / "ok.json", full.verse_numbered(), fmt="verse", geometry=geometry)
+    assert read_centroids(tmp_path / "ok.json", geometry).allclose(full.verse_numbered(), atol_mm=1e-6)

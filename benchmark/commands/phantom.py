@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.atomic import atomic_path, write_text_atomic
-from datamodules.centroids import Centroids, write_centroids
+from datamodules.centroids import write_centroids
 from datamodules.ct_io import write_image
 from datamodules.errors import InputError
-from datamodules.labels import VERSE_ID_OF
 
 
 def add_parser(subparsers) -> None:
@@ -82,8 +81,7 @@ def write_case(case, out: Path, preview: bool = False) -> dict[str, Path]:
     paths = {"ct": Path(f"{base}_ct.nii.gz"), "ctd": Path(f"{base}_ctd.json"), "csv": Path(f"{base}_ctd.csv"),
              "meta": Path(f"{base}_meta.json")}
     write_image(paths["ct"], case.ct_hu, case.geometry)
-    verse = Centroids((n, p) for n, p in case.centroids_mm.items() if n in VERSE_ID_OF)
-    write_centroids(paths["ctd"], verse, fmt="verse", geometry=case.geometry)
+    write_centroids(paths["ctd"], case.centroids_mm.verse_numbered(), fmt="verse", geometry=case.geometry)
     write_centroids(paths["csv"], case.centroids_mm, fmt="csv")
     write_text_atomic(paths["meta"], json.dumps(case.metadata, indent=1, default=_json_default) + "\n")
     if preview:

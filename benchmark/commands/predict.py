@@ -97,8 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if fmt not in ("verse", "csv"):
         raise InputError(f"--out {args.out}: write .json (VerSe) or .csv; got format {fmt!r}")
     centroids, geometry, method, (image, pre_geometry, pred) = predict_ct(args.ct, args.run, args.method, args.seed)
-    write_centroids(args.out, centroids, fmt=fmt, geometry=geometry)
-    print(f"{method}: wrote {len(centroids)} centroids ({', '.join(centroids.names) or 'none'}) to {args.out}")
+    written = centroids.verse_numbered() if fmt == "verse" else centroids
+    write_centroids(args.out, written, fmt=fmt, geometry=geometry)
+    print(f"{method}: wrote {len(written)} centroids ({', '.join(written.names) or 'none'}) to {args.out}")
+    if len(written) < len(centroids):
+        print("S2 has no VerSe id and is not in the json; write .csv to keep it")
     if args.preview:
         png = Path(args.out).with_suffix(".png")
         write_preview(png, image, pre_geometry, centroids, title=f"{Path(args.ct).name} — {method}")
