@@ -200,18 +200,30 @@ def apply_sets(raw: Mapping[str, Any], items: Sequence[str]) -> dict[str, Any]:
         if parts[0] == "methods" and len(parts) == 1:
             out["methods"] = _normalize_methods(value)
             continue
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                if parts[0] == "methods" and i == 0:
-                    raise ConfigError(f"--set {key}: 'methods' is not a mapping")
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        if parts[0] == "methods" and out.get("methods") is None:
+            raise ConfigError(f"--set {key}: 'methods' is not a mapping")
+        blocked = set_dotted(out, key, value)
+        if blocked is not None:
+            raise ConfigError(f"--set {key}: {blocked} is a value, not a section")
     return out
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> str | None:
+    """Set ``a.b.c`` in nested dicts, creating missing sections.
+
+    Returns None, or (setting nothing) the dotted prefix that holds a value where a section is needed.
+    """
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return ".".join(parts[: i + 1])
+        node = child
+    node[parts[-1]] = value
+    return None
 
 
 def normalize_raw(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import optuna
 
+from benchmark.config import set_dotted
 from datamodules.errors import InputError
 
 _NUMERIC_KEYS = {"type", "low", "high", "log", "step"}
@@ -93,16 +94,10 @@ def apply_overrides(experiment: Mapping[str, Any], overrides: Mapping[str, Any])
     """A deep copy of the raw experiment mapping with ``{dotted key: value}`` set (missing mappings created)."""
     out = _deep_copy(experiment)
     for key, value in overrides.items():
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise SearchSpaceError(f"{key}: {part!r} is not a mapping in the experiment, cannot set {key!r}")
-            node = child
-        node[parts[-1]] = value
+        blocked = set_dotted(out, key, value)
+        if blocked is not None:
+            part = blocked.rsplit(".", 1)[-1]
+            raise SearchSpaceError(f"{key}: {part!r} is not a mapping in the experiment, cannot set {key!r}")
     return out
 
 
