@@ -29,6 +29,7 @@ from datamodules.atomic import write_text_atomic
 
 RESULT_FILE = "result.json"
 CELL_RECORDS = "records.csv"
+CURVES_DIR = "curves"  # <cell>/curves/metrics.csv: Lightning's CSVLogger of the training
 
 
 @dataclass
@@ -179,10 +180,22 @@ def _checkpoint_step(path: Path) -> int | None:
     return int(ckpt.get("global_step", 0))
 
 
-def load_weights(method, checkpoint: Path) -> None:
-    """Load a checkpoint's weights into ``method`` (whose shape prior is already fitted)."""
+def load_weights(method, checkpoint: Path, shared: bool = False) -> None:
+    """Load a checkpoint's weights into ``method`` (whose shape prior is already fitted).
+
+    ``shared``: the checkpoint may come from another cell of the same training unit (``benchmark.schedule``),
+    whose inference-only buffers (e.g. message-passing kernels) differ; those are kept as ``fit_shape_prior``
+    made them, and every other tensor must match by name.
+    """
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    method.load_state_dict(ckpt["state_dict"])
+    if not shared:
+        method.load_state_dict(ckpt["state_dict"])
+        return
+    state, theirs = method.state_dict(), ckpt["state_dict"]
+    wrong = sorted(k for k in set(state) ^ set(theirs) if k.startswith("net."))
+    if wrong:
+        raise RuntimeError(f"checkpoint {checkpoint} does not fit {type(method).__name__}: {', '.join(wrong[:5])}")
+    method.load_state_dict({k: theirs.get(k, v) for k, v in state.items()})
 
 
 def parameter_count(method) -> int:
@@ -238,10 +251,14 @@ def train_and_evaluate_cell(
             dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
             every_n_train_steps=trainer_cfg.checkpoint_every_n_steps,
         ))  # fmt: skip
+    from lightning.pytorch.loggers import CSVLogger
+
+    # the learning curves of every training, tracked or not: <cell>/curves/metrics.csv (leaderboard.curves)
+    curves = CSVLogger(save_dir=str(folder), name="", version=CURVES_DIR)
     trainer = build_trainer(
         trainer_cfg,
         callbacks=[ValidationIdentification(names), best_cb, *last_cbs, *callbacks],
-        loggers=loggers,
+        loggers=[*loggers, curves],
         default_root_dir=folder,
         progress=progress,
     )
@@ -259,24 +276,63 @@ def train_and_evaluate_cell(
         "train/steps": float(trainer.global_step),
         "params": float(parameter_count(method)),
     }
-    records_path = None
-    if evaluate_test:
-        rows, eval_info = evaluate_checkpoint(
-            cfg, entry, seed, best, method=method, datamodule=datamodule, trainer_cfg=trainer_cfg,
-            run_name=run_name or "run",
-            method_order=method_order, progress=progress,
-        )
+    if not evaluate_test:
+        result = CellResult(entry.name, seed, metrics, None, best, resume_step)
         if rank_zero:
-            from benchmark.records import write_records
-            from benchmark.results import test_metrics, write_projections
+            write_text_atomic(folder / RESULT_FILE, result.to_json())
+        return result
+    return evaluate_and_write(
+        cfg, entry, seed, folder, best, method=method, datamodule=datamodule, metrics=metrics,
+        resumed_from_step=resume_step, run_name=run_name, method_order=method_order, progress=progress,
+        projections_dir=projections_dir, projection_cases=projection_cases,
+    )  # fmt: skip
 
-            predictions = eval_info.pop("_predictions")
-            records_path = write_records(folder / CELL_RECORDS, rows)
-            metrics.update(test_metrics(rows, names))
-            metrics.update(eval_info)
-            if projections_dir is not None and projection_cases > 0:
-                write_projections(projections_dir, datamodule, predictions, projection_cases, entry.name)
-    result = CellResult(entry.name, seed, metrics, records_path, best, resume_step)
+
+def evaluate_and_write(
+    cfg: ExperimentConfig,
+    entry: MethodEntry,
+    seed: int,
+    folder: Path,
+    checkpoint: Path | None,
+    *,
+    method=None,
+    datamodule=None,
+    metrics: dict[str, float] | None = None,
+    resumed_from_step: int | None = None,
+    run_name: str | None = None,
+    method_order: int | None = None,
+    progress: bool = False,
+    projections_dir: Path | None = None,
+    projection_cases: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> CellResult:
+    """Evaluate ``checkpoint`` on the test split as cell ``entry``; rank 0 writes its records and ``result.json``.
+
+    ``method`` (built for ``entry``) and ``datamodule`` are reused when given. A cell that shares another
+    cell's training passes that cell's checkpoint and ``extra={"trained_in": ...}``.
+    """
+    folder = Path(folder)
+    metrics = dict(metrics or {})
+    rows, eval_info = evaluate_checkpoint(
+        cfg, entry, seed, checkpoint, method=method, datamodule=datamodule, run_name=run_name or "run",
+        method_order=method_order, progress=progress,
+    )  # fmt: skip
+    import torch.distributed as dist
+
+    rank_zero = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    records_path = None
+    if rank_zero:
+        from benchmark.records import write_records
+        from benchmark.results import test_metrics, write_projections
+
+        predictions = eval_info.pop("_predictions")
+        used_datamodule = eval_info.pop("_datamodule")
+        records_path = write_records(folder / CELL_RECORDS, rows)
+        metrics.update(test_metrics(rows, label_names(cfg)))
+        metrics.update(eval_info)
+        if projections_dir is not None and projection_cases > 0:
+            write_projections(projections_dir, used_datamodule, predictions, projection_cases, entry.name)
+    result = CellResult(entry.name, seed, metrics, records_path, checkpoint, resumed_from_step, dict(extra or {}))
     if rank_zero:
         write_text_atomic(folder / RESULT_FILE, result.to_json())
     return result
@@ -309,7 +365,7 @@ def evaluate_checkpoint(
     prepare_for_test(datamodule)
     method.fit_shape_prior(datamodule.train_centroids_vox())
     if checkpoint is not None:
-        load_weights(method, checkpoint)
+        load_weights(method, checkpoint, shared=True)
     timing = PredictTiming()
     trainer = build_trainer(trainer_cfg, callbacks=[timing], progress=progress, for_eval=True)
     if torch.cuda.is_available() and trainer_cfg.accelerator in ("gpu", "cuda", "auto"):
@@ -350,6 +406,7 @@ def evaluate_checkpoint(
         "test/seconds_per_case": total_s / n_cases if n_cases else math.nan,
         "peak_memory_mb": peak_mb,
         "_predictions": predictions,
+        "_datamodule": datamodule,
     }
     return rows, info
 

@@ -93,6 +93,15 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ExecutionConfig:
+    """How the cells are scheduled; never changes a result (excluded from the config hash)."""
+
+    # Training units run side by side in this many processes; 0 = auto: on one CPU device, the machine's cores
+    # divided by ``trainer.num_threads`` (two one-thread processes on a 2-core machine), else 1 (GPU, DDP).
+    processes: int = 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     data: Any  # datamodules.datamodule.DataConfig
@@ -102,6 +111,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     description: str = ""
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     def trainer_for(self, entry: MethodEntry) -> TrainerConfig:
         """The trainer settings of one method: the experiment's, with the method's overrides on top."""
@@ -129,6 +139,7 @@ class ExperimentConfig:
             "trainer": _plain(dataclasses.asdict(self.trainer)),
             "tracking": _plain(dataclasses.asdict(self.tracking)),
             "output": _plain(dataclasses.asdict(self.output)),
+            "execution": _plain(dataclasses.asdict(self.execution)),
         }
 
     def to_yaml(self) -> str:
@@ -137,7 +148,7 @@ class ExperimentConfig:
     def config_hash(self) -> str:
         """sha256 of what determines the results (output folder and tracking excluded)."""
         d = self.to_dict()
-        d.pop("output"), d.pop("tracking")
+        d.pop("output"), d.pop("tracking"), d.pop("execution")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def cells(self) -> list[tuple[MethodEntry, int]]:
@@ -146,7 +157,7 @@ class ExperimentConfig:
 
 
 TRAINER_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainerConfig))
-_TOP_KEYS = ("name", "description", "data", "methods", "seeds", "trainer", "tracking", "output")
+_TOP_KEYS = ("name", "description", "data", "methods", "seeds", "trainer", "tracking", "output", "execution")
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -290,7 +301,10 @@ def resolve(raw: Mapping[str, Any], *, check_devices: bool = True) -> Experiment
         trainer=_build(TrainerConfig, raw.get("trainer") or {}, "trainer"),
         tracking=_build(TrackingConfig, raw.get("tracking") or {}, "tracking"),
         output=_build(OutputConfig, raw.get("output") or {}, "output"),
+        execution=_build(ExecutionConfig, raw.get("execution") or {}, "execution"),
     )
+    if cfg.execution.processes < 0:
+        raise ConfigError(f"execution.processes: must be >= 0 (0 = auto), got {cfg.execution.processes}")
     for entry in cfg.methods:
         trainer = cfg.trainer_for(entry)
         _check_trainer(trainer, f"methods.{entry.name}.trainer" if entry.trainer else "trainer", check_devices)

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir, train_and_evaluate_cell
+from benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir
+from benchmark.schedule import TrainingUnit, plan_units, process_count
+from benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
 from benchmark.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
 from benchmark.results import build_leaderboard, write_run_records
 from datamodules.atomic import write_text_atomic
@@ -69,9 +72,11 @@ def load_for_run(
     stored = folder / "config.yaml"
     if not stored.is_file():
         raise ConfigError(f"--resume {folder}: no config.yaml there (not a spinebench run folder)")
-    bad = [s for s in sets if not s.partition("=")[0].strip().startswith("tracking.")]
+    bad = [s for s in sets if not s.partition("=")[0].strip().startswith(("tracking.", "execution."))]
     if bad:
-        raise ConfigError(f"--resume continues the stored experiment; --set {bad[0]} is not allowed (only tracking.*)")
+        raise ConfigError(
+            f"--resume continues the stored experiment; --set {bad[0]} is not allowed (only tracking.* and execution.*)"
+        )
     if config:
         raise ConfigError("--resume continues the stored experiment; leave out --config")
     return load_experiment(stored, sets)
@@ -111,40 +116,82 @@ def run_benchmark(
     tracker.start(run_name=f"{cfg.name}", params={k: params[k] for k in ("data", "seeds", "trainer")} | {
         "methods": list(params["methods"]), "config_hash": cfg.config_hash()})
 
-    cells = cfg.cells()
+    units = plan_units(cfg)
+    n_cells = len(cfg.cells())
+    processes = process_count(cfg, len(units))
+    order = [m.name for m in cfg.methods]
+    run_ids: dict[str, str | None] = {}
+    for unit in units:
+        for member in unit.members:
+            folder = cell_dir(out_dir, member, unit.seed)
+            if cell_complete(folder):
+                continue
+            run_ids[cell_key(member.name, unit.seed)] = tracker.start_cell(folder, cell_key(member.name, unit.seed), {
+                "method": member.name, "seed": unit.seed,
+                "method_config": dataclasses.asdict(cfg.method_config(member)),
+                "trainer": dataclasses.asdict(cfg.trainer_for(member)),
+                "trained_in": cell_key(unit.trainer.name, unit.seed)})
+    ctx = UnitContext(out_dir, out_dir.name, {name: order.index(name) for name in order}, run_ids,
+                      tracker.uri if tracker.enabled else None, cfg.tracking.experiment, progress=processes == 1)
+    numbers = {(m.name, s): i for i, (m, s) in enumerate(cfg.cells(), start=1)}
+    started: dict[int, float] = {}
+
+    def announce(unit: TrainingUnit) -> None:
+        started[id(unit)] = time.monotonic()
+        if not is_zero:
+            return
+        for member in unit.members:
+            folder = cell_dir(out_dir, member, unit.seed)
+            how = " (complete, kept)" if cell_complete(folder) else ""
+            if member is not unit.trainer and not how:
+                how = f" (evaluated on the training of {unit.trainer.name})"
+            console.print(f"[bold]cell {numbers[(member.name, unit.seed)]}/{n_cells}[/bold]: {member.name} "
+                          f"seed {unit.seed}{how}")
+
+    def finished(unit: TrainingUnit, unit_results: list[CellResult]) -> None:
+        results.extend(unit_results)
+        if not is_zero:
+            return
+        for member, result in zip(unit.members, unit_results, strict=True):
+            run_id = run_ids.get(cell_key(member.name, unit.seed))
+            if run_id is None:
+                continue
+            folder = cell_dir(out_dir, member, unit.seed)
+            tracker.log_metrics(run_id, result.metrics)
+            tracker.log_artifacts(run_id, [p for p in (result.records_path, folder / RESULT_FILE) if p])
+            if member is unit.trainer and result.best_checkpoint:
+                tracker.log_artifacts(run_id, [result.best_checkpoint])
+            tracker.end(run_id)
+        if processes > 1:
+            rate = unit_results[0].metrics.get("test/id_rate", float("nan"))
+            console.print(f"  {unit.trainer.name} seed {unit.seed} done in {time.monotonic() - started[id(unit)]:.0f} s "
+                          f"(test Id.Rate {100 * rate:.1f} %)")
+
     results: list[CellResult] = []
     status = "FAILED"
     try:
-        for i, (entry, seed) in enumerate(cells, start=1):
-            folder = cell_dir(out_dir, entry, seed)
-            if is_zero:
-                console.print(f"[bold]cell {i}/{len(cells)}[/bold]: {entry.name} seed {seed}"
-                              + (" (complete, kept)" if cell_complete(folder) else ""))
-            if cell_complete(folder):
-                results.append(CellResult.read(folder))
-                continue
-            run_id = tracker.start_cell(folder, f"{entry.name}/seed{seed}", {
-                "method": entry.name, "seed": seed,
-                "method_config": dataclasses.asdict(cfg.method_config(entry)),
-                "trainer": dataclasses.asdict(cfg.trainer_for(entry))})
-            logger = tracker.lightning_logger(run_id)
-            result = train_and_evaluate_cell(
-                cfg, entry, seed, folder, loggers=[logger] if logger else [], run_name=out_dir.name,
-                projections_dir=out_dir / "projections" / entry.name / f"seed{seed}",
-                projection_cases=cfg.output.projection_cases,
-                method_order=[m.name for m in cfg.methods].index(entry.name),
-            )
-            if is_zero:
-                tracker.log_metrics(run_id, result.metrics)
-                tracker.log_artifacts(run_id, [p for p in (result.records_path, result.best_checkpoint,
-                                                           folder / RESULT_FILE) if p])
-                tracker.end(run_id)
-            results.append(result)
+        if is_zero and processes > 1:
+            console.print(f"{len(units)} trainings for {n_cells} cells in {processes} parallel processes")
+        if processes > 1:
+            from datamodules.datamodule import VertebraDataModule
+
+            VertebraDataModule(cfg.data).prepare_data()  # fill the cache once, before the workers read it
+            for unit, unit_results in run_units_parallel(cfg, units, ctx, processes, on_start=announce):
+                finished(unit, unit_results)
+        else:
+            for unit in units:
+                announce(unit)
+                finished(unit, run_unit(cfg, unit, ctx))
         if is_zero:
             write_run_records(out_dir, cfg)
+            from leaderboard.curves import draw_curves
+
+            curves = draw_curves(out_dir, [(u.seed, [m.name for m in u.members]) for u in units])
+            if curves is not None:
+                console.print(f"learning curves: {curves}")
             board = build_leaderboard(out_dir, console=console)
             tracker.log_artifacts(tracker.parent_run_id, [p for p in (out_dir / "records.csv", out_dir / "config.yaml",
-                                                                        out_dir / "manifest.json", board) if p])
+                                                                        out_dir / "manifest.json", board, curves) if p])
             tracker.log_metrics(tracker.parent_run_id, _summary_metrics(results))
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -82,6 +82,16 @@ class VertebraMethod(L.LightningModule):
         self.config = config
         self.save_hyperparameters(asdict(config))
 
+    @classmethod
+    def inference_only_fields(cls, config) -> frozenset[str]:
+        """Config fields that change only inference, never the trained weights.
+
+        Cells whose configs differ only in these fields (same family, seed, data and trainer) share one
+        training: the runner trains the first of them and evaluates every one on its checkpoint
+        (``benchmark.schedule``). Buffers that such fields switch on must be refit by ``fit_shape_prior``.
+        """
+        return frozenset()
+
     # --- what subclasses provide -------------------------------------------------------------
     def data_requirements(self) -> DataRequirements:
         raise NotImplementedError

@@ -24,6 +24,7 @@ from methods.base import DataRequirements, VertebraMethod, VolumePrediction
 from methods.blocks import argmax_subvoxel, conv_relu_stack, pad_to_multiple, upsample_to
 from methods.message_passing import ChainMessagePassing
 from methods.registry import register_method
+from methods.schedules import SCHEDULES, cosine_schedule, total_training_steps
 from methods.shape_sparsity import ShapeDictionary
 from methods.sliding_window import sliding_window_inference
 
@@ -52,6 +53,10 @@ class DI2INConfig:
     sparsity_lambda: float = 1.0  # λ of ½‖v_S − D_S a‖² + λ‖a‖₁, coordinates in voxels
     sparsity_positive: bool = False
     sparsity_min_trusted: int = 3
+    # Outlier rejection after the monotone chain: trusted points whose residual to the sparse fit exceeds this
+    # (voxels of the preprocessed volume) are dropped and refitted; inliers keep the network's coordinates,
+    # outliers and absent levels take the fit. None: the paper's Algorithm 1 (every level takes the fit).
+    sparsity_residual_vox: float | None = 2.0
     max_window_voxels: int = 2_500_000  # whole-volume inference beyond this runs on blended tiles
     window_overlap: float = 0.25
     # Squared-error weight of target voxels relative to background: w = 1 + (foreground_weight - 1) · target.
@@ -60,6 +65,8 @@ class DI2INConfig:
     foreground_weight: float = 1.0
     lr: float = 1e-3
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # "constant" | "cosine" (linear warm-up, then cosine decay to 0; methods.schedules)
+    warmup_steps: int = 0
     channels_last: bool = True  # channels_last_3d memory format: faster 3D convs on CPU (perf/results/di2in.md)
 
     def __post_init__(self) -> None:
@@ -70,6 +77,8 @@ class DI2INConfig:
                 object.__setattr__(self, name, value)
             elif int(getattr(self, name)) < 1:
                 raise InputError(f"di2in option {name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise InputError(f"di2in option lr_schedule: unknown {self.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.mp_mode not in ("post", "unrolled"):
             raise InputError(f"di2in option mp_mode: must be 'post' or 'unrolled', got {self.mp_mode!r}")
         if not 0.0 < self.mp_alpha < 1.0:
@@ -77,7 +86,7 @@ class DI2INConfig:
         checks = {"sigma_vox": self.sigma_vox > 0, "mp_iterations": self.mp_iterations >= 1,
                   "mp_stride": self.mp_stride >= 1, "sparsity_lambda": self.sparsity_lambda > 0,
                   "num_vertebrae": self.num_vertebrae >= 2, "foreground_weight": self.foreground_weight >= 1.0, "max_window_voxels": self.max_window_voxels > 0,
-                  "window_overlap": 0.0 <= self.window_overlap < 1.0}  # fmt: skip
+                  "window_overlap": 0.0 <= self.window_overlap < 1.0, "warmup_steps": self.warmup_steps >= 0}  # fmt: skip
         for name, ok in checks.items():
             if not ok:
                 raise InputError(f"di2in option {name}: invalid value {getattr(self, name)!r}")
@@ -122,7 +131,7 @@ class DI2INNet(nn.Module):
         k = self.fuse.out_channels
         branches, fused = [], None
         for lvl in reversed(range(self.depth)):
-            x = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
+            x = upsample_to(x, tuple(2 * n for n in x.shape[-3:]))
             x = self.decoder[lvl](torch.cat([x, skips[lvl]], dim=1))
             logits = self.heads[lvl](x)
             if with_branches:
@@ -162,6 +171,21 @@ class DI2IN(VertebraMethod):
             if cfg.sparsity
             else None
         )
+
+    # Fields that act after the network: message passing applied post hoc ("post"), shape refinement, peak
+    # reading, tiling. With mp_mode "unrolled" message passing is part of the trained graph and stays out.
+    _POST_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "sparsity", "sparsity_lambda", "sparsity_positive", "sparsity_min_trusted", "sparsity_residual_vox",
+        "presence_threshold", "subvoxel", "max_window_voxels", "window_overlap"})  # fmt: skip
+    _POST_MP_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "message_passing", "mp_mode", "mp_alpha", "mp_iterations", "mp_stride", "mp_min_sigma_vox",
+        "mp_loss_weight"})  # fmt: skip
+
+    @classmethod
+    def inference_only_fields(cls, config: DI2INConfig) -> frozenset[str]:
+        if config.mp_mode == "post" or not config.message_passing:
+            return cls._POST_FIELDS | cls._POST_MP_FIELDS
+        return cls._POST_FIELDS
 
     # --- contract ---------------------------------------------------------------------------
     def data_requirements(self) -> DataRequirements:
@@ -250,11 +274,15 @@ class DI2IN(VertebraMethod):
         centroids, scores = self.locate(heatmaps)
         present = scores > self.config.presence_threshold
         if self.shape_dictionary is not None:
-            centroids, _ = self.shape_dictionary.refine(centroids, present)
+            centroids, _ = self.shape_dictionary.refine(centroids, present, self.config.sparsity_residual_vox)
         return VolumePrediction(centroids, present, np.clip(scores, 0.0, 1.0))
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        if self.config.lr_schedule == "constant":
+            return optimizer
+        schedule = cosine_schedule(optimizer, total_training_steps(self), self.config.warmup_steps)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 register_method(

@@ -26,6 +26,7 @@ from methods.base import DataRequirements, VertebraMethod, VolumePrediction
 from methods.crop_inference import predict_volume_tiled
 from methods.integral import soft_argmax_3d
 from methods.registry import register_method
+from methods.schedules import SCHEDULES, cosine_schedule, total_training_steps
 
 
 # preset -> network size; any of these fields set explicitly wins over the preset.
@@ -58,6 +59,10 @@ class ResMLConfig:
     min_learning_rate: float = 1e-6
     plateau_monitor: str = "train/epoch_loss"  # e.g. "val/id_rate" with plateau_mode="max" when validating
     plateau_mode: str = "min"
+    # "plateau" (the paper's reduce-on-plateau, fields above) | "cosine" (linear warm-up over warmup_steps, then
+    # cosine decay to 0 at the end of the budget; methods.schedules) | "constant"
+    lr_schedule: str = "plateau"
+    warmup_steps: int = 0
     # whole-CT inference (methods/crop_inference.py documents the rule)
     tile_overlap: float = 0.5
     inference_batch_size: int = 4
@@ -92,6 +97,10 @@ class ResMLConfig:
             raise bad("lstm_hidden", "and lstm_layers must be at least 1")
         if self.use_bilstm and not self.use_classifier:
             raise bad("use_bilstm", "needs use_classifier=True (the Bi-LSTM is part of the classification branch)")
+        if self.lr_schedule not in ("plateau", *SCHEDULES):
+            raise bad("lr_schedule", f"is unknown; valid: plateau, {', '.join(SCHEDULES)}")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", "must be >= 0")
         if self.plateau_mode not in ("min", "max"):
             raise bad("plateau_mode", "must be 'min' or 'max'")
         if not 0.0 <= self.min_agreement <= 1.0:
@@ -286,6 +295,11 @@ class ResidualMultiLabel(VertebraMethod):
     def configure_optimizers(self):
         c = self.config
         optimizer = torch.optim.Adam(self.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
+        if c.lr_schedule == "constant":
+            return optimizer
+        if c.lr_schedule == "cosine":
+            return {"optimizer": optimizer,
+                    "lr_scheduler": cosine_schedule(optimizer, total_training_steps(self), c.warmup_steps)}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
             mode=c.plateau_mode,

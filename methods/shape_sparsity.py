@@ -128,26 +128,66 @@ class ShapeDictionary(nn.Module):
             self.atoms = torch.empty_like(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def refine(self, centroids_vox: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Refined ``(K, 3)`` coordinates for all levels and the trusted indices.
-
-        When fewer than ``min_trusted`` present vertebrae form a monotone chain the input is returned
-        unchanged (a shape cannot be placed from one or two points).
-        """
-        if not self.fitted:
-            raise RuntimeError("shape dictionary is empty: call fit_shape_prior(train_centroids_vox) first")
-        v = np.asarray(centroids_vox, dtype=np.float64)
-        idx_present = np.nonzero(np.asarray(present, dtype=bool))[0]
-        trusted = idx_present[longest_decreasing_subsequence(v[idx_present, VERTICAL_AXIS])]
-        if trusted.size < self.min_trusted:
-            return v.copy(), trusted
+    def _fit(self, v: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+        """``D a + t`` for all K levels, with ``a, t`` fitted per axis on the ``trusted`` rows of ``v``."""
         atoms = self.atoms.numpy()
-        refined = np.empty_like(v)
+        out = np.empty_like(v)
         # Paper: ½‖v_S − D_S a‖² + λ‖a‖₁; sklearn minimises (1/2n)‖·‖² + α‖a‖₁, so α = λ / n.
         lasso = Lasso(alpha=self.lam / trusted.size, fit_intercept=True, positive=self.positive, max_iter=self.max_iter)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             for axis in range(3):
                 lasso.fit(atoms[axis, trusted], v[trusted, axis])
-                refined[:, axis] = atoms[axis] @ lasso.coef_ + lasso.intercept_
-        return refined, trusted
+                out[:, axis] = atoms[axis] @ lasso.coef_ + lasso.intercept_
+        return out
+
+    def _held_out_residuals(self, v: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+        """``‖v_i − v̂_i‖`` for each trusted ``i``, with ``v̂`` fitted on the other trusted points: a dictionary of
+        many atoms fits a handful of points, outliers included, so only a held-out residual exposes them."""
+        return np.array([
+            np.linalg.norm(v[i] - self._fit(v, np.delete(trusted, j))[i]) for j, i in enumerate(trusted)
+        ])  # fmt: skip
+
+    def refine(
+        self, centroids_vox: np.ndarray, present: np.ndarray, max_residual: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Refined ``(K, 3)`` coordinates for all levels and the indices kept as inliers.
+
+        1. Trusted: the longest chain of present vertebrae that is monotone along the vertical axis.
+        2. With ``max_residual`` (coordinate units): the trusted point that the sparse fit of the *other* trusted
+           points explains worst is dropped while that held-out residual ``‖v_i − v̂_i‖`` exceeds
+           ``max_residual`` (one at a time); then a present point the chain had
+           rejected is an inlier again when it lies within ``max_residual`` of the final fit. Inliers keep the
+           network's coordinates; all other levels (outliers in any direction, absent levels) take the
+           reconstruction ``D a + t`` of the final fit.
+        3. Without ``max_residual`` (the paper's Algorithm 1 as written): every level takes ``D a + t``.
+
+        When fewer than ``min_trusted`` present vertebrae form a monotone chain, or (with ``max_residual``) no
+        ``min_trusted`` of them agree with each other, the input is returned unchanged (a shape cannot be placed
+        from one or two points) with no inliers.
+        """
+        if not self.fitted:
+            raise RuntimeError("shape dictionary is empty: call fit_shape_prior(train_centroids_vox) first")
+        v = np.asarray(centroids_vox, dtype=np.float64)
+        present = np.asarray(present, dtype=bool)
+        idx_present = np.nonzero(present)[0]
+        trusted = idx_present[longest_decreasing_subsequence(v[idx_present, VERTICAL_AXIS])]
+        if trusted.size < self.min_trusted:
+            return v.copy(), trusted
+        fit = self._fit(v, trusted)
+        if max_residual is None:
+            return fit, trusted
+        while True:
+            residual = self._held_out_residuals(v, trusted)
+            worst = int(np.argmax(residual))
+            if residual[worst] <= max_residual:
+                break
+            if trusted.size == self.min_trusted:
+                return v.copy(), np.zeros(0, dtype=np.int64)  # no consistent subset: nothing can be vouched for
+            trusted = np.delete(trusted, worst)
+        fit = self._fit(v, trusted)
+        others = np.setdiff1d(idx_present, trusted)
+        inliers = np.union1d(trusted, others[np.linalg.norm(v[others] - fit[others], axis=1) <= max_residual])
+        out = fit.copy()
+        out[inliers] = v[inliers]
+        return out, inliers

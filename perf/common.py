@@ -64,6 +64,8 @@ def machine_description() -> dict[str, str]:
         info["SimpleITK threads"] = str(sitk.ProcessObject.GetGlobalDefaultNumberOfThreads())
     except ImportError:
         pass
+    if hasattr(os, "getloadavg"):
+        info["load average (1/5/15 min)"] = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     info["date (UTC)"] = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     return info
 

@@ -103,3 +103,37 @@ def test_refine_needs_fit_and_too_few_trusted_is_identity():
     v[:2] = c[0, :2]
     refined, trusted = d.refine(v, np.array([True, True, False, False, False]))
     assert trusted.tolist() == [0, 1] and np.array_equal(refined, v)
+
+
+@pytest.mark.needs_shared
+def test_sideways_outliers_are_rejected_and_inliers_kept_on_real_spines(shared_real):
+    """Outliers that keep the vertical order (moved sideways or front-back) pass the monotone chain; the
+    residual test rejects them, and every other centroid stays exactly where it was predicted."""
+    train, test = _load_csi(shared_real / "csi2014_landmarks_payer")
+    dictionary = ShapeDictionary(26, lam=1.0)
+    dictionary.fit(train)
+    rng = np.random.default_rng(1)
+    before, after, moved_good = [], [], []
+    for truth in test:
+        present = ~np.isnan(truth).any(axis=1)
+        levels = np.flatnonzero(present)
+        if levels.size < 8:
+            continue
+        bad = rng.choice(levels[1:-1], size=2, replace=False)
+        predicted = np.where(present[:, None], truth, 0.0)
+        for k in bad:  # 40 mm in the horizontal plane: the vertical order is unchanged
+            angle = rng.uniform(0, 2 * np.pi)
+            predicted[k, 1:] += 20.0 * np.array([np.cos(angle), np.sin(angle)])
+        assert longest_decreasing_subsequence(predicted[levels, 0]).size == levels.size
+        plain, _ = dictionary.refine(predicted, present)
+        refined, inliers = dictionary.refine(predicted, present, max_residual=5.0)
+        assert not set(bad) & set(inliers.tolist())
+        before += [2.0 * np.linalg.norm(predicted[k] - truth[k]) for k in bad]
+        after += [2.0 * np.linalg.norm(refined[k] - truth[k]) for k in bad]
+        good = np.setdiff1d(levels, bad)
+        moved_good.append(2.0 * np.linalg.norm(refined[good] - predicted[good], axis=1).max())
+        # the paper's variant moves every centroid to the fit, good ones included
+        assert np.linalg.norm(plain[good] - predicted[good], axis=1).max() > 0
+    assert len(before) >= 60
+    assert np.median(after) < 0.25 * np.median(before)  # 40 mm off before
+    assert np.percentile(moved_good, 90) < 1e-9  # good centroids: the network's coordinates, untouched

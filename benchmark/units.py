@@ -1,0 +1,112 @@
+"""Running training units (``benchmark.schedule``): one training, then every member cell evaluated on it.
+
+``run_unit`` is the whole job of one unit and runs in any process: the runner calls it in-process (one
+process, DDP) or in a pool of spawned worker processes (``execution.processes``). A worker writes only its own
+cells' folders and the cell's MLflow child run (Lightning's ``MLFlowLogger``: the training curves); the runner
+logs the cells' results and artifacts when a unit comes back.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.cell import (
+    CellResult, build_method, cell_complete, cell_dir, evaluate_and_write, set_determinism, train_and_evaluate_cell,
+)  # fmt: skip
+from benchmark.config import ExperimentConfig
+from benchmark.schedule import TrainingUnit
+
+
+@dataclass(frozen=True)
+class UnitContext:
+    """What a unit needs besides the config: where to write, and where to log (picklable)."""
+
+    out_dir: Path
+    run_name: str
+    method_order: dict[str, int]
+    run_ids: dict[str, str | None]  # cell key "<method>/seed<k>" -> MLflow child run id (None: not tracked)
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    progress: bool = True
+
+
+def cell_key(method: str, seed: int) -> str:
+    return f"{method}/seed{seed}"
+
+
+def run_unit(cfg: ExperimentConfig, unit: TrainingUnit, ctx: UnitContext) -> list[CellResult]:
+    """Train ``unit.trainer`` (or keep its complete cell), then evaluate every other member on its checkpoint."""
+    seed, first = unit.seed, unit.trainer
+    out_dir = Path(ctx.out_dir)
+    captured: list = []
+
+    def projections(name: str) -> Path:
+        return out_dir / "projections" / name / f"seed{seed}"
+
+    folder = cell_dir(out_dir, first, seed)
+    if cell_complete(folder):
+        trained = CellResult.read(folder)
+    else:
+        run_id = ctx.run_ids.get(cell_key(first.name, seed))
+        loggers = []
+        if run_id is not None and ctx.tracking_uri:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            loggers.append(MLFlowLogger(experiment_name=ctx.experiment, tracking_uri=ctx.tracking_uri, run_id=run_id))
+        trained = train_and_evaluate_cell(
+            cfg, first, seed, folder, loggers=loggers, run_name=ctx.run_name, progress=ctx.progress,
+            projections_dir=projections(first.name), projection_cases=cfg.output.projection_cases,
+            method_order=ctx.method_order[first.name], on_datamodule=captured.append,
+        )  # fmt: skip
+    results = [trained]
+    for member in unit.members[1:]:
+        member_folder = cell_dir(out_dir, member, seed)
+        if cell_complete(member_folder):
+            results.append(CellResult.read(member_folder))
+            continue
+        member_folder.mkdir(parents=True, exist_ok=True)
+        set_determinism(seed, cfg.trainer_for(member))
+        shared = {k: trained.metrics[k] for k in ("train/steps", "params") if k in trained.metrics}
+        results.append(evaluate_and_write(
+            cfg, member, seed, member_folder, trained.best_checkpoint, method=build_method(cfg, member),
+            datamodule=captured[0] if captured else None, metrics=shared, run_name=ctx.run_name,
+            method_order=ctx.method_order[member.name], progress=ctx.progress,
+            projections_dir=projections(member.name), projection_cases=cfg.output.projection_cases,
+            extra={"trained_in": cell_key(first.name, seed)},
+        ))  # fmt: skip
+    return results
+
+
+def _worker_init() -> None:
+    from benchmark.cell import quiet_lightning
+
+    quiet_lightning()
+
+
+def run_units_parallel(
+    cfg: ExperimentConfig,
+    units: list[TrainingUnit],
+    ctx: UnitContext,
+    processes: int,
+    on_start: Callable[[TrainingUnit], None] | None = None,
+) -> Iterator[tuple[TrainingUnit, list[CellResult]]]:
+    """Run ``units`` in ``processes`` spawned workers, at most ``processes`` at a time, in list order; yields
+    each unit with its results as it finishes. A failing unit re-raises its error here (the others finish)."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch/OpenMP threads
+    pending = list(units)
+    running: dict = {}
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init) as pool:
+        while pending or running:
+            while pending and len(running) < processes:
+                unit = pending.pop(0)
+                if on_start is not None:
+                    on_start(unit)
+                running[pool.submit(run_unit, cfg, unit, ctx)] = unit
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                unit = running.pop(future)
+                yield unit, future.result()
