@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.cell import (
-    CellResult, build_method, cell_complete, cell_dir, evaluate_and_write, set_determinism, train_and_evaluate_cell,
+    CellResult, build_datamodule, build_method, cell_complete, cell_dir, evaluate_and_write, set_determinism,
+    train_and_evaluate_cell,
 )  # fmt: skip
 from benchmark.config import ExperimentConfig
 from benchmark.schedule import TrainingUnit
@@ -68,17 +69,43 @@ def run_unit(cfg: ExperimentConfig, unit: TrainingUnit, ctx: UnitContext) -> lis
         if cell_complete(member_folder):
             results.append(CellResult.read(member_folder))
             continue
-        member_folder.mkdir(parents=True, exist_ok=True)
         set_determinism(seed, cfg.trainer_for(member))
+        method = build_method(cfg, member)
+        datamodule = captured[0] if captured else build_datamodule(cfg, method, seed)
+        checkpoint = write_member_checkpoint(method, datamodule, trained.best_checkpoint, member_folder,
+                                             cell_key(first.name, seed))
         shared = {k: trained.metrics[k] for k in ("train/steps", "params") if k in trained.metrics}
         results.append(evaluate_and_write(
-            cfg, member, seed, member_folder, trained.best_checkpoint, method=build_method(cfg, member),
-            datamodule=captured[0] if captured else None, metrics=shared, run_name=ctx.run_name,
+            cfg, member, seed, member_folder, checkpoint, method=method,
+            datamodule=datamodule, metrics=shared, run_name=ctx.run_name,
             method_order=ctx.method_order[member.name], progress=ctx.progress,
             projections_dir=projections(member.name), projection_cases=cfg.output.projection_cases,
             extra={"trained_in": cell_key(first.name, seed)},
         ))  # fmt: skip
     return results
+
+
+def write_member_checkpoint(method, datamodule, source: Path, folder: Path, trained_in: str) -> Path:
+    """``<folder>/checkpoints/best.ckpt`` of a cell that shares ``trained_in``'s training: that training's weights
+    with this cell's own fitted buffers (message-passing kernels, shape dictionary) and hyperparameters, so the
+    checkpoint is self-contained for ``spinebench predict``. Returns its path."""
+    import torch
+
+    from benchmark.cell import load_weights, prepare_for_test
+    from datamodules.atomic import atomic_path
+
+    prepare_for_test(datamodule)
+    method.fit_shape_prior(datamodule.train_centroids_vox())
+    load_weights(method, source, shared=True)
+    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    checkpoint["state_dict"] = method.state_dict()
+    checkpoint["hyper_parameters"] = dict(method.hparams)
+    checkpoint["trained_in"] = trained_in
+    path = Path(folder) / "checkpoints" / "best.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return path
 
 
 def _worker_init() -> None:

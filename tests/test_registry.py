@@ -110,4 +110,4 @@ def test_pip_installed_plugin_is_listed_and_contract_tested(tmp_path):
     )  # fmt: skip
     assert contract.returncode == 0, contract.stdout[-2000:]
     # the entry point registered it, so the registry-parametrized contract tests ran for it
-    assert re.search(r"\b3 passed", contract.stdout) and "no tests ran" not in contract.stdout
+    assert re.search(r"\b4 passed", contract.stdout) and "no tests ran" not in contract.stdout

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmark.config import load_experiment
 from benchmark.runner import run_benchmark
@@ -79,6 +80,13 @@ def test_parallel_schedule_gives_the_serial_records(tmp_path):
     for out in outs.values():
         mp = json.loads((out / "cells/di2in_mp/seed0/result.json").read_text())
         base = json.loads((out / "cells/di2in/seed0/result.json").read_text())
-        assert mp["extra"]["trained_in"] == "di2in/seed0" and mp["best_checkpoint"] == base["best_checkpoint"]
-        assert not (out / "cells/di2in_mp/seed0/checkpoints").exists()
+        assert mp["extra"]["trained_in"] == "di2in/seed0" and mp["metrics"]["train/steps"] == base["metrics"]["train/steps"]
+        assert not (out / "cells/di2in_mp/seed0/checkpoints/last.ckpt").exists()  # never trained
+        # its checkpoint: di2in's weights with its own message-passing kernels (self-contained for predict)
+        mine = torch.load(mp["best_checkpoint"], weights_only=False)
+        theirs = torch.load(base["best_checkpoint"], weights_only=False)
+        net = [k for k in theirs["state_dict"] if k.startswith("net.")]
+        assert net and all(torch.equal(mine["state_dict"][k], theirs["state_dict"][k]) for k in net)
+        assert any(k.startswith("mp.") for k in mine["state_dict"]) and mine["trained_in"] == "di2in/seed0"
+        assert mine["hyper_parameters"]["message_passing"] and not theirs["hyper_parameters"]["message_passing"]
         assert (out / "cells/di2in/seed0/curves/metrics.csv").is_file() and (out / "curves.png").stat().st_size > 0
