@@ -120,21 +120,12 @@ def run_benchmark(
     n_cells = len(cfg.cells())
     processes = process_count(cfg, len(units))
     order = [m.name for m in cfg.methods]
-    run_ids: dict[str, str | None] = {}
-    for unit in units:
-        for member in unit.members:
-            folder = cell_dir(out_dir, member, unit.seed)
-            if cell_complete(folder):
-                continue
-            run_ids[cell_key(member.name, unit.seed)] = tracker.start_cell(folder, cell_key(member.name, unit.seed), {
-                "method": member.name, "seed": unit.seed,
-                "method_config": dataclasses.asdict(cfg.method_config(member)),
-                "trainer": dataclasses.asdict(cfg.trainer_for(member)),
-                "trained_in": cell_key(unit.trainer.name, unit.seed)})
+    run_ids = _start_child_runs(tracker, cfg, units, out_dir)
     ctx = UnitContext(out_dir, out_dir.name, {name: order.index(name) for name in order}, run_ids,
                       tracker.uri if tracker.enabled else None, cfg.tracking.experiment, progress=processes == 1)
     numbers = {(m.name, s): i for i, (m, s) in enumerate(cfg.cells(), start=1)}
     started: dict[int, float] = {}
+    results: list[CellResult] = []
 
     def announce(unit: TrainingUnit) -> None:
         started[id(unit)] = time.monotonic()
@@ -152,22 +143,12 @@ def run_benchmark(
         results.extend(unit_results)
         if not is_zero:
             return
-        for member, result in zip(unit.members, unit_results, strict=True):
-            run_id = run_ids.get(cell_key(member.name, unit.seed))
-            if run_id is None:
-                continue
-            folder = cell_dir(out_dir, member, unit.seed)
-            tracker.log_metrics(run_id, result.metrics)
-            tracker.log_artifacts(run_id, [p for p in (result.records_path, folder / RESULT_FILE) if p])
-            if member is unit.trainer and result.best_checkpoint:
-                tracker.log_artifacts(run_id, [result.best_checkpoint])
-            tracker.end(run_id)
+        _log_unit(tracker, run_ids, unit, unit_results, out_dir)
         if processes > 1:
             rate = unit_results[0].metrics.get("test/id_rate", float("nan"))
             console.print(f"  {unit.trainer.name} seed {unit.seed} done in {time.monotonic() - started[id(unit)]:.0f} s "
                           f"(test Id.Rate {100 * rate:.1f} %)")
 
-    results: list[CellResult] = []
     status = "FAILED"
     try:
         if is_zero and processes > 1:
@@ -201,6 +182,38 @@ def run_benchmark(
         tracker.end(tracker.parent_run_id, status)
         os.environ.pop(RUN_DIR_ENV, None)
     return out_dir
+
+
+def _start_child_runs(tracker, cfg: ExperimentConfig, units: list[TrainingUnit], out_dir: Path) -> dict[str, str | None]:
+    """The MLflow child run of every incomplete cell (reused on resume), created before any training starts."""
+    run_ids: dict[str, str | None] = {}
+    for unit in units:
+        for member in unit.members:
+            folder = cell_dir(out_dir, member, unit.seed)
+            if cell_complete(folder):
+                continue
+            key = cell_key(member.name, unit.seed)
+            run_ids[key] = tracker.start_cell(folder, key, {
+                "method": member.name, "seed": unit.seed,
+                "method_config": dataclasses.asdict(cfg.method_config(member)),
+                "trainer": dataclasses.asdict(cfg.trainer_for(member)),
+                "trained_in": cell_key(unit.trainer.name, unit.seed)})  # fmt: skip
+    return run_ids
+
+
+def _log_unit(tracker, run_ids: dict[str, str | None], unit: TrainingUnit, results: list[CellResult],
+              out_dir: Path) -> None:
+    """A finished unit's metrics and files into its cells' child runs (the trainer's also gets the checkpoint)."""
+    for member, result in zip(unit.members, results, strict=True):
+        run_id = run_ids.get(cell_key(member.name, unit.seed))
+        if run_id is None:
+            continue
+        folder = cell_dir(out_dir, member, unit.seed)
+        tracker.log_metrics(run_id, result.metrics)
+        tracker.log_artifacts(run_id, [p for p in (result.records_path, folder / RESULT_FILE) if p])
+        if member is unit.trainer and result.best_checkpoint:
+            tracker.log_artifacts(run_id, [result.best_checkpoint])
+        tracker.end(run_id)
 
 
 def listed_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:

@@ -14,12 +14,15 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from benchmark.builders import build_datamodule, build_method, load_weights, quiet_lightning, set_determinism
 from benchmark.cell import (
-    CellResult, build_datamodule, build_method, cell_complete, cell_dir, evaluate_and_write, set_determinism,
-    train_and_evaluate_cell,
+    CellResult, cell_complete, cell_dir, evaluate_and_write, prepare_for_test, train_and_evaluate_cell,
 )  # fmt: skip
 from benchmark.config import ExperimentConfig
 from benchmark.schedule import TrainingUnit
+from datamodules.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -89,11 +92,6 @@ def write_member_checkpoint(method, datamodule, source: Path, folder: Path, trai
     """``<folder>/checkpoints/best.ckpt`` of a cell that shares ``trained_in``'s training: that training's weights
     with this cell's own fitted buffers (message-passing kernels, shape dictionary) and hyperparameters, so the
     checkpoint is self-contained for ``spinebench predict``. Returns its path."""
-    import torch
-
-    from benchmark.cell import load_weights, prepare_for_test
-    from datamodules.atomic import atomic_path
-
     prepare_for_test(datamodule)
     method.fit_shape_prior(datamodule.train_centroids_vox())
     load_weights(method, source, shared=True)
@@ -109,8 +107,6 @@ def write_member_checkpoint(method, datamodule, source: Path, folder: Path, trai
 
 
 def _worker_init() -> None:
-    from benchmark.cell import quiet_lightning
-
     quiet_lightning()
 
 

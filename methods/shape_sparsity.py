@@ -12,7 +12,10 @@ objective times ``|S|`` with ``alpha = λ / |S|``.
 
 Trusted subset: the longest subsequence of the present vertebrae (in C1 → S2 order) whose vertical
 coordinate strictly decreases. Array axis 0 grows toward superior, so going down the chain the axis-0
-coordinate must decrease.
+coordinate must decrease. That chain only catches outliers that break the vertical order; ``refine`` with
+``max_residual`` also drops trusted points that a smoother sparse fit cannot explain (any direction) and keeps
+the consistent ones where they were predicted (``ShapeDictionary.refine``; measured in perf/bench_sparsity.py).
+λ is given for coordinates in 2 mm units and rescaled to the dictionary's own unit (``unit_scale``).
 """
 
 from __future__ import annotations

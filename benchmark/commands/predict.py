@@ -63,7 +63,7 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
     """Returns (Centroids in world mm of the present vertebrae, original geometry, method name, preprocessed)."""
     import torch
 
-    from benchmark.cell import build_method, load_weights
+    from benchmark.builders import build_method, load_weights
     from benchmark.config import ConfigError, load_experiment
     from datamodules.centroids import Centroids
     from datamodules.ct_io import read_image

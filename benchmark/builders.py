@@ -1,0 +1,141 @@
+"""Building blocks of a cell: seeding and threads, the method and datamodule of an entry, the Lightning Trainer,
+checkpoint weights. Used by ``benchmark.cell`` (training and evaluation), ``benchmark.units`` and ``predict``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from benchmark.callbacks import AtomicCheckpointIO
+from benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
+
+
+def set_determinism(seed: int, trainer_cfg: TrainerConfig) -> None:
+    """Seed every RNG (and data-loader workers); deterministic kernels are switched on by the Trainer."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    if trainer_cfg.accelerator == "cpu":
+        # Same thread count on every run: float reductions then add up in the same order. Small 3D convs on a
+        # busy 2-core machine run several times faster on one thread than on two (configs/default.yaml).
+        wanted = trainer_cfg.num_threads or torch.get_num_threads()
+        torch.set_num_threads(max(1, min(wanted, os.cpu_count() or 1)))
+
+
+def build_method(cfg: ExperimentConfig, entry: MethodEntry):
+    from methods.registry import get_method_spec
+
+    return get_method_spec(entry.name).module_cls(cfg.method_config(entry))
+
+
+def build_datamodule(cfg: ExperimentConfig, method, seed: int):
+    """The shared datamodule, configured from the method's data requirements."""
+    from datamodules.datamodule import VertebraDataModule
+
+    return VertebraDataModule(cfg.data.configure_for(method.data_requirements()))
+
+
+def label_names(cfg: ExperimentConfig) -> tuple[str, ...]:
+    from datamodules.labels import get_label_set
+
+    return tuple(get_label_set(cfg.data.label_set).names)
+
+
+def quiet_lightning() -> None:
+    """Lightning's info lines (GPU available, tips, "fit stopped") and known-harmless warnings off: the runner
+    prints its own progress (cell i/N, the rich bar, the leaderboard)."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*LeafSpec.*", ".*val_check_interval.*", ".*does not have many workers.*",
+                    ".*the number of training batches.*", ".*smaller than the logging interval.*",
+                    ".*Checkpoint directory .* exists and is not empty.*", ".*predict_dataloader.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def build_trainer(
+    trainer_cfg: TrainerConfig,
+    *,
+    callbacks: Sequence[L.Callback] = (),
+    loggers: Sequence[Any] = (),
+    default_root_dir: Path | None = None,
+    progress: bool = True,
+    for_eval: bool = False,
+) -> L.Trainer:
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    quiet_lightning()
+    strategy = trainer_cfg.strategy
+    if strategy == "auto" and (trainer_cfg.devices > 1 or trainer_cfg.num_nodes > 1):
+        strategy = "ddp"
+    show_bar = progress and trainer_cfg.enable_progress_bar and sys.stdout.isatty()
+    cbs = list(callbacks) + ([RichProgressBar(leave=False)] if show_bar else [])
+    deterministic: bool | str = trainer_cfg.deterministic
+    if deterministic and trainer_cfg.accelerator not in ("cpu",):
+        deterministic = "warn"  # some CUDA kernels (trilinear upsampling backward) have no deterministic version
+    kwargs: dict[str, Any] = dict(
+        accelerator=trainer_cfg.accelerator,
+        devices=trainer_cfg.devices,
+        num_nodes=trainer_cfg.num_nodes,
+        strategy=strategy,
+        precision=trainer_cfg.precision,
+        deterministic=deterministic,
+        callbacks=cbs,
+        logger=list(loggers) if loggers else False,
+        enable_progress_bar=show_bar,
+        enable_model_summary=False,
+        default_root_dir=str(default_root_dir) if default_root_dir else None,
+        plugins=[AtomicCheckpointIO()],
+    )
+    if not for_eval:
+        kwargs.update(
+            max_epochs=trainer_cfg.max_epochs,
+            max_steps=trainer_cfg.max_steps,
+            max_time=trainer_cfg.max_time,
+            limit_train_batches=trainer_cfg.limit_train_batches,
+            limit_val_batches=trainer_cfg.limit_val_batches,
+            val_check_interval=trainer_cfg.val_check_interval,
+            check_val_every_n_epoch=trainer_cfg.check_val_every_n_epoch,
+            accumulate_grad_batches=trainer_cfg.accumulate_grad_batches,
+            gradient_clip_val=trainer_cfg.gradient_clip_val,
+            log_every_n_steps=trainer_cfg.log_every_n_steps,
+            num_sanity_val_steps=0,
+        )
+    else:
+        kwargs.update(enable_checkpointing=False)
+    return L.Trainer(**kwargs)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return int(ckpt.get("global_step", 0))
+
+
+def load_weights(method, checkpoint: Path, shared: bool = False) -> None:
+    """Load a checkpoint's weights into ``method`` (whose shape prior is already fitted).
+
+    ``shared``: the checkpoint may come from another cell of the same training unit (``benchmark.schedule``),
+    whose inference-only buffers (e.g. message-passing kernels) differ; those are kept as ``fit_shape_prior``
+    made them, and every other tensor must match by name.
+    """
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not shared:
+        method.load_state_dict(ckpt["state_dict"])
+        return
+    state, theirs = method.state_dict(), ckpt["state_dict"]
+    wrong = sorted(k for k in set(state) ^ set(theirs) if k.startswith("net."))
+    if wrong:
+        raise RuntimeError(f"checkpoint {checkpoint} does not fit {type(method).__name__}: {', '.join(wrong[:5])}")
+    method.load_state_dict({k: theirs.get(k, v) for k, v in state.items()})
+
+
+def parameter_count(method) -> int:
+    return int(sum(p.numel() for p in method.parameters()))
