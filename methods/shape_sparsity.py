@@ -148,12 +148,12 @@ class ShapeDictionary(nn.Module):
             self.atoms = torch.empty_like(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _fit(self, v: np.ndarray, trusted: np.ndarray, lam: float | None = None) -> np.ndarray:
-        """``D a + t`` for all K levels, with ``a, t`` fitted per axis on the ``trusted`` rows of ``v``."""
+    def _fit(self, v: np.ndarray, trusted: np.ndarray, lam: float) -> np.ndarray:
+        """``D a + t`` for all K levels, with ``a, t`` fitted per axis on the ``trusted`` rows of ``v``; ``lam`` is
+        in the dictionary's own units (already scaled by ``unit_scale²``)."""
         atoms = self.atoms.numpy()
         out = np.empty_like(v)
         # Paper: ½‖v_S − D_S a‖² + λ‖a‖₁; sklearn minimises (1/2n)‖·‖² + α‖a‖₁, so α = λ / n.
-        lam = (lam or self.lam) * self.unit_scale**2
         lasso = Lasso(alpha=lam / trusted.size, fit_intercept=True, positive=self.positive,
                       max_iter=self.max_iter)
         with warnings.catch_warnings():
@@ -189,17 +189,19 @@ class ShapeDictionary(nn.Module):
         trusted = idx_present[longest_decreasing_subsequence(v[idx_present, VERTICAL_AXIS])]
         if trusted.size < self.min_trusted:
             return v.copy(), trusted
+        scale2 = self.unit_scale**2
+        lam, detect_lam = self.lam * scale2, self.detect_lam * scale2
         if max_residual is None:
-            return self._fit(v, trusted), trusted
+            return self._fit(v, trusted, lam), trusted
         while True:
-            residual = np.linalg.norm(v[trusted] - self._fit(v, trusted, self.detect_lam)[trusted], axis=1)
+            residual = np.linalg.norm(v[trusted] - self._fit(v, trusted, detect_lam)[trusted], axis=1)
             worst = int(np.argmax(residual))
             if residual[worst] <= max_residual:
                 break
             if trusted.size == self.min_trusted:
                 return v.copy(), np.zeros(0, dtype=np.int64)  # no consistent subset: nothing can be vouched for
             trusted = np.delete(trusted, worst)
-        fit = self._fit(v, trusted)
+        fit = self._fit(v, trusted, lam)
         others = np.setdiff1d(idx_present, trusted)
         inliers = np.union1d(trusted, others[np.linalg.norm(v[others] - fit[others], axis=1) <= max_residual])
         out = fit.copy()
