@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# Before torch is first imported: PyTorch's CPU allocator then backs tensors of 2 MB and more with transparent
+# huge pages. Full-size heatmap volumes are hundreds of MB allocated per inference; with 4 kB pages their page
+# faults were 40 % of DI2IN's whole-volume inference time here (perf/bench_di2in.py). A user's own value wins.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from benchmark import __version__
 from datamodules.errors import InputError

@@ -9,6 +9,43 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _onednn(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available() \
+        and torch.backends.mkldnn.enabled and not x.is_mkldnn  # fmt: skip
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters, same state dict) whose CPU float32 convolutions always run oneDNN.
+
+    PyTorch's dispatcher sends a batch-1 volume whose N·C·D·H is below 20480 (e.g. 1×16×40×28) to its
+    reference kernel ``slow_conv3d``, 3-6x slower here than oneDNN on the same tensors (perf/bench_di2in.py);
+    that is every whole-volume inference of these networks. Other devices and dtypes take ``nn.Conv3d``'s path.
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode == "zeros" and not isinstance(self.padding, str) and _onednn(x):
+            return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1×1×1 convolution of ``(B, C, D, H, W)`` with ``weight`` ``(K, C)`` or ``(K, C, 1, 1, 1)``.
+
+    One matrix product over the channels-last view, so a ``channels_last_3d`` input gives a
+    ``channels_last_3d`` output without copies (PyTorch's 1×1×1 ``conv3d`` returns a contiguous tensor and
+    runs its slow reference kernel on one thread). The transposed weight is made contiguous so that autograd
+    forms the weight gradient as ``xᵀ·g``: for a transposed view it forms ``(gᵀ·x)ᵀ``, which MKL runs 15x
+    slower for these long, thin matrices (perf/bench_di2in.py).
+    """
+    b, c, d, h, w = x.shape
+    weight_t = weight.reshape(weight.shape[0], -1).t().contiguous()
+    flat = x.permute(0, 2, 3, 4, 1).reshape(-1, c)
+    out = flat @ weight_t
+    if bias is not None:
+        out = out.add_(bias)  # in place: addmm would first copy the bias into the whole output
+    return out.view(b, d, h, w, -1).permute(0, 4, 1, 2, 3)
+
+
 def conv_relu_stack(in_channels: int, out_channels: int, num_convs: int = 1, kernel_size: int = 3) -> nn.Sequential:
     """``num_convs`` × (k×k×k conv, stride 1, 'same' padding, + ReLU); the first maps in → out channels."""
     if num_convs < 1:
@@ -18,7 +55,7 @@ def conv_relu_stack(in_channels: int, out_channels: int, num_convs: int = 1, ker
     layers: list[nn.Module] = []
     for i in range(num_convs):
         layers += [
-            nn.Conv3d(in_channels if i == 0 else out_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            Conv3d(in_channels if i == 0 else out_channels, out_channels, kernel_size, padding=kernel_size // 2),
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*layers)
@@ -39,7 +76,7 @@ def pad_to_multiple(image: torch.Tensor, multiple: int, value: float | None = No
 
 
 @functools.lru_cache(maxsize=256)
-def _linear_weights(n_in: int, n_out: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+def linear_weights(n_in: int, n_out: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     """``(n_out, n_in)`` matrix of 1D linear interpolation, ``align_corners=False`` (PyTorch's sampling rule:
     source = (destination + 0.5) · n_in / n_out − 0.5, clamped at 0; the upper neighbour clamped at the end)."""
     dst = torch.arange(n_out, dtype=torch.float64)
@@ -58,18 +95,21 @@ def upsample_to(x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
 
     Equal, to float rounding, to ``F.interpolate(x, size, mode="trilinear", align_corners=False)``, computed as
     three 1D interpolations, each a matrix product: 3-4x faster forward and backward on CPU than the fused
-    kernel for the sizes of these networks (tests/test_blocks.py holds the equality).
+    kernel for the sizes of these networks (tests/test_blocks.py holds the equality). A ``channels_last_3d``
+    tensor is resized by PyTorch's channels-last kernel instead, which keeps the format and is faster still.
     """
     d, h, w = x.shape[-3:]
     out_d, out_h, out_w = (int(s) for s in size)
     if (d, h, w) == (out_d, out_h, out_w):
         return x
+    if x.dim() == 5 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return F.interpolate(x, size=(out_d, out_h, out_w), mode="trilinear", align_corners=False)
     key = (x.dtype, str(x.device))
-    y = x if w == out_w else torch.matmul(x, _linear_weights(w, out_w, *key).T)
-    y = y if h == out_h else torch.matmul(_linear_weights(h, out_h, *key), y)
+    y = x if w == out_w else torch.matmul(x, linear_weights(w, out_w, *key).T)
+    y = y if h == out_h else torch.matmul(linear_weights(h, out_h, *key), y)
     if d != out_d:
         lead = y.shape[:-3]
-        y = torch.matmul(_linear_weights(d, out_d, *key), y.reshape(*lead, d, out_h * out_w))
+        y = torch.matmul(linear_weights(d, out_d, *key), y.reshape(*lead, d, out_h * out_w))
         y = y.reshape(*lead, out_d, out_h, out_w)
     return y
 

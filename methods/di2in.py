@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.errors import InputError
-from datamodules.targets import gaussian_heatmaps
 from methods.base import DataRequirements, VertebraMethod, VolumePrediction
-from methods.blocks import argmax_subvoxel, conv_relu_stack, pad_to_multiple, upsample_to
+from methods.blocks import argmax_subvoxel, conv_relu_stack, pad_to_multiple, pointwise, upsample_to
+from methods.heatmap_loss import branch_sse, dense_sse, dense_target, foreground_weights, gaussian_factors
 from methods.message_passing import ChainMessagePassing
 from methods.registry import register_method
 from methods.schedules import SCHEDULES, cosine_schedule, total_training_steps
@@ -100,6 +100,11 @@ class DI2INNet(nn.Module):
     Every decoder level feeds a deep-supervision branch (1×1×1 conv to K maps, upsampled to full size); the
     final output is ReLU(1×1×1 conv over the concatenated branches), initialised as their mean. Input sizes
     must be multiples of ``2**depth``.
+
+    The arithmetic is ordered for speed, not literally as described (tests/test_di2in.py checks it against the
+    literal form): 1×1×1 mixing commutes with trilinear upsampling, so the fusion conv is folded into each
+    head and applied at the branch's own resolution, and only the K-channel sum is ever full size; the
+    training loss compares coarse branches without upsampling them (``methods.heatmap_loss``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, base_width: int, depth: int, convs_per_level: int):
@@ -120,36 +125,78 @@ class DI2INNet(nn.Module):
             self.fuse.weight.copy_(eye[..., None, None, None])
             self.fuse.bias.zero_()
 
-    def forward(self, image: torch.Tensor, with_branches: bool = True) -> dict[str, torch.Tensor]:
+    def decode(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder features of every level, index = level (0: full resolution). Keeps the input's memory format."""
         size = tuple(image.shape[-3:])
         if any(s % 2**self.depth for s in size):
             raise ValueError(f"input size {size} is not a multiple of 2**depth = {2**self.depth}")
+        fmt = torch.channels_last_3d if image.is_contiguous(memory_format=torch.channels_last_3d) else None
+        keep = (lambda t: t.contiguous(memory_format=fmt)) if fmt is not None else (lambda t: t)  # noqa: E731
         skips, x = [], image
         for lvl, block in enumerate(self.encoder):
-            x = block(x)
+            x = keep(block(x))  # a 1-channel input leaves oneDNN's output contiguous
             if lvl < self.depth:
                 skips.append(x)
                 x = F.max_pool3d(x, 2)
-        k = self.fuse.out_channels
-        branches, fused = [], None
+        features = [None] * self.depth
         for lvl in reversed(range(self.depth)):
             x = upsample_to(x, tuple(2 * n for n in x.shape[-3:]))
-            x = self.decoder[lvl](torch.cat([x, skips[lvl]], dim=1))
-            logits = self.heads[lvl](x)
-            if with_branches:
-                branches.append(upsample_to(logits, size))
-            # 1×1×1 mixing commutes with trilinear upsampling, so the fused output is built per branch at
-            # its own resolution and never needs the K·depth-channel full-size concatenation.
-            part = F.conv3d(logits, self.fuse.weight[:, lvl * k : (lvl + 1) * k])
-            fused = upsample_to(part, size) if fused is None else fused + upsample_to(part, size)
-        final = F.relu(fused + self.fuse.bias[None, :, None, None, None])
+            x = keep(self.decoder[lvl](torch.cat([x, skips[lvl]], dim=1)))
+            features[lvl] = x
+        return features
+
+    def branch_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each level's K deep-supervision maps at that level's resolution."""
+        return [pointwise(x, head.weight, head.bias) for x, head in zip(features, self.heads)]
+
+    def fused(self, features: list[torch.Tensor], size: tuple[int, int, int]) -> torch.Tensor:
+        """ReLU(fuse(concat(upsampled branches))) without the branches: Σ_l upsample(fuse_l · head_l(x_l)) + b,
+        with every bias folded into the one b (upsampling preserves constants)."""
+        k = self.fuse.out_channels
+        total, bias = None, self.fuse.bias
+        for lvl in reversed(range(self.depth)):  # coarsest first: the sum is built in place at full size
+            mix = self.fuse.weight[:, lvl * k : (lvl + 1) * k, 0, 0, 0]
+            head = self.heads[lvl]
+            weight = mix @ head.weight.reshape(k, -1)
+            bias = bias + mix @ head.bias
+            x = features[lvl]
+            channels_last = total is not None and total.is_contiguous(memory_format=torch.channels_last_3d)
+            if channels_last and tuple(x.shape[-3:]) == size:
+                # full resolution: accumulate the product straight into the sum (no K-channel temporary)
+                flat = total.permute(0, 2, 3, 4, 1).view(-1, k)
+                flat.addmm_(x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1]), weight.t().contiguous())
+                continue
+            part = upsample_to(pointwise(x, weight), size)
+            total = part if total is None else total.add_(part)
+        return F.relu_(total.add_(bias[None, :, None, None, None]))
+
+    def literal_forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(final, branches deepest first) computed as drawn: ``F.conv3d``, every branch upsampled to full size,
+        the fusion conv over their concatenation. The reference the fast path is tested and benchmarked against."""
+        def stack(block: nn.Sequential, t: torch.Tensor) -> torch.Tensor:
+            for m in block:
+                t = F.conv3d(t, m.weight, m.bias, padding=m.padding) if isinstance(m, nn.Conv3d) else F.relu(t)
+            return t
+
+        skips, x = [], image
+        for lvl, block in enumerate(self.encoder):
+            x = stack(block, x)
+            if lvl < self.depth:
+                skips.append(x)
+                x = F.max_pool3d(x, 2)
+        size, branches = tuple(image.shape[-3:]), []
+        for lvl in reversed(range(self.depth)):
+            x = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
+            x = stack(self.decoder[lvl], torch.cat([x, skips[lvl]], 1))
+            branches.append(F.interpolate(self.heads[lvl](x), size=size, mode="trilinear", align_corners=False))
+        return F.relu(self.fuse(torch.cat(branches[::-1], 1))), branches
+
+    def forward(self, image: torch.Tensor, with_branches: bool = True) -> dict[str, torch.Tensor]:
+        size = tuple(image.shape[-3:])
+        features = self.decode(image)
+        final = self.fused(features, size)
+        branches = [upsample_to(z, size) for z in reversed(self.branch_logits(features))] if with_branches else []
         return {"final": final, "branches": branches}
-
-
-def _weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    if weight is None:
-        return F.mse_loss(pred, target)
-    return (weight * (pred - target) ** 2).mean()
 
 
 class DI2IN(VertebraMethod):
@@ -191,7 +238,8 @@ class DI2IN(VertebraMethod):
 
     # --- contract ---------------------------------------------------------------------------
     def data_requirements(self) -> DataRequirements:
-        return DataRequirements("volume", pad_multiple=2**self.config.depth, heatmap_sigma_vox=self.config.sigma_vox)
+        # no precomputed heatmaps: the loss builds its separable targets from the centroids (methods.heatmap_loss)
+        return DataRequirements("volume", pad_multiple=2**self.config.depth)
 
     def fit_shape_prior(self, centroids_vox: np.ndarray) -> None:
         c = np.asarray(centroids_vox, dtype=np.float64)
@@ -216,20 +264,33 @@ class DI2IN(VertebraMethod):
         return maps if s == 1 else F.max_pool3d(maps, s, ceil_mode=True)
 
     def training_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The paper's loss: squared error of the fused output and of every deep-supervision branch, against
+        Gaussian targets built from ``centroids_vox`` over the batch's (padded) volume, plus the unrolled
+        message-passing term when it is trained. Coarse branches are compared without being upsampled."""
+        cfg = self.config
         image = batch["image"]
-        target = batch.get("heatmaps")
-        if target is None:
-            target = gaussian_heatmaps(
-                batch["centroids_vox"], batch["present"], tuple(image.shape[-3:]), self.config.sigma_vox
-            ).to(image.device)
-        out = self(image, with_branches=True)
-        weight = None if self.config.foreground_weight == 1.0 else 1.0 + (self.config.foreground_weight - 1.0) * target
-        terms = {"final": _weighted_mse(out["final"], target, weight)}
-        terms["branches"] = sum(_weighted_mse(b, target, weight) for b in out["branches"])
+        padded, shape = pad_to_multiple(image, 2**cfg.depth)
+        if cfg.channels_last:
+            padded = padded.contiguous(memory_format=torch.channels_last_3d)
+        size = tuple(padded.shape[-3:])
+        features = self.net.decode(padded)
+        crop = (..., slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+        final = self.net.fused(features, size)[crop]
+        factors = gaussian_factors(batch["centroids_vox"], batch["present"], shape, cfg.sigma_vox)
+        target = dense_target(factors, final)
+        a = cfg.foreground_weight - 1.0
+        weights = foreground_weights(target, a)
+        count = final.numel()
+        terms = {"final": (dense_sse(final, target, weights) / count).float()}
+        branches = []
+        for z in self.net.branch_logits(features):
+            dense = tuple(z.shape[-3:]) == size
+            branches.append(dense_sse(z[crop], target, weights) if dense else branch_sse(z, factors, size, a))
+        terms["branches"] = (sum(branches) / count).float()
         loss = terms["final"] + terms["branches"]
-        if self.mp is not None and self.config.mp_mode == "unrolled" and self.mp.fitted:
-            terms["mp"] = F.mse_loss(self.mp(self._coarse(out["final"])), self._coarse(target))
-            loss = loss + self.config.mp_loss_weight * terms["mp"]
+        if self.mp is not None and cfg.mp_mode == "unrolled" and self.mp.fitted:
+            terms["mp"] = F.mse_loss(self.mp(self._coarse(final)), self._coarse(target))
+            loss = loss + cfg.mp_loss_weight * terms["mp"]
         terms["loss"] = loss
         return terms
 

@@ -12,6 +12,11 @@ versions, date). ``perf/run_all.py`` (``make bench``) runs every ``perf/bench_*.
 ``PERFORMANCE.md`` from the fragments, sorted by file name. Keep each script under a few minutes on 2 cores.
 
 ``timed(fn, repeat=3)`` returns the best wall time of ``repeat`` calls (seconds) and the last result.
+
+Figures taken on a busy machine are not figures: importing this module reads the 1-minute load average
+(before the benchmark's own work), and ``write_fragment`` refuses to record when it exceeded ``MAX_LOAD``
+(1.5), exiting with status 3 and leaving the old fragment in place; ``--force`` on the script's command
+line, or ``SPINEBENCH_BENCH_FORCE=1``, records anyway and says so in the fragment.
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+MAX_LOAD = 1.5
+LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+FORCED = "--force" in sys.argv or os.environ.get("SPINEBENCH_BENCH_FORCE") == "1"
+if "--force" in sys.argv:
+    sys.argv.remove("--force")  # the scripts' own argument parsers never see it
+# PyTorch's CPU allocator backs tensors of 2 MB and more with transparent huge pages, as the CLI does
+# (benchmark/cli.py); must be set before torch is imported, i.e. import common first.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 PERF_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = PERF_DIR / "results"
@@ -87,9 +101,16 @@ def write_fragment(name: str, markdown: str, command: str | None = None) -> Path
     """Write ``perf/results/<name>.md``: ``markdown`` + reproduce command + machine description. Returns the path."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"fragment name must be a plain file stem, got {name!r}")
+    load_note = f"1-minute load average {LOAD_AT_START:.2f} when the script started"
+    if LOAD_AT_START > MAX_LOAD:
+        if not FORCED:
+            print(f"[bench] not recorded: {load_note}, above {MAX_LOAD} (another job is running); "
+                  f"rerun on an idle machine, or pass --force", file=sys.stderr)
+            raise SystemExit(3)
+        load_note += f" (above {MAX_LOAD}: recorded with --force, figures are upper bounds)"
     text = (
         markdown.rstrip()
-        + f"\n\nCommand: `{command or default_command()}`\n\nMachine: {machine_markdown()}\n"
+        + f"\n\nCommand: `{command or default_command()}`\n\nLoad: {load_note}.\n\nMachine: {machine_markdown()}\n"
     )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.md"

@@ -28,3 +28,31 @@ def test_float32_channels_last_input_and_identity():
     ref = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
     torch.testing.assert_close(upsample_to(x, (10, 12, 14)), ref, rtol=1e-5, atol=1e-6)
     assert upsample_to(x, (5, 6, 7)) is x
+
+
+@pytest.mark.parametrize("shape, cout", [((1, 1, 9, 8, 7), 4), ((1, 6, 5, 6, 7), 8), ((2, 3, 4, 4, 4), 5)])
+def test_conv3d_equals_torch_conv_values_and_gradients(shape, cout):
+    from methods.blocks import Conv3d
+
+    torch.manual_seed(0)
+    conv = Conv3d(shape[1], cout, 3, padding=1)
+    x = torch.randn(*shape, requires_grad=True)
+    ref = F.conv3d(x, conv.weight, conv.bias, padding=1)
+    out = conv(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, [x, conv.weight], g), torch.autograd.grad(ref, [x, conv.weight], g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert isinstance(conv, torch.nn.Conv3d) and set(conv.state_dict()) == {"weight", "bias"}
+
+
+def test_pointwise_equals_a_1x1x1_conv_and_keeps_channels_last():
+    from methods.blocks import pointwise
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 4, 5, 3).contiguous(memory_format=torch.channels_last_3d)
+    weight, bias = torch.randn(7, 6, 1, 1, 1), torch.randn(7)
+    out = pointwise(x, weight, bias)
+    torch.testing.assert_close(out, F.conv3d(x, weight, bias), rtol=1e-5, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(pointwise(x.contiguous(), weight), F.conv3d(x, weight), rtol=1e-5, atol=1e-5)

@@ -153,3 +153,37 @@ def test_foreground_weight_one_is_the_papers_plain_squared_loss_and_more_weights
     assert torch.allclose(weighted.training_loss(batch)["final"], expected)
     with pytest.raises(InputError, match="foreground_weight"):
         method_config("di2in", foreground_weight=0.5)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("foreground_weight", [1.0, 30.0])
+def test_fast_network_and_loss_equal_the_plain_ones_outputs_loss_and_gradients(channels_last, foreground_weight):
+    torch.manual_seed(0)
+    method = create_method("di2in", num_vertebrae=5, base_width=4, depth=3, channels_last=channels_last,
+                           foreground_weight=foreground_weight, sigma_vox=1.5)
+    with torch.no_grad():
+        method.net.fuse.weight.normal_(0.0, 0.3)
+        for head in method.net.heads:
+            head.bias.normal_(0.0, 0.1)
+    shape = (24, 16, 32)
+    batch = {"image": torch.randn(2, 1, *shape), "centroids_vox": torch.rand(2, 5, 3) * torch.tensor(shape),
+             "present": torch.tensor([[True, True, False, True, True], [False, True, True, True, False]])}
+    final, branches = method.net.literal_forward(batch["image"])
+    torch.testing.assert_close(method(batch["image"])["final"], final, rtol=1e-5, atol=1e-5)
+    target = gaussian_heatmaps(batch["centroids_vox"], batch["present"], shape, 1.5)
+    weight = 1.0 + (foreground_weight - 1.0) * target
+    plain = sum((weight * (b - target) ** 2).mean() for b in [final, *branches])
+    fast = method.training_loss(batch)["loss"]
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=0)
+    params = [p for p in method.parameters() if p.requires_grad]
+    for g_fast, g_plain in zip(torch.autograd.grad(fast, params), torch.autograd.grad(plain, params)):
+        torch.testing.assert_close(g_fast, g_plain, rtol=1e-4, atol=1e-4 * float(g_plain.abs().max()) + 1e-8)
+
+
+def test_whole_volume_inference_of_an_odd_size_volume_equals_the_plain_network():
+    torch.manual_seed(1)
+    method = create_method("di2in", num_vertebrae=3, base_width=4, depth=2).eval()
+    image = torch.randn(1, 1, 13, 10, 9)
+    padded = torch.nn.functional.pad(image, (0, 3, 0, 2, 0, 3), value=float(image.min()))
+    expected = method.net.literal_forward(padded)[0][0, :, :13, :10, :9]
+    torch.testing.assert_close(method.predict_heatmaps(image), expected, rtol=1e-5, atol=1e-5)

@@ -27,6 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="which seed's checkpoint (default: the run's first)")
     p.add_argument("--out", type=Path, required=True, help="centroid file: .json (VerSe) or .csv (LPS mm)")
     p.add_argument("--preview", action="store_true", help="also write <out>.png: sagittal/coronal MIP + centroids")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the free cores: usable cores minus the 1-minute load average)")
     p.set_defaults(func=run)
 
 
@@ -59,10 +61,14 @@ def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
     return entries[name], s, Path(checkpoint)
 
 
-def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | None = None):
+def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | None = None,
+               threads: int | None = None):
     """Returns (Centroids in world mm of the present vertebrae, original geometry, method name, preprocessed)."""
     import torch
 
+    from benchmark.threads import choose_threads
+
+    torch.set_num_threads(choose_threads(threads))
     from benchmark.builders import build_method, load_weights
     from benchmark.config import ConfigError, load_experiment
     from datamodules.centroids import Centroids
@@ -96,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = centroid_format(args.out, None)
     if fmt not in ("verse", "csv"):
         raise InputError(f"--out {args.out}: write .json (VerSe) or .csv; got format {fmt!r}")
-    centroids, geometry, method, (image, pre_geometry, pred) = predict_ct(args.ct, args.run, args.method, args.seed)
+    centroids, geometry, method, (image, pre_geometry, pred) = predict_ct(args.ct, args.run, args.method, args.seed,
+                                                                       args.threads)
     written = centroids.verse_numbered() if fmt == "verse" else centroids
     write_centroids(args.out, written, fmt=fmt, geometry=geometry)
     print(f"{method}: wrote {len(written)} centroids ({', '.join(written.names) or 'none'}) to {args.out}")
