@@ -18,8 +18,9 @@ class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` (same parameters, same state dict) whose CPU float32 convolutions always run oneDNN.
 
     PyTorch's dispatcher sends a batch-1 volume whose N·C·D·H is below 20480 (e.g. 1×16×40×28) to its
-    reference kernel ``slow_conv3d``, 3-6x slower here than oneDNN on the same tensors (perf/bench_di2in.py);
-    that is every whole-volume inference of these networks. Other devices and dtypes take ``nn.Conv3d``'s path.
+    reference kernel ``slow_conv3d``, 3-6x slower here than oneDNN on the same tensors (1×16×40×28×28 → 32
+    channels: 85.6 vs 13.3 ms on one thread); that is every whole-volume inference of these networks. Other
+    devices and dtypes take ``nn.Conv3d``'s path.
     """
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -35,7 +36,7 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None =
     ``channels_last_3d`` output without copies (PyTorch's 1×1×1 ``conv3d`` returns a contiguous tensor and
     runs its slow reference kernel on one thread). The transposed weight is made contiguous so that autograd
     forms the weight gradient as ``xᵀ·g``: for a transposed view it forms ``(gᵀ·x)ᵀ``, which MKL runs 15x
-    slower for these long, thin matrices (perf/bench_di2in.py).
+    slower for these long, thin matrices (163840 voxels, 8 → 26 channels: 66 vs 4 ms on one thread).
     """
     b, c, d, h, w = x.shape
     weight_t = weight.reshape(weight.shape[0], -1).t().contiguous()

@@ -10,7 +10,7 @@ is separable too: U = A_D ⊗ A_H ⊗ A_W. Expanding Σ w (Uz − T)² gives ter
     Σ (1 + aT) T²    = Π Σg²          + a Π Σg³
 
 so a branch's loss costs a few small matrix products instead of a K-channel full-resolution map, its gradient
-and the elementwise passes over both (``branch_sse`` equals ``dense_sse`` of the upsampled map to float
+and the elementwise passes over both (``branch_sse`` equals the dense loss of the upsampled map to float
 rounding; tests/test_heatmap_loss.py). The paper's loss is unchanged; only the order of the arithmetic is.
 """
 
@@ -91,7 +91,7 @@ def _apply(mats: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
 
 
 def branch_sse(z: torch.Tensor, factors: list[torch.Tensor], size: tuple[int, int, int], a: float) -> torch.Tensor:
-    """``dense_sse(upsample_to(z, size)[..., :D, :H, :W], T, a)`` for coarse logits ``z`` ``(B, K, d, h, w)``.
+    """``Σ (1 + a·T) (upsample_to(z, size)[..., :D, :H, :W] − T)²`` for coarse logits ``z`` ``(B, K, d, h, w)``.
 
     The upsampling is trilinear (``align_corners=False``) to ``size`` (the padded input); the comparison covers
     the factors' ``(D, H, W)`` (the image before padding, each ≤ ``size``). Computed in z's dtype, returned as
