@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,13 @@ from benchmark.builders import (
 )  # fmt: skip
 from benchmark.callbacks import VAL_ID_RATE, PredictTiming, ValidationIdentification
 from benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
+from benchmark.memory import PeakMemory
 from datamodules.atomic import write_text_atomic
 
 RESULT_FILE = "result.json"
 CELL_RECORDS = "records.csv"
 CURVES_DIR = "curves"  # <cell>/curves/metrics.csv: Lightning's CSVLogger of the training
+TRAIN_PEAK = "train_peak_memory_mb"  # metric: peak memory of the cell's training (benchmark.memory)
 
 
 @dataclass
@@ -138,7 +139,8 @@ def train_and_evaluate_cell(
         default_root_dir=folder,
         progress=progress,
     )
-    trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if resume_step is not None else None)
+    with PeakMemory(cuda=_on_gpu(trainer_cfg)) as train_peak:
+        trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if resume_step is not None else None)
     rank_zero = trainer.is_global_zero
     if on_datamodule is not None and rank_zero:
         on_datamodule(datamodule)
@@ -151,6 +153,7 @@ def train_and_evaluate_cell(
         VAL_ID_RATE: float(best_score) if best_score is not None else float("nan"),
         "train/steps": float(trainer.global_step),
         "params": float(parameter_count(method)),
+        TRAIN_PEAK: train_peak.mib,
     }
     if not evaluate_test:
         result = CellResult(entry.name, seed, metrics, None, best, resume_step)
@@ -191,7 +194,7 @@ def evaluate_and_write(
     metrics = dict(metrics or {})
     rows, eval_info = evaluate_checkpoint(
         cfg, entry, seed, checkpoint, method=method, datamodule=datamodule, run_name=run_name or "run",
-        method_order=method_order, progress=progress,
+        method_order=method_order, progress=progress, train_peak_memory_mb=metrics.get(TRAIN_PEAK),
     )  # fmt: skip
     import torch.distributed as dist
 
@@ -207,7 +210,7 @@ def evaluate_and_write(
         metrics.update(test_metrics(rows, label_names(cfg)))
         metrics.update(eval_info)
         if projections_dir is not None and projection_cases > 0:
-            write_projections(projections_dir, used_datamodule, predictions, projection_cases, entry.name)
+            write_projections(projections_dir, used_datamodule, predictions, projection_cases, entry.name, rows)
     result = CellResult(entry.name, seed, metrics, records_path, checkpoint, resumed_from_step, dict(extra or {}))
     if rank_zero:
         write_text_atomic(folder / RESULT_FILE, result.to_json())
@@ -227,10 +230,12 @@ def evaluate_checkpoint(
     run_name: str = "run",
     method_order: int | None = None,
     progress: bool = False,
+    train_peak_memory_mb: float | None = None,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Predict the test split with ``checkpoint``'s weights; returns (records rows on rank 0, info).
 
-    Rows are complete on rank 0 only (other ranks get ``[]``); every test case appears exactly once.
+    Rows are complete on rank 0 only (other ranks get ``[]``); every test case appears exactly once. Their
+    ``peak_memory_mb`` is the peak memory of the predictions alone; ``train_peak_memory_mb`` is copied into them.
     """
     trainer_cfg = trainer_cfg or cfg.trainer_for(entry)
     if method is None:
@@ -244,9 +249,8 @@ def evaluate_checkpoint(
         load_weights(method, checkpoint, shared=True)
     timing = PredictTiming()
     trainer = build_trainer(trainer_cfg, callbacks=[timing], progress=progress, for_eval=True)
-    if torch.cuda.is_available() and trainer_cfg.accelerator in ("gpu", "cuda", "auto"):
-        torch.cuda.reset_peak_memory_stats()
-    outputs = trainer.predict(method, datamodule=datamodule) or []
+    with PeakMemory(cuda=_on_gpu(trainer_cfg)) as predict_peak:
+        outputs = trainer.predict(method, datamodule=datamodule) or []
     local = []
     for out, seconds in zip(outputs, timing.seconds):
         for case_id, pred in zip(out["case_id"], out["predictions"]):
@@ -254,7 +258,7 @@ def evaluate_checkpoint(
     gathered = _gather(local)
     if trainer.global_rank != 0:
         return [], {}
-    peak_mb = _peak_memory_mb(trainer_cfg)
+    peak_mb = predict_peak.mib
     params = parameter_count(method)
     names = label_names(cfg)
     rows: list[dict] = []
@@ -273,7 +277,8 @@ def evaluate_checkpoint(
             run=run_name, method=entry.name, seed=seed, case=case_id, names=names,
             true_mm=info.centroids_world_mm, pred_mm=pred_mm, pred_present=pred.present, scores=pred.scores,
             dataset=info.dataset, split="test", patient=_patient(info), metadata=_flat_metadata(info.metadata),
-            method_order=method_order, seconds_per_case=seconds, params=float(params), peak_memory_mb=peak_mb,
+            method_order=method_order, seconds_per_case=seconds, params=float(params),
+            train_peak_memory_mb=_finite_or_none(train_peak_memory_mb), peak_memory_mb=_finite_or_none(peak_mb),
         )  # fmt: skip
     n_cases = len(seen)
     total_s = sum(s for _, _, s in gathered)
@@ -298,11 +303,12 @@ def _gather(local: list) -> list:
     return sorted(local, key=lambda item: item[0])
 
 
-def _peak_memory_mb(trainer_cfg: TrainerConfig) -> float:
-    if trainer_cfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    # CPU: peak resident set of this process (KiB on Linux), training included.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _on_gpu(trainer_cfg: TrainerConfig) -> bool:
+    return trainer_cfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 # --- datamodule glue (the datamodule's per-case accessors) ----------------------------------------

@@ -89,7 +89,7 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str | None = None  # default runs/<name>-<UTC timestamp>
-    projection_cases: int = 3  # test cases per cell with projection files for the leaderboard figures
+    projection_cases: int = 3  # test cases per cell with projection files: its best, median and worst by result
 
 
 @dataclass(frozen=True)

@@ -4,32 +4,34 @@ One CSV row per (run, method, seed, case, vertebra of the label set) — every v
 annotated or not, so that presence scores of absent vertebrae (the negatives of mAP) are kept. Columns, in file
 order (the schema lives in ``leaderboard.schema`` so the leaderboard reads it without torch):
 
-=================  =====  ==========================================================================================
-column             kind   meaning
-=================  =====  ==========================================================================================
-run                str    run name (the run folder's name)
-method             str    registered method name (e.g. ``di2in_mp_sparsity``)
-seed               int    training seed
-case               str    case id
-patient            str    patient id for the patient-level bootstrap (defaults to ``case``)
-vertebra           str    label name, e.g. ``L2`` (``datamodules.labels``)
-region             str    cervical / thoracic / lumbar / sacral
-annotated          0/1    the vertebra has a true centroid in this case
-true_{x,y,z}_mm    float  true centroid, world LPS mm; empty when not annotated
-pred_{x,y,z}_mm    float  predicted centroid, world LPS mm (kept even when not predicted present; may be empty)
-distance_mm        float  Euclidean distance when annotated and predicted present, else empty
-identified         0/1    identified under the default convention (Glocker search, < 20 mm); the leaderboard
-                          recomputes it for other conventions from the coordinates
-score              float  presence score in [0, 1] (empty if the method gives none)
-pred_present       0/1    the method predicts the vertebra present
-dataset            str    e.g. ``phantom``, ``csi2014``, ``verse2019``, ``folder``
-split              str    e.g. ``test``
-method_order       int    optional: position of the method in the ablation (table row order)
-seconds_per_case   float  optional: wall seconds to predict this case
-params             float  optional: number of trainable parameters of the method
-peak_memory_mb     float  optional: peak memory while predicting (MiB)
-meta_*             str    case metadata, one column each, e.g. meta_metal, meta_curvature, meta_limited_fov
-=================  =====  ==========================================================================================
+====================  =====  ==========================================================================================
+column                kind   meaning
+====================  =====  ==========================================================================================
+run                   str    run name (the run folder's name)
+method                str    registered method name (e.g. ``di2in_mp_sparsity``)
+seed                  int    training seed
+case                  str    case id
+patient               str    patient id for the patient-level bootstrap (defaults to ``case``)
+vertebra              str    label name, e.g. ``L2`` (``datamodules.labels``)
+region                str    cervical / thoracic / lumbar / sacral
+annotated             0/1    the vertebra has a true centroid in this case
+true_{x,y,z}_mm       float  true centroid, world LPS mm; empty when not annotated
+pred_{x,y,z}_mm       float  predicted centroid, world LPS mm (kept even when not predicted present; may be empty)
+distance_mm           float  Euclidean distance when annotated and predicted present, else empty
+identified            0/1    identified under the default convention (Glocker search, < 20 mm); the leaderboard
+                             recomputes it for other conventions from the coordinates
+score                 float  presence score in [0, 1] (empty if the method gives none)
+pred_present          0/1    the method predicts the vertebra present
+dataset               str    e.g. ``phantom``, ``csi2014``, ``verse2019``, ``folder``
+split                 str    e.g. ``test``
+method_order          int    optional: position of the method in the ablation (table row order)
+seconds_per_case      float  optional: wall seconds to predict this case
+params                float  optional: number of trainable parameters of the method
+train_peak_memory_mb  float  optional: peak memory of the cell's training (MiB; the shared training's for a cell
+                             evaluated on another cell's training)
+peak_memory_mb        float  optional: peak memory while predicting the test split (MiB)
+meta_*                str    case metadata, one column each, e.g. meta_metal, meta_curvature, meta_limited_fov
+====================  =====  ==========================================================================================
 
 Floats are written in Python's shortest round-trip form; empty means missing. Rows are sorted by
 (run, method, seed, case, vertebra order) on every write, so the same results give a byte-identical file.
@@ -84,6 +86,7 @@ def case_rows(
     method_order: int | None = None,
     seconds_per_case: float | None = None,
     params: float | None = None,
+    train_peak_memory_mb: float | None = None,
     peak_memory_mb: float | None = None,
 ) -> list[Row]:
     """The K rows of one predicted case.
@@ -123,7 +126,8 @@ def case_rows(
             "pred_present": bool(pred_present[i]), "dataset": dataset, "split": split,
         }
         for col, value in (("method_order", method_order), ("seconds_per_case", seconds_per_case),
-                           ("params", params), ("peak_memory_mb", peak_memory_mb)):
+                           ("params", params), ("train_peak_memory_mb", train_peak_memory_mb),
+                           ("peak_memory_mb", peak_memory_mb)):
             if value is not None:
                 row[col] = value
         row.update(meta)

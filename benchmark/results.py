@@ -6,13 +6,11 @@ never change when later cells are added or an interrupted cell is resumed.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from leaderboard.metrics import REGION_COLUMNS
 
 CELL_RECORDS = "records.csv"
 
@@ -73,12 +71,22 @@ def write_run_records(out_dir: Path, cfg) -> Path | None:
     return write_records(Path(out_dir) / "records.csv", rows)
 
 
-def write_projections(folder: Path, datamodule, predictions: dict[str, Any], count: int, method: str) -> list[Path]:
-    """Projection files (``<folder>/<case>.npz``) of the first ``count`` test cases for the leaderboard figures."""
-    from leaderboard.projections import write_case_projection
+def write_projections(folder: Path, datamodule, predictions: dict[str, Any], count: int, method: str,
+                      rows: list[dict]) -> list[Path]:
+    """Projection files (``<folder>/<case>.npz``) of ``count`` test cases for the leaderboard figures, picked by
+    result from the cell's records ``rows``: with 3, its best, median and worst case (``pick_by_result``)."""
+    from leaderboard.metrics import CaseStats
+    from leaderboard.projections import pick_by_result, write_case_projection
 
+    names = tuple(datamodule.label_names)
+    arrays = rows_to_arrays(rows, names)
+    stats = CaseStats.from_arrays(arrays["true_mm"], arrays["pred_mm"], arrays["present"], names)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = stats.n_identified[:, 0] / stats.n_annotated[:, 0]
+        error = stats.sum_mm[:, 0] / stats.n_matched[:, 0]
+    results = {str(c): (float(r), float(e)) for c, r, e in zip(arrays["cases"], rate, error) if str(c) in predictions}
     written = []
-    for case_id in sorted(predictions)[: max(0, count)]:
+    for _, case_id in pick_by_result(results, max(0, count)):
         pred, pred_mm = predictions[case_id]
         info = datamodule.case_info(case_id)
         image = np.asarray(datamodule._by_id[case_id].load_array())
@@ -93,7 +101,7 @@ def write_projections(folder: Path, datamodule, predictions: dict[str, Any], cou
 
 
 def build_leaderboard(out_dir: Path, console=None) -> Path | None:
-    """Build ``<out>/leaderboard`` from ``records.csv`` and print the per-region table and efficiency block."""
+    """Build ``<out>/leaderboard`` from ``records.csv`` and print its headline, failure summary and efficiency."""
     records = Path(out_dir) / "records.csv"
     if not records.is_file():
         return None
@@ -102,56 +110,58 @@ def build_leaderboard(out_dir: Path, console=None) -> Path | None:
 
     outputs = build([records], board_dir, projections=[Path(out_dir) / "projections"])
     if console is not None:
-        print_summary(records, console)
-        console.print(f"leaderboard: {outputs.html} (+ .md, .csv, .tex, plots/)")
+        print_leaderboard(outputs, console)
     return board_dir
 
 
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+def print_leaderboard(outputs, console) -> None:
+    """The leaderboard's headline tables (best of each column in bold), each method's failure summary and the
+    efficiency block, in the terminal (rich); the files hold the intervals and everything else."""
+    from leaderboard.tables import failure_overview_table
+
+    for table in outputs.headlines:
+        console.print(rich_table(paired_headline(table)))
+    for dataset, failures in outputs.failures:
+        console.print(rich_table(failure_overview_table(dataset, list(failures))))
+    for table in outputs.efficiency:
+        console.print(rich_table(table))
+    console.print(f"bold: best of the column; intervals, all statistics, failure classes per region and plots: "
+                  f"{outputs.markdown} (+ .html, .csv, .tex)", markup=False, highlight=False)
 
 
-def print_summary(records: Path, console) -> None:
-    """The per-region Id.Rate / mean error table and the efficiency block, in the terminal (rich)."""
-    from rich.table import Table
+def paired_headline(table):
+    """The headline with each region's Id.Rate and mean error in one column ("84.7 / 7.3"), to fit a terminal;
+    each half keeps its own best mark."""
+    from leaderboard.render import Table, Value
+    from leaderboard.tables import HEADLINE_STATS, HEADLINE_TITLES
 
-    from benchmark.records import _records_to_rows, read_records
+    width = len(HEADLINE_STATS)
+    suffix = " " + HEADLINE_TITLES[HEADLINE_STATS[0][0]]
+    columns = table.columns[:2] + [c.removesuffix(suffix) for c in table.columns[2::width]]
+    rows = [row[:2] + [tuple(row[i:i + width]) for i in range(2, len(row), width)] for row in table.rows]
+    units = " / ".join(HEADLINE_TITLES[stat] for stat, *_ in HEADLINE_STATS)
+    return Table(f"{table.title}: {units}", columns, rows, table.notes, table.table_id)
 
-    rows = _records_to_rows(read_records(records))
-    by_method: dict[str, list[dict]] = defaultdict(list)
-    order: dict[str, int] = {}
-    for row in rows:
-        by_method[row["method"]].append(row)
-        order.setdefault(row["method"], int(row.get("method_order", len(order)) or 0))
-    table = Table(title=f"Test set, per region: Id.Rate % / mean error mm ({records.parent.name})")
-    table.add_column("method")
-    for region in REGION_COLUMNS:
-        table.add_column(region, justify="right")
-    eff = Table(title="Efficiency")
-    for col in ("method", "s / test case", "parameters", "peak memory MiB"):
-        eff.add_column(col, justify="right" if col != "method" else "left")
-    from datamodules.labels import ALL_NAMES
 
-    for method in sorted(by_method, key=lambda m: order[m]):
-        method_rows = by_method[method]
-        names = tuple(n for n in ALL_NAMES if any(r["vertebra"] == n for r in method_rows))
-        cells = []
-        for seed in sorted({r["seed"] for r in method_rows}):
-            m = test_metrics([r for r in method_rows if r["seed"] == seed], names)
-            cells.append(m)
-        row_text = [method]
-        for region in REGION_COLUMNS:
-            prefix = "test/" if region == "all" else f"test/{region}/"
-            rate = _nanmean([c[f"{prefix}id_rate"] for c in cells])
-            mean = _nanmean([c[f"{prefix}mean_mm"] for c in cells])
-            mean_text = f"{mean:.1f}" if np.isfinite(mean) else "–"
-            row_text.append("–" if not np.isfinite(rate) else f"{100 * rate:.1f} / {mean_text}")
-        table.add_row(*row_text)
-        per_case = {(r["seed"], r["case"]): r for r in method_rows}.values()
-        secs = [_f(r.get("seconds_per_case")) for r in per_case]
-        params = [_f(r.get("params")) for r in per_case]
-        mem = [_f(r.get("peak_memory_mb")) for r in per_case]
-        eff.add_row(method, f"{_nanmean(secs):.3f}", f"{int(max(params)):,}", f"{max(mem):.0f}")
-    console.print(table)
-    console.print(eff)
+def rich_table(table):
+    """A ``leaderboard.render.Table`` as a rich table: values without their intervals, the best in bold; a cell
+    holding several values (``paired_headline``) prints them joined by " / "."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    from leaderboard.render import Value
+
+    def text(cell) -> str:
+        if isinstance(cell, tuple):
+            return " / ".join(text(c) for c in cell)
+        if isinstance(cell, Value):
+            return f"[bold]{escape(cell.text)}[/bold]" if cell.best else escape(cell.text)
+        return escape(cell)
+
+    out = RichTable(title=escape(table.title), box=box.SIMPLE_HEAD)
+    for i, column in enumerate(table.columns):
+        out.add_column(escape(column), justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in table.rows:
+        out.add_row(*(text(c) for c in row))
+    return out

@@ -18,7 +18,7 @@ import torch
 
 from benchmark.builders import build_datamodule, build_method, load_weights, quiet_lightning, set_determinism
 from benchmark.cell import (
-    CellResult, cell_complete, cell_dir, evaluate_and_write, prepare_for_test, train_and_evaluate_cell,
+    TRAIN_PEAK, CellResult, cell_complete, cell_dir, evaluate_and_write, prepare_for_test, train_and_evaluate_cell,
 )  # fmt: skip
 from benchmark.config import ExperimentConfig
 from benchmark.schedule import TrainingUnit
@@ -77,7 +77,7 @@ def run_unit(cfg: ExperimentConfig, unit: TrainingUnit, ctx: UnitContext) -> lis
         datamodule = captured[0] if captured else build_datamodule(cfg, method, seed)
         checkpoint = write_member_checkpoint(method, datamodule, trained.best_checkpoint, member_folder,
                                              cell_key(first.name, seed))
-        shared = {k: trained.metrics[k] for k in ("train/steps", "params") if k in trained.metrics}
+        shared = {k: trained.metrics[k] for k in ("train/steps", "params", TRAIN_PEAK) if k in trained.metrics}
         results.append(evaluate_and_write(
             cfg, member, seed, member_folder, checkpoint, method=method,
             datamodule=datamodule, metrics=shared, run_name=ctx.run_name,

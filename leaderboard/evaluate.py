@@ -14,9 +14,10 @@ from datamodules.labels import ALL_NAMES
 from leaderboard import metrics as M
 from leaderboard import stats as S
 from leaderboard.errors import LeaderboardInputError
-from leaderboard.schema import COORD_COLUMNS, Records
+from leaderboard.failures import FailureSummary, summarize_failures
+from leaderboard.schema import COORD_COLUMNS, META_PREFIX, Records
 
-EFFICIENCY_COLUMNS = ("seconds_per_case", "params", "peak_memory_mb")
+EFFICIENCY_COLUMNS = ("seconds_per_case", "params", "train_peak_memory_mb", "peak_memory_mb")
 MAX_CONDITION_VALUES = 8
 
 
@@ -225,6 +226,25 @@ def summarize_dataset(all_scans: list[MethodScans], conv: Conventions) -> list[M
     return summaries
 
 
+def failure_summaries(all_scans: list[MethodScans], conv: Conventions) -> list[FailureSummary]:
+    """The failure taxonomy of each method (``leaderboard.failures``) under the leaderboard's search and threshold."""
+    return [summarize_failures(s.method, s.true_mm, s.pred_mm, s.pred_present, s.names, conv.threshold_mm,
+                               conv.search) for s in all_scans]
+
+
+def case_results(scans: MethodScans, conv: Conventions) -> dict[str, tuple[float, float]]:
+    """``{case: (Id.Rate, mean error mm)}`` of one method, each case pooled over its scans (seeds, runs)."""
+    stats = scans.case_stats(conv)
+    cases = np.array([key[2] for key in scans.scan_keys], dtype=object)
+    out = {}
+    for case in sorted(set(cases)):
+        sel = cases == case
+        annotated, hits = stats.n_annotated[sel, 0].sum(), stats.n_identified[sel, 0].sum()
+        matched, total = stats.n_matched[sel, 0].sum(), stats.sum_mm[sel, 0].sum()
+        out[str(case)] = (hits / annotated if annotated else np.nan, total / matched if matched else np.nan)
+    return out
+
+
 @dataclass
 class ConditionRow:
     column: str
@@ -234,29 +254,45 @@ class ConditionRow:
 
 def condition_breakdown(all_scans: list[MethodScans], conv: Conventions) -> list[ConditionRow]:
     """Per ``meta_*`` column with 2..8 distinct values, fewer than the cases (so not an identifier): each method's
-    summary on the scans of each value."""
+    summary on the scans of each value. Columns that split the scans into the same groups are shown once, under
+    their joined names (e.g. ``curvature/scoliosis`` when no case has kyphosis)."""
     columns = sorted(set().union(*(s.meta for s in all_scans))) if all_scans else []
     n_cases = len({key[2] for s in all_scans for key in s.scan_keys})
-    rows = []
+    kept: dict[frozenset, list[str]] = {}  # partition -> the columns giving it, the first one's values shown
     for col in columns:
-        values = sorted({v for s in all_scans for v in s.meta.get(col, ()) if v != ""})
-        if not 2 <= len(values) <= min(MAX_CONDITION_VALUES, n_cases - 1):
-            continue
-        for value in values:
+        values = {v for s in all_scans for v in s.meta.get(col, ()) if v != ""}
+        if 2 <= len(values) <= min(MAX_CONDITION_VALUES, n_cases - 1):
+            kept.setdefault(_partition(all_scans, col), []).append(col)
+    rows = []
+    for same in kept.values():
+        col = same[0]
+        name = "/".join([col] + [c.removeprefix(META_PREFIX) for c in same[1:]])
+        for value in sorted({v for s in all_scans for v in s.meta.get(col, ()) if v != ""}):
             subsets = [s.subset(s.meta[col] == value) for s in all_scans if col in s.meta]
             subsets = [s for s in subsets if s.scan_keys]
-            rows.append(ConditionRow(col, value, [summarize(s, conv) for s in subsets]))
+            rows.append(ConditionRow(name, value, [summarize(s, conv) for s in subsets]))
     return rows
 
 
+def _partition(all_scans: list[MethodScans], column: str) -> frozenset[frozenset[tuple[str, str]]]:
+    """The groups of cases that ``column`` splits the scans into (its values' names left out)."""
+    groups: dict[str, set[tuple[str, str]]] = {}
+    for s in all_scans:
+        for key, v in zip(s.scan_keys, s.meta.get(column, np.full(len(s.scan_keys), "", object))):
+            groups.setdefault(str(v), set()).add((str(key[0]), str(key[2])))
+    return frozenset(frozenset(g) for g in groups.values())
+
+
 def efficiency(all_scans: list[MethodScans]) -> list[dict[str, object]]:
-    """Per method (only when some records carry efficiency columns): mean seconds/case, params, peak memory."""
+    """Per method (only when some records carry efficiency columns): mean seconds/case, params, peak memory of
+    training and of inference (the largest over the method's cells)."""
     if not any(s.efficiency for s in all_scans):
         return []
     out = []
     for s in all_scans:
         row: dict[str, object] = {"method": s.method}
-        for col, reduce in (("seconds_per_case", np.nanmean), ("params", np.nanmax), ("peak_memory_mb", np.nanmax)):
+        for col, reduce in (("seconds_per_case", np.nanmean), ("params", np.nanmax),
+                            ("train_peak_memory_mb", np.nanmax), ("peak_memory_mb", np.nanmax)):
             vals = s.efficiency.get(col)
             row[col] = float(reduce(vals)) if vals is not None and np.isfinite(vals).any() else float("nan")
         out.append(row)

@@ -1,7 +1,9 @@
 """Sagittal and coronal projections of a test case with its true and predicted centroids (the papers' figures).
 
-The runner stores a few per run with ``write_projection`` (numpy only, a few tens of kB each); the leaderboard
-finds them under ``<run folder>/projections/**/*.npz`` and renders them with ``projection_png``.
+The runner stores a few per cell with ``write_projection`` (numpy only, a few tens of kB each): the cell's best,
+median and worst test cases by result (``pick_by_result``). The leaderboard finds them under
+``<run folder>/projections/**/*.npz``, picks per method again by result among the cases that have a file, and
+renders them with ``projection_png``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from leaderboard.files import write_bytes_atomic
 from leaderboard.plots import figure_png, plot_text
 
 PROJECTIONS_DIRNAME = "projections"
-MAX_PROJECTIONS = 6
+PICKS_PER_METHOD = 3  # the leaderboard shows each method's best, median and worst case
 
 
 def write_projection(
@@ -87,9 +89,9 @@ def write_case_projection(
                             to_vox(pred_mm), names, case=case, method=method)
 
 
-def find_projections(folders: list[Path], limit: int = MAX_PROJECTIONS) -> list[Path]:
-    """The first ``limit`` projection files (``.npz`` inside a ``projections`` folder, or given directly) under
-    ``folders``, sorted by path."""
+def find_projections(folders: list[Path]) -> list[Path]:
+    """Every projection file (``.npz`` inside a ``projections`` folder, or given directly) under ``folders``,
+    sorted by path."""
     found = set()
     for d in folders:
         d = Path(d)
@@ -97,11 +99,64 @@ def find_projections(folders: list[Path], limit: int = MAX_PROJECTIONS) -> list[
             found.add(d)
         elif d.is_dir():
             found.update(p for p in d.rglob("*.npz") if PROJECTIONS_DIRNAME in p.relative_to(d.parent).parts)
-    return sorted(found)[:limit]
+    return sorted(found)
 
 
-def projection_png(path: Path) -> tuple[str, bytes]:
-    """``(caption, png)``: sagittal and coronal views, true centroids (green circles) and predictions (red x)."""
+def projection_identity(path: Path) -> tuple[str, str]:
+    """``(method, case)`` stored in a projection file (empty strings where absent)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return tuple(str(z[k]) if k in z.files else "" for k in ("method", "case"))  # type: ignore[return-value]
+    except (OSError, ValueError) as exc:
+        raise LeaderboardInputError(f"{path}: unreadable projection file ({exc})") from None
+
+
+def rank_cases(results: dict[str, tuple[float, float]]) -> list[str]:
+    """Case ids from best to worst: by Id.Rate (higher first), then mean error (lower first), then case id; a case
+    without a value ranks after those with one."""
+    def key(case: str) -> tuple[float, float, str]:
+        rate, error = results[case]
+        return (-rate if np.isfinite(rate) else np.inf, error if np.isfinite(error) else np.inf, case)
+
+    return sorted(results, key=key)
+
+
+def pick_by_result(results: dict[str, tuple[float, float]], count: int = PICKS_PER_METHOD) -> list[tuple[str, str]]:
+    """``[(label, case), ...]``: ``count`` cases spread evenly over the ranking of ``rank_cases``; with three,
+    the best, the median and the worst case."""
+    ranked = rank_cases(results)
+    if not ranked or count <= 0:
+        return []
+    n = len(ranked)
+    positions = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(count, n))})
+    out = []
+    for p in positions:
+        if p == 0:
+            label = "best"
+        elif p == n - 1:
+            label = "worst"
+        elif len(positions) == 3:
+            label = "median"
+        else:
+            label = f"rank {p + 1} of {n}"
+        out.append((label, ranked[p]))
+    return out
+
+
+def outside_view(points: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask, edge)``: which finite ``(N, 2)`` pixel coordinates lie outside an image of ``shape``, and those
+    points moved onto its nearest edge (NaN rows are neither)."""
+    points = np.asarray(points, float)
+    limits = np.array(shape[:2], float) - 1.0
+    finite = np.isfinite(points).all(1)
+    outside = finite & ((points < -0.5) | (points > limits + 0.5)).any(1)
+    return outside, np.clip(points[outside], 0.0, limits)
+
+
+def projection_png(path: Path, caption: str | None = None) -> tuple[str, bytes]:
+    """``(caption, png)``: sagittal and coronal views, true centroids (green circles) and predictions (red x).
+
+    ``caption`` defaults to the file's method and case."""
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -112,7 +167,8 @@ def projection_png(path: Path) -> tuple[str, bytes]:
     if missing:
         raise LeaderboardInputError(f"{path}: projection file lacks {missing[0]!r}")
     sp = data["spacing_mm"]
-    caption = " / ".join(str(data[k]) for k in ("method", "case") if k in data and str(data[k])) or path.stem
+    if caption is None:
+        caption = " / ".join(str(data[k]) for k in ("method", "case") if k in data and str(data[k])) or path.stem
     fig = Figure(figsize=(6.0, 4.5))
     views = (("sagittal", 1, sp[1]), ("coronal", 2, sp[2]))  # (image, horizontal voxel axis, its spacing)
     for i, (view, axis, h_spacing) in enumerate(views):
@@ -122,11 +178,18 @@ def projection_png(path: Path) -> tuple[str, bytes]:
         for pts, style, color in ((data["true_vox"], "o", "lime"), (data["pred_vox"], "x", "red")):
             ok = np.isfinite(pts).all(1)
             ax.plot(pts[ok, axis], pts[ok, 0], style, color=color, ms=4, mfc="none")
+        # predictions outside the image would vanish: drawn as triangles on the nearest edge, and counted
+        outside, edge = outside_view(data["pred_vox"][:, [0, axis]], img.shape)
+        if outside.any():
+            ax.plot(edge[:, 1], edge[:, 0], "^", color="red", ms=5, clip_on=False)
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)  # the image, not the points, sets the view
+        ax.set_ylim(-0.5, img.shape[0] - 0.5)
         for name, p in zip(data["names"], data["true_vox"]):
             if np.isfinite(p).all():
                 ax.annotate(plot_text(str(name)), (p[axis], p[0]), color="yellow", fontsize=5,
                             xytext=(3, 0), textcoords="offset points")
-        ax.set_title(f"{view} MIP", fontsize=8)
+        beyond = f" ({int(outside.sum())} predicted outside: ▲ at the edge)" if outside.any() else ""
+        ax.set_title(f"{view} MIP{beyond}", fontsize=7 if beyond else 8)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(plot_text(caption), fontsize=8)

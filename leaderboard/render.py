@@ -1,6 +1,8 @@
-"""Table model, escaping and the Markdown / LaTeX / HTML table renderers, plus the leaderboard's tables.
+"""Table model, escaping and the Markdown / LaTeX / HTML table renderers.
 
-Cells hold plain text; each renderer escapes every cell, so a method name from a plugin can never inject markup.
+A cell is plain text or a ``Value``: a number as printed, its interval (shown in small type beside it), whether
+it is the best of its column, and the number to sort by. Each renderer escapes every piece of text, so a method
+name from a plugin can never inject markup.
 """
 
 from __future__ import annotations
@@ -9,13 +11,6 @@ import html
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from leaderboard.evaluate import ConditionRow, MethodSummary
-from leaderboard.metrics import REGION_COLUMNS
-from leaderboard.published import ReportedRow
-
-REGION_TITLES = {"all": "All", "cervical": "Cervical", "thoracic": "Thoracic", "lumbar": "Lumbar", "sacral": "Sacral"}
 DASH = "–"
 _MD_SPECIAL = set("\\`*_{}[]<>#!|&~$%^+")
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
@@ -36,22 +31,54 @@ def escape_html(text: str) -> str:
     return html.escape(str(text), quote=True)
 
 
+@dataclass(frozen=True)
+class Value:
+    """A table cell holding a statistic: ``text`` as printed, its interval ``ci`` (printed small beside it, empty
+    for none), ``best`` (the best of its column: bold), ``sort`` (the number the HTML page sorts by; NaN last)."""
+
+    text: str
+    ci: str = ""
+    best: bool = False
+    sort: float = math.nan
+
+    def __str__(self) -> str:
+        return f"{self.text} [{self.ci}]" if self.ci else self.text
+
+
+Cell = str | Value
+
+
 @dataclass
 class Table:
     title: str
     columns: list[str]
-    rows: list[list[str]]
+    rows: list[list[Cell]]
     notes: list[str] = field(default_factory=list)
     table_id: str = "table"
+    sortable: bool = False  # the HTML page sorts its rows by a click on a column heading
+
+
+def _md_cell(cell: Cell) -> str:
+    if not isinstance(cell, Value):
+        return escape_markdown(cell)
+    text = f"**{escape_markdown(cell.text)}**" if cell.best else escape_markdown(cell.text)
+    return f"{text} \\[{escape_markdown(cell.ci)}\\]" if cell.ci else text
 
 
 def to_markdown(table: Table) -> str:
     lines = [f"### {escape_markdown(table.title)}", ""]
     lines.append("| " + " | ".join(escape_markdown(c) for c in table.columns) + " |")
     lines.append("|" + "|".join("---" for _ in table.columns) + "|")
-    lines += ["| " + " | ".join(escape_markdown(c) for c in row) + " |" for row in table.rows]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
     lines += [""] + [escape_markdown(n) for n in table.notes]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _latex_cell(cell: Cell) -> str:
+    if not isinstance(cell, Value):
+        return escape_latex(cell)
+    text = rf"\textbf{{{escape_latex(cell.text)}}}" if cell.best else escape_latex(cell.text)
+    return rf"{text} {{\tiny [{escape_latex(cell.ci)}]}}" if cell.ci else text
 
 
 def to_latex(table: Table) -> str:
@@ -59,20 +86,28 @@ def to_latex(table: Table) -> str:
     lines = [r"\begin{table}[ht]", r"\centering", r"\scriptsize",
              rf"\caption{{{escape_latex(table.title)}}}", rf"\begin{{tabular}}{{{spec}}}", r"\hline",
              " & ".join(escape_latex(c) for c in table.columns) + r" \\", r"\hline"]
-    lines += [" & ".join(escape_latex(c) for c in row) + r" \\" for row in table.rows]
+    lines += [" & ".join(_latex_cell(c) for c in row) + r" \\" for row in table.rows]
     lines += [r"\hline", r"\end{tabular}"]
     lines += [rf"\par\smallskip {escape_latex(n)}" for n in table.notes]
     lines += [r"\end{table}", ""]
     return "\n".join(lines)
 
 
+def _html_cell(cell: Cell) -> str:
+    if not isinstance(cell, Value):
+        return f"<td>{escape_html(cell)}</td>"
+    key = "" if math.isnan(cell.sort) else f' data-sort="{float(cell.sort)!r}"'
+    text = f'<b class="best">{escape_html(cell.text)}</b>' if cell.best else escape_html(cell.text)
+    ci = f' <small class="ci">{escape_html(cell.ci)}</small>' if cell.ci else ""
+    return f'<td class="v"{key}>{text}{ci}</td>'
+
+
 def to_html(table: Table) -> str:
+    attrs = ' class="sortable"' if table.sortable else ""
     head = "".join(f"<th>{escape_html(c)}</th>" for c in table.columns)
-    body = "\n".join(
-        "<tr>" + "".join(f"<td>{escape_html(c)}</td>" for c in row) + "</tr>" for row in table.rows
-    )
+    body = "\n".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in table.rows)
     notes = "".join(f'<p class="note">{escape_html(n)}</p>' for n in table.notes)
-    return (f'<h3>{escape_html(table.title)}</h3>\n<table id="{escape_html(table.table_id)}">\n'
+    return (f'<h3>{escape_html(table.title)}</h3>\n<table id="{escape_html(table.table_id)}"{attrs}>\n'
             f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n{notes}\n")
 
 
@@ -99,86 +134,3 @@ def fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def shown_regions(summaries: list[MethodSummary]) -> list[int]:
-    """Region indices with annotated vertebrae for at least one method ("all" always)."""
-    return [r for r, _ in enumerate(REGION_COLUMNS)
-            if r == 0 or any(s.point["n_annotated"][r] > 0 for s in summaries)]
-
-
-def _columns(regions: list[int]) -> list[str]:
-    columns = ["Method", "Scans"]
-    for r in regions:
-        t = REGION_TITLES[REGION_COLUMNS[r]]
-        columns += [f"{t} Mean (mm)", f"{t} Std (mm)", f"{t} Id.Rate (%)"]
-    return columns + ["mAP (%)"]
-
-
-def main_table(dataset: str, summaries: list[MethodSummary], notes: list[str]) -> Table:
-    regions = shown_regions(summaries)
-    columns = _columns(regions)
-    rows = []
-    for s in summaries:
-        row = [s.method, str(s.n_scans)]
-        for r in regions:
-            row += [fmt_ci(s.point["mean_mm"][r], s.lo["mean_mm"][r], s.hi["mean_mm"][r]),
-                    fmt_ci(s.point["std_mm"][r], s.lo["std_mm"][r], s.hi["std_mm"][r]),
-                    fmt_ci(s.point["id_rate"][r], s.lo["id_rate"][r], s.hi["id_rate"][r], scale=100.0)]
-        row.append(fmt(s.mean_ap, 100.0))
-        rows.append(row)
-    return Table(f"{dataset}: localization error and identification rate per region", columns, rows, notes,
-                 table_id=f"main-{dataset}")
-
-
-def reported_table(dataset: str, summaries: list[MethodSummary], reported: list[ReportedRow]) -> Table:
-    """Published numbers on ``dataset``, in the main table's columns, every row labelled "reported"."""
-    regions = shown_regions(summaries)
-    rows = []
-    for rep in reported:
-        row = [rep.label, DASH]
-        for r in regions:
-            region = REGION_COLUMNS[r]
-            row += [fmt_reported(rep.values.get((region, m), math.nan)) for m in ("mean_mm", "std_mm", "id_rate")]
-        rows.append(row + [fmt_reported(rep.values.get(("all", "map"), math.nan))])
-    note = ("Numbers reported in the cited papers on their own splits of this dataset (as published, not "
-            "re-measured here; no intervals). Only values confirmed by a second source are shown by default.")
-    return Table(f"{dataset}: reported in the literature", _columns(regions), rows, [note],
-                 table_id=f"reported-{dataset}")
-
-
-def tests_table(dataset: str, summaries: list[MethodSummary]) -> Table:
-    regions = shown_regions(summaries)
-    columns = ["Method"]
-    for r in regions:
-        t = REGION_TITLES[REGION_COLUMNS[r]]
-        columns += [f"{t} p Mean", f"{t} p Id.Rate"]
-    rows = []
-    for s in summaries:
-        row = [s.method]
-        for r in regions:
-            for stat, best in (("mean_mm", np.nanargmin), ("id_rate", np.nanargmax)):
-                values = np.array([x.point[stat][r] for x in summaries])
-                is_best = np.isfinite(values).any() and summaries[int(best(values))] is s
-                row.append("best" if is_best else fmt_p(s.p_vs_best.get(stat, np.full(len(REGION_COLUMNS), np.nan))[r]))
-        rows.append(row)
-    note = "Paired patient-level bootstrap test of each method against the best one of the column, Holm-corrected."
-    return Table(f"{dataset}: paired tests against the best method", columns, rows, [note],
-                 table_id=f"tests-{dataset}")
-
-
-def condition_table(dataset: str, conditions: list[ConditionRow]) -> Table:
-    columns = ["Condition", "Value", "Method", "Scans", "Mean (mm)", "Id.Rate (%)"]
-    rows = []
-    for c in conditions:
-        for s in c.summaries:
-            rows.append([c.column.removeprefix("meta_"), c.value, s.method, str(s.n_scans),
-                         fmt_ci(s.point["mean_mm"][0], s.lo["mean_mm"][0], s.hi["mean_mm"][0]),
-                         fmt_ci(s.point["id_rate"][0], s.lo["id_rate"][0], s.hi["id_rate"][0], scale=100.0)])
-    return Table(f"{dataset}: breakdown by case condition (all vertebrae)", columns, rows, [],
-                 table_id=f"conditions-{dataset}")
-
-
-def efficiency_table(dataset: str, rows_in: list[dict[str, object]]) -> Table:
-    columns = ["Method", "Seconds per case", "Parameters (M)", "Peak memory (MiB)"]
-    rows = [[str(r["method"]), fmt(r["seconds_per_case"], digits=2), fmt(r["params"], 1e-6, 2),
-             fmt(r["peak_memory_mb"], digits=0)] for r in rows_in]
-    return Table(f"{dataset}: efficiency", columns, rows, [], table_id=f"efficiency-{dataset}")

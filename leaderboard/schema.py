@@ -42,6 +42,7 @@ OPTIONAL_COLUMNS: dict[str, str] = {
     "method_order": "int",  # position of the method in its ablation; table rows follow it
     "seconds_per_case": "float",
     "params": "float",
+    "train_peak_memory_mb": "float",
     "peak_memory_mb": "float",
 }
 META_PREFIX = "meta_"  # case metadata, e.g. meta_metal, meta_curvature, meta_limited_fov (stored as text)

@@ -42,8 +42,8 @@ def main() -> None:
     lines = ["## Message passing and shape refinement on one DI2IN checkpoint", "",
              f"Run: `{run.name}` (test split; the three variants share one training). Classes: "
              "`leaderboard/failures.py`.", "",
-             "| variant | annotated | Id.Rate | ±1-level shifts | shifts by more | mislocalised | missed |",
-             "|---|---|---|---|---|---|---|"]
+             "| variant | annotated | Id.Rate | ±1-level shifts | shifts by more | ambiguous | mislocalised | missed |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in VARIANTS:
         if name not in scans:
             continue
@@ -51,7 +51,7 @@ def main() -> None:
         counts = class_counts(classify_vertebrae(s.true_mm, s.pred_mm, s.pred_present))
         total = int(np.isfinite(s.true_mm).all(-1).sum())
         lines.append(f"| {name} | {total} | {100 * counts['identified'] / total:.1f} % | {counts['shift_1']} | "
-                     f"{counts['shift_more']} | {counts['other']} | {counts['missed']} |")
+                     f"{counts['shift_more']} | {counts['ambiguous']} | {counts['mislocalised']} | {counts['missed']} |")
         print(lines[-1], flush=True)
     write_fragment("message_passing", "\n".join(lines) + "\n",
                    command=f".venv/bin/python perf/bench_message_passing.py --run {run}")

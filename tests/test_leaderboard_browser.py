@@ -5,6 +5,7 @@ Skips with a reason when Chromium is absent, except in CI (``CI=true``), where `
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -23,13 +24,27 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
-# Appended to a copy of the page: once loaded, record how many images decoded and how many table rows exist.
+# Appended to a copy of the page: once loaded, record how many images decoded, how many table rows exist, the
+# layout's widths (viewport, page, headline table) and what a click on a headline column does to the row order.
 PROBE = """<script>window.addEventListener("load", function () {
   var imgs = Array.from(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute("data-images-decoded", ok + "/" + imgs.length);
-  document.body.setAttribute("data-table-rows", String(document.querySelectorAll("table tbody tr").length));
+  var b = document.body;
+  b.setAttribute("data-images-decoded", ok + "/" + imgs.length);
+  b.setAttribute("data-table-rows", String(document.querySelectorAll("table tbody tr").length));
+  var headline = document.getElementById("headline-phantom");
+  b.setAttribute("data-viewport", String(window.innerWidth));
+  b.setAttribute("data-page-width", String(document.documentElement.scrollWidth));
+  b.setAttribute("data-headline-right", String(Math.ceil(headline.getBoundingClientRect().right)));
+  var first = function () { return headline.tBodies[0].rows[0].cells[0].textContent; };
+  var allRate = headline.querySelectorAll("thead th")[2];
+  allRate.click();
+  b.setAttribute("data-sorted-desc", first());
+  allRate.click();
+  b.setAttribute("data-sorted-asc", first());
 });</script>"""
+METHODS = (("di2in", 9.0), ("di2in_mp", 5.0), ("di2in_mp_sparsity", 4.0), ("resml_loc", 150.0), ("resml_cls", 6.0),
+           (EVIL, 2.5))  # real method names, one with errors of hundreds of millimetres
 
 
 def _chromium() -> str:
@@ -44,7 +59,7 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def page(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser")
-    run = write_run(root / "run", n_cases=6)
+    run = write_run(root / "run", n_cases=6, methods=METHODS)
     vol = np.random.default_rng(0).normal(size=(30, 12, 14)).astype(np.float32)
     true = np.array([[10.0, 6, 7], [20.0, 6, 7]])
     write_projection(run / "projections" / "c0.npz", vol, (2.0, 2.0, 2.0), true, true + 1, ["L1", "L2"],
@@ -60,15 +75,23 @@ def _run_chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProces
 def test_tables_and_images_render_in_chromium(page, tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text().replace("</body>", PROBE + "\n</body>"))
-    done = _run_chromium(["--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], tmp_path)
+    done = _run_chromium(["--window-size=1400,900", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+                         tmp_path)
     dom = done.stdout
     assert "<table" in dom, done.stderr[-2000:]
     body = re.search(r"<body[^>]*>", dom).group(0)
-    assert 'data-images-decoded="3/3"' in body, body  # two plots and one projection, all decoded
-    rows = int(re.search(r'data-table-rows="(\d+)"', body).group(1))
-    assert rows >= 3 + 3 + 4 * 3 + 3  # main, tests, conditions (2 columns x 2 values x 3 methods), efficiency
-    for table_id in ("main-phantom", "tests-phantom", "conditions-phantom", "efficiency-phantom"):
+    attr = {k: html.unescape(v) for k, v in re.findall(r'data-([a-z-]+)="([^"]*)"', body)}
+    assert attr["images-decoded"] == "4/4", body  # three plots and one projection, all decoded
+    # headline, full (6 x 5 regions), failures (6 x 5), per scan, efficiency
+    assert int(attr["table-rows"]) == 6 + 30 + 30 + 6 + 6
+    for table_id in ("headline-phantom", "full-phantom", "failures-phantom", "scan-failures-phantom",
+                     "efficiency-phantom"):
         assert f'id="{table_id}"' in dom
+    # at 1400 px the headline table fits: no horizontal scrolling of it, nor of the page
+    assert attr["viewport"] == "1400"
+    assert int(attr["headline-right"]) <= 1400 and int(attr["page-width"]) <= 1400, attr
+    # a click on "All Id.Rate" sorts the rows by it: the best method first, a second click reverses
+    assert attr["sorted-desc"] == EVIL and attr["sorted-asc"] == "resml_loc", attr
     assert "&lt;b&gt;x_&amp;{}%$#" in dom and "<b>x_" not in dom  # the method name is text, not markup
 
 

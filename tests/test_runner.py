@@ -22,7 +22,7 @@ from benchmark.runner import run_benchmark
 
 pytestmark = pytest.mark.slow
 
-TIMING_COLUMNS = ("seconds_per_case", "peak_memory_mb")
+TIMING_COLUMNS = ("seconds_per_case", "train_peak_memory_mb", "peak_memory_mb")
 TINY = ["methods=[di2in]", "tracking.enabled=false"]
 
 
@@ -68,6 +68,9 @@ def test_run_writes_every_output(trained_run):
     assert len(rows) == cfg.data.phantom_test * 26
     assert len({r["case"] for r in rows}) == cfg.data.phantom_test
     assert all(float(r["seconds_per_case"]) > 0 and float(r["params"]) > 0 for r in rows)
+    # peak memory of this cell's training and of its predictions, each measured for that phase alone
+    assert all(float(r["train_peak_memory_mb"]) > 50 and float(r["peak_memory_mb"]) > 50 for r in rows)
+    assert len({(r["train_peak_memory_mb"], r["peak_memory_mb"]) for r in rows}) == 1
     annotated = [r for r in rows if r["annotated"] == "1"]
     assert annotated and all(r["true_z_mm"] for r in annotated)
     identified = sum(r["identified"] == "1" for r in annotated) / len(annotated)

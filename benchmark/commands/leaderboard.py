@@ -32,6 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED, help="bootstrap seed (default 0)")
     p.add_argument("--include-unconfirmed", action="store_true",
                    help="also show reported numbers marked ~ (read from scrambled PDF text, unconfirmed)")
+    p.add_argument("--quiet", action="store_true", help="print only the paths written, not the headline tables")
     p.set_defaults(func=run)
 
 
@@ -41,5 +42,11 @@ def run(args: argparse.Namespace) -> int:
     conv = Conventions(search=args.search, denominator=args.denominator, average=args.average,
                        threshold_mm=args.threshold_mm, n_boot=args.bootstrap, seed=args.bootstrap_seed)
     out = build_leaderboard(args.results, args.out, conv, include_unconfirmed=args.include_unconfirmed)
+    if not args.quiet:
+        from rich.console import Console
+
+        from benchmark.results import print_leaderboard
+
+        print_leaderboard(out, Console(width=max(120, Console().width)))  # the tables need the room in logs
     print(f"wrote {out.markdown}, {out.csv.name}, {out.latex.name}, {out.html.name} and {len(out.plots)} plots")
     return 0
