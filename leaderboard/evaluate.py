@@ -51,9 +51,9 @@ class Conventions:
             "computed per scan, then averaged over scans (macro)"
         return (f"Id.Rate: identified when the distance is < {self.threshold_mm:g} mm and the {search}; "
                 f"denominator: {den}. Statistics {avg}. Mean/Std/Median: localization error in mm over matched "
-                f"vertebrae (std ddof=0). Brackets: 95 % patient-level bootstrap interval ({self.n_boot} draws, "
-                f"seed {self.seed}). p: paired patient-level bootstrap against the best method of the column, "
-                f"Holm-corrected over the methods.")
+                f"vertebrae (std ddof=0). Intervals (small type; in brackets in Markdown): 95 % patient-level "
+                f"bootstrap interval ({self.n_boot} draws, seed {self.seed}). p: paired patient-level bootstrap "
+                f"against the best method of the column, Holm-corrected over the methods.")
 
 
 @dataclass

@@ -84,7 +84,7 @@ def main() -> None:
         f"| build the rows (`case_rows`, {METHODS * SEEDS * CASES} cases) | {t_rows:.2f} s |\n"
         f"| write `records.csv` (sorted, atomic) | {t_write:.2f} s |\n"
         f"| read + validate `records.csv` | {t_read:.2f} s |\n"
-        "| **`spinebench leaderboard`, 1,000 bootstrap draws** (tables, tests, conditions, plots, HTML) "
+        "| **`spinebench leaderboard`, 1,000 bootstrap draws** (tables, tests, failure taxonomy, conditions, plots, HTML) "
         f"| {t_board:.2f} s |\n"
         f"| the same with 200 draws | {t_board200:.2f} s |\n"
         f"| `LocalizationIdentification`: {len(scans)} single-scan updates + compute, {threads} torch threads "
