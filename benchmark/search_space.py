@@ -78,6 +78,17 @@ class SearchSpace:
         """Sample every parameter on ``trial``; returns experiment overrides ``{dotted key: value}``."""
         return {p.key: p.suggest(trial) for p in self.params}
 
+    def values_in(self, resolved: Mapping[str, Any]) -> dict[str, Any]:
+        """Each parameter's value in a resolved experiment (``ExperimentConfig.to_dict()``), by Optuna name: the
+        point of the space that the experiment itself is (its values may lie outside the searched ranges)."""
+        out = {}
+        for p in self.params:
+            node: Any = resolved
+            for part in p.path:
+                node = node[part]
+            out[p.name] = node
+        return out
+
     def overrides_from_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Map a finished trial's ``params`` (Optuna names) back onto experiment overrides."""
         by_name = {p.name: p for p in self.params}

@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
 from benchmark.search_space import SearchSpace, apply_overrides
+from benchmark.tuning_outputs import BASELINE_ATTR, baseline_trial, write_outputs
 from benchmark.tuning_storage import (
     WORKER_ATTR, StudyLock, default_storage, fail_dead_local_trials, is_rdb_url, open_storage,
 )
-from datamodules.atomic import atomic_path, write_text_atomic
 from datamodules.errors import InputError
 
 DEFAULT_METRIC = "val/id_rate"
@@ -94,6 +93,15 @@ def make_sampler(raw: Mapping[str, Any] | None, where: str = "tune.sampler") -> 
         raise TuneError(f"{where}: bad arguments for the {kind} sampler: {exc}") from None
 
 
+def trial_sampler(raw: Mapping[str, Any] | None, index: int) -> optuna.samplers.BaseSampler:
+    """The sampler for the study's trial number ``index``: a seeded sampler gets ``seed + index``, so parallel
+    workers (each creating a different trial number) draw different points, and one worker stays reproducible."""
+    raw = dict(raw or {"type": "tpe"})
+    if raw.get("seed") is not None:
+        raw["seed"] = int(raw["seed"]) + int(index)
+    return make_sampler(raw)
+
+
 def load_study(settings: TuneSettings, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Create the study or attach to it (``load_if_exists``); refuses one created with the other direction."""
     study = optuna.create_study(
@@ -110,8 +118,9 @@ def load_study(settings: TuneSettings, storage: optuna.storages.BaseStorage | No
 
 
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count towards ``n_trials``: all but FAIL."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+    """The trials that count towards ``n_trials``: all but FAIL and WAITING (enqueued, e.g. the baseline, not run
+    yet: the next worker runs it)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state not in (TrialState.FAIL, TrialState.WAITING)]
 
 
 # A cell trainer: (experiment mapping, trial, trial folder, mlflow child run id or None) -> objective value.
@@ -153,6 +162,7 @@ def run_workers_loop(
             _fail_dead_trials(study, settings)
             if len(counted_trials(study)) >= settings.n_trials:
                 break
+            study.sampler = trial_sampler(settings.sampler, len(study.get_trials(deepcopy=False)))  # lock held
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
         finally:
             if not state["released"]:
@@ -224,7 +234,8 @@ def _log_trial(trial, study: optuna.Study, settings: TuneSettings, log: Callable
 
 # --- start-up: the tuning file -> validated settings ---------------------------------------------------------
 
-TUNE_KEYS = ("study", "n_trials", "timeout_s", "storage", "out_dir", "objective", "pruner", "sampler", "space")
+TUNE_KEYS = ("study", "n_trials", "timeout_s", "storage", "out_dir", "objective", "pruner", "sampler", "space",
+             "baseline")
 _NOT_HYPERPARAMETERS = ("accelerator", "devices", "num_nodes", "strategy")
 
 
@@ -235,6 +246,7 @@ class TuneJob:
     space: SearchSpace
     cfg: Any  # the resolved base experiment (benchmark.config.ExperimentConfig)
     distributed: bool
+    baseline: dict[str, Any] | None = None  # the experiment's own point of the space, tried first (tune.baseline)
 
 
 def prepare_tuning(
@@ -295,7 +307,25 @@ def prepare_tuning(
     uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(out_dir)
     settings = TuneSettings(study_name, storage_url, out_dir, n, None if timeout is None else float(timeout), metric,
                             direction, dict(tune.get("pruner") or {}), dict(tune.get("sampler") or {}), uri)
-    return TuneJob(settings, raw, space, cfg, distributed)
+    return TuneJob(settings, raw, space, cfg, distributed, _baseline(tune, space, cfg))
+
+
+def _baseline(tune: Mapping[str, Any], space: SearchSpace, cfg: Any) -> dict[str, Any] | None:
+    """``tune.baseline`` (default true): the experiment's own values of the searched parameters, evaluated as the
+    study's first trial (a numeric value outside its range moved to the nearest end); None when off, or when a
+    categorical parameter's own value is not among its choices."""
+    enabled = tune.get("baseline", True)
+    if not isinstance(enabled, bool):
+        raise TuneError(f"tune.baseline: expected true or false, got {enabled!r}")
+    if not enabled:
+        return None
+    values = space.values_in(cfg.to_dict())
+    for p in space.params:
+        if p.type == "categorical" and values[p.name] not in p.choices:
+            return None
+        if p.type != "categorical":  # e.g. weight_decay 0 under a log range: its lowest value (Optuna's samplers
+            values[p.name] = min(max(values[p.name], p.low), p.high)  # cannot use a point outside the range)
+    return values
 
 
 def _check_space_values(raw: Mapping[str, Any], space: SearchSpace, load_experiment) -> None:
@@ -320,6 +350,8 @@ def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna
     with lock.held():  # first workers to arrive create the database, the study and the MLflow parent run in turn
         study = load_study(settings, open_storage(settings.storage))
         _check_same_space(study, job.space, settings)
+        if job.baseline is not None and not study.get_trials(deepcopy=False):  # a new study: the baseline first
+            study.enqueue_trial(job.baseline, user_attrs={BASELINE_ATTR: True})
         tracker.start_study(study, {"study": settings.study_name, "metric": settings.metric,
                                     "direction": settings.direction, "n_trials": settings.n_trials,
                                     "pruner": dict(settings.pruner), "sampler": dict(settings.sampler),
@@ -332,7 +364,12 @@ def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna
     try:
         train = make_cell_trainer(settings, tracker, job.distributed, job.cfg.tracking.experiment)
         run_workers_loop(settings, study, lock, job.experiment, job.space, train, tracker, log)
-        outputs = write_outputs(study, settings, job.experiment, job.space)
+        outputs = write_outputs(study, settings.out_dir, settings.metric, settings.direction, settings.storage,
+                                settings.study_name, job.experiment, job.space)
+        base = baseline_trial(study)
+        if base is not None and base.state == TrialState.COMPLETE:
+            log(f"baseline (the tuning file's own values): trial {base.number}, {settings.metric}={base.value:.4f}; "
+                f"best: trial {study.best_trial.number}, {study.best_value:.4f}")
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -385,65 +422,6 @@ def _log_study_summary(tracker, study: optuna.Study, settings: TuneSettings, out
         if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
             tracker.client.set_tag(run_id, "optuna.state", "FAIL")
             tracker.end(run_id, "FAILED")
-
-
-# --- outputs -------------------------------------------------------------------------------------------------
-
-
-def best_experiment(study: optuna.Study, experiment: Mapping[str, Any], space: SearchSpace) -> tuple[dict, Any]:
-    """The experiment with the best trial's overrides applied, and that trial."""
-    best = study.best_trial
-    return apply_overrides(experiment, space.overrides_from_params(best.params)), best
-
-
-def write_outputs(study: optuna.Study, settings: TuneSettings, experiment: Mapping[str, Any],
-                  space: SearchSpace) -> dict[str, Path]:
-    """``best_config.yaml`` (runnable by ``spinebench run --config``), ``trials.csv`` and the two plots (PNG)."""
-    out = settings.out_dir
-    written: dict[str, Path] = {}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if complete:
-        config, best = best_experiment(study, experiment, space)
-        header = (f"# Best trial {best.number} of Optuna study {settings.study_name!r} ({settings.storage}):\n"
-                  f"# {settings.metric} = {best.value:.6g} ({settings.direction}). Run it: spinebench run --config "
-                  f"{out / 'best_config.yaml'}\n"
-                  + "".join(f"#   {k} = {v!r}\n" for k, v in space.overrides_from_params(best.params).items()))
-        write_text_atomic(out / "best_config.yaml", header + yaml.safe_dump(config, sort_keys=False))
-        written["best_config"] = out / "best_config.yaml"
-    frame = study.trials_dataframe(attrs=("number", "state", "value", "params", "duration"))
-    write_text_atomic(out / "trials.csv", frame.to_csv(index=False))
-    written["trials"] = out / "trials.csv"
-    if complete:
-        written.update(_write_plots(study, out, settings.metric))
-    return written
-
-
-def _write_plots(study: optuna.Study, out: Path, metric: str) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    written = {}
-    plots = {"optimization_history": lambda: ovm.plot_optimization_history(study, target_name=metric),
-             "param_importances": lambda: ovm.plot_param_importances(study, target_name=metric)}
-    for name, plot in plots.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # optuna's ExperimentalWarning for the matplotlib backend
-            try:
-                ax = plot()
-            except (ValueError, RuntimeError) as exc:  # e.g. importances need >= 2 complete trials
-                optuna.logging.get_logger(__name__).warning("no %s plot yet: %s", name, exc)
-                continue
-        figure = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        figure.set_size_inches(8, 5)
-        figure.tight_layout()
-        with atomic_path(out / f"{name}.png") as tmp:
-            figure.savefig(tmp, format="png", dpi=100)
-        plt.close(figure)
-        written[name] = out / f"{name}.png"
-    return written
 
 
 # --- how a trial trains ---------------------------------------------------------------------------------------

@@ -98,6 +98,12 @@ def test_study_writes_a_runnable_best_config_plots_and_continues(tiny_study):
         assert 0.0 <= t.value <= 1.0 and sorted(t.intermediate_values) == list(range(t.params["trainer.max_epochs"]))
         assert t.value == max(t.intermediate_values.values())  # the best validation epoch is the objective
 
+    # trial 0 is the baseline: the tuning file's own values (DI2IN's default lr and sigma_vox, max_epochs 2)
+    assert trials[0].user_attrs["baseline"] is True and not any("baseline" in t.user_attrs for t in trials[1:])
+    assert trials[0].params == {"di2in.lr": 1e-3, "di2in.sigma_vox": 2.0, "trainer.max_epochs": 2}
+    table = (out / "trials.csv").read_text().splitlines()
+    assert table[0].startswith("number,baseline,") and table[1].startswith("0,True,") and ",False," in table[2]
+
     best = study.best_trial
     exported = yaml.safe_load((out / "best_config.yaml").read_text())
     assert "tune" not in exported
@@ -183,6 +189,8 @@ def test_two_workers_on_one_journal_file_run_exactly_n_trials(tmp_path, cache):
     assert sorted(p.name for p in (tmp_path / "out" / "trials" / "tiny").iterdir()) == ["0000", "0001", "0002", "0003"]
     ran = sum(log.count(" COMPLETE") + log.count(" PRUNED") for log in logs)
     assert ran == 4  # each trial was run by exactly one worker
+    # the two workers explore different points: trial n is sampled with the seed + n, whichever worker runs it
+    assert len({t.params["di2in.lr"] for t in trials}) == 4
 
 
 @pytest.mark.slow
@@ -271,3 +279,16 @@ def test_cli_reports_a_bad_space_in_one_line(tmp_path, cache, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0
     assert err.startswith("spinebench tune: error: tune.space.methods.di2in.lrate: unknown parameter")
+
+
+def test_each_trial_number_gets_its_own_seed_and_one_seed_repeats():
+    from optuna.distributions import FloatDistribution
+
+    from benchmark.tuning import trial_sampler
+
+    def first_draw(index: int, seed: int | None = 0) -> float:
+        study = optuna.create_study(sampler=trial_sampler({"type": "tpe", "seed": seed}, index))
+        return study.ask({"x": FloatDistribution(0.0, 1.0)}).params["x"]
+
+    assert first_draw(0) == first_draw(0) and first_draw(3) == first_draw(3)  # reproducible for one worker
+    assert len({first_draw(i) for i in range(4)}) == 4  # trials 0..3 differ, whichever worker creates them
