@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-
 CELL_RECORDS = "records.csv"
 
 

@@ -99,9 +99,11 @@ class ShapeDictionary(nn.Module):
     """The dictionary ``D`` as a buffer ``(3, K, N)`` (per axis, level, training shape) + the ℓ1 refinement."""
 
     def __init__(
-        self, num_vertebrae: int, lam: float = 1.0, positive: bool = False, min_trusted: int = 3, max_iter: int = 2000
+        self, num_vertebrae: int, lam: float = 1.0, positive: bool = False, min_trusted: int = 3, max_iter: int = 2000,
+        held_out_check: bool = True,
     ) -> None:
         super().__init__()
+        self.held_out_check = held_out_check  # verify each rejection with the fit of the other points
         if lam <= 0:
             raise ValueError(f"sparsity lambda must be positive, got {lam}")
         self.num_vertebrae = num_vertebrae
@@ -163,6 +165,23 @@ class ShapeDictionary(nn.Module):
                 out[:, axis] = atoms[axis] @ lasso.coef_ + lasso.intercept_
         return out
 
+    def _next_outlier(self, v: np.ndarray, trusted: np.ndarray, lam: float, detect_lam: float,
+                      max_residual: float) -> int | None:
+        """Position in ``trusted`` of the next point to reject, or None. Candidates are the points the smooth fit
+        (``detect_lam``) leaves more than ``max_residual`` away, worst first; a candidate is rejected only when
+        the fit of the *other* trusted points (at ``lam``) does not predict it within ``max_residual`` either, so
+        a good end vertebra that the smooth fit cannot bend to is kept (the shape of the others places it)."""
+        residual = np.linalg.norm(v[trusted] - self._fit(v, trusted, detect_lam)[trusted], axis=1)
+        for i in np.argsort(-residual, kind="stable"):
+            if residual[i] <= max_residual:
+                return None
+            if not self.held_out_check:
+                return int(i)
+            held_out = self._fit(v, np.delete(trusted, i), lam)[trusted[i]]
+            if np.linalg.norm(v[trusted[i]] - held_out) > max_residual:
+                return int(i)
+        return None
+
     def refine(
         self, centroids_vox: np.ndarray, present: np.ndarray, max_residual: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -171,8 +190,9 @@ class ShapeDictionary(nn.Module):
         1. Trusted: the longest chain of present vertebrae that is monotone along the vertical axis.
         2. With ``max_residual`` (coordinate units): the trusted point that a strongly penalised fit
            (``detect_lam``) explains worst is dropped while its residual ``‖v_i − v̂_i‖`` exceeds ``max_residual``
-           (one at a time, refitting after each); then a present point the chain had rejected is an inlier again
-           when it lies within ``max_residual`` of the final fit (at ``lam``). Inliers keep the network's
+           and the fit of the other trusted points does not predict it within ``max_residual`` either
+           (``_next_outlier``; one at a time, refitting after each); then a present point the chain had rejected
+           is an inlier again when it lies within ``max_residual`` of the final fit (at ``lam``). Inliers keep the network's
            coordinates; all other levels (outliers in any direction, absent levels) take the reconstruction
            ``D a + t`` of the final fit.
         3. Without ``max_residual`` (the paper's Algorithm 1 as written): every level takes ``D a + t``.
@@ -194,13 +214,12 @@ class ShapeDictionary(nn.Module):
         if max_residual is None:
             return self._fit(v, trusted, lam), trusted
         while True:
-            residual = np.linalg.norm(v[trusted] - self._fit(v, trusted, detect_lam)[trusted], axis=1)
-            worst = int(np.argmax(residual))
-            if residual[worst] <= max_residual:
+            drop = self._next_outlier(v, trusted, lam, detect_lam, max_residual)
+            if drop is None:
                 break
             if trusted.size == self.min_trusted:
                 return v.copy(), np.zeros(0, dtype=np.int64)  # no consistent subset: nothing can be vouched for
-            trusted = np.delete(trusted, worst)
+            trusted = np.delete(trusted, drop)
         fit = self._fit(v, trusted, lam)
         others = np.setdiff1d(idx_present, trusted)
         inliers = np.union1d(trusted, others[np.linalg.norm(v[others] - fit[others], axis=1) <= max_residual])

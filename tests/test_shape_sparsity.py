@@ -137,3 +137,29 @@ def test_sideways_outliers_are_rejected_and_inliers_kept_on_real_spines(shared_r
     assert len(before) >= 60
     assert np.median(after) < 0.25 * np.median(before)  # 40 mm off before
     assert np.percentile(moved_good, 90) < 1e-9  # good centroids: the network's coordinates, untouched
+
+
+@pytest.mark.needs_shared
+def test_a_rejection_is_verified_by_the_fit_of_the_other_points_on_a_real_spine(shared_real):
+    """CSI-2014 test spine 4586290 (C1-T4) with C2 and T4 moved about 50 and 41 mm and C1, C4, C5 not predicted (a
+    case of perf/bench_sparsity.py): the smooth fit alone rejects a good centroid too and moves it 44 mm; verifying
+    each rejection with the fit of the other points keeps every good centroid where it was predicted."""
+    train, test = _load_csi(shared_real / "csi2014_landmarks_payer")
+    truth = test[6]
+    present = ~np.isnan(truth).any(axis=1)
+    assert np.flatnonzero(present).tolist() == list(range(11))
+    predicted = np.where(present[:, None], truth, 0.0)
+    moves_mm = {1: [-47.98, 28.21, -9.22], 10: [13.7, -12.56, 36.59]}  # (axis 0, 1, 2) in mm
+    for k, move in moves_mm.items():
+        predicted[k] += np.array(move) / 2.0
+    present[[0, 3, 4]] = False
+    good = np.setdiff1d(np.flatnonzero(present), list(moves_mm))
+    moved = {}
+    for check in (False, True):
+        dictionary = ShapeDictionary(26, lam=1.0, held_out_check=check)
+        dictionary.fit(train)
+        refined, _ = dictionary.refine(predicted, present, max_residual=6.0)  # 12 mm
+        moved[check] = 2.0 * np.linalg.norm(refined[good] - predicted[good], axis=1).max()
+        if check:  # both outliers brought back (from about 50 and 41 mm)
+            assert (2.0 * np.linalg.norm(refined[list(moves_mm)] - truth[list(moves_mm)], axis=1) < 25.0).all()
+    assert moved[False] > 20.0 and moved[True] < 1e-9
