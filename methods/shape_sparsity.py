@@ -103,7 +103,7 @@ class ShapeDictionary(nn.Module):
         held_out_check: bool = True,
     ) -> None:
         super().__init__()
-        self.held_out_check = held_out_check  # verify each rejection with the fit of the other points
+        self.held_out_check = held_out_check  # verify each rejection with the fit of the points that agree
         if lam <= 0:
             raise ValueError(f"sparsity lambda must be positive, got {lam}")
         self.num_vertebrae = num_vertebrae
@@ -167,16 +167,29 @@ class ShapeDictionary(nn.Module):
 
     def _next_outlier(self, v: np.ndarray, trusted: np.ndarray, lam: float, detect_lam: float,
                       max_residual: float) -> int | None:
-        """Position in ``trusted`` of the next point to reject, or None. Candidates are the points the smooth fit
-        (``detect_lam``) leaves more than ``max_residual`` away, worst first; a candidate is rejected only when
-        the fit of the *other* trusted points (at ``lam``) does not predict it within ``max_residual`` either, so
-        a good end vertebra that the smooth fit cannot bend to is kept (the shape of the others places it)."""
+        """Position in ``trusted`` of the next point to reject, or None.
+
+        Candidates are the points the smooth fit (``detect_lam``) leaves more than ``max_residual`` away. With
+        ``held_out_check`` a candidate is rejected only when the points the smooth fit *does* explain (the core,
+        fitted at ``lam``) do not predict it within ``max_residual`` either: a good vertebra that the smooth fit
+        cannot bend to, or that nearby outliers pulled the fit away from, is kept. The worst rejected candidate
+        goes first. When the core has fewer than ``min_trusted`` points, each candidate (worst first) is tested
+        against the fit of all the other trusted points instead.
+        """
         residual = np.linalg.norm(v[trusted] - self._fit(v, trusted, detect_lam)[trusted], axis=1)
+        candidates = residual > max_residual
+        if not candidates.any():
+            return None
+        if not self.held_out_check:
+            return int(np.argmax(residual))
+        core = trusted[~candidates]
+        if core.size >= self.min_trusted:
+            off = np.linalg.norm(v[trusted] - self._fit(v, core, lam)[trusted], axis=1)
+            rejected = candidates & (off > max_residual)
+            return int(np.argmax(np.where(rejected, residual, -np.inf))) if rejected.any() else None
         for i in np.argsort(-residual, kind="stable"):
-            if residual[i] <= max_residual:
+            if not candidates[i]:
                 return None
-            if not self.held_out_check:
-                return int(i)
             held_out = self._fit(v, np.delete(trusted, i), lam)[trusted[i]]
             if np.linalg.norm(v[trusted[i]] - held_out) > max_residual:
                 return int(i)
@@ -190,7 +203,7 @@ class ShapeDictionary(nn.Module):
         1. Trusted: the longest chain of present vertebrae that is monotone along the vertical axis.
         2. With ``max_residual`` (coordinate units): the trusted point that a strongly penalised fit
            (``detect_lam``) explains worst is dropped while its residual ``‖v_i − v̂_i‖`` exceeds ``max_residual``
-           and the fit of the other trusted points does not predict it within ``max_residual`` either
+           and the points that fit does explain do not predict it within ``max_residual`` either
            (``_next_outlier``; one at a time, refitting after each); then a present point the chain had rejected
            is an inlier again when it lies within ``max_residual`` of the final fit (at ``lam``). Inliers keep the network's
            coordinates; all other levels (outliers in any direction, absent levels) take the reconstruction

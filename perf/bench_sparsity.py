@@ -7,7 +7,7 @@ levels is corrupted ``REPEATS`` times: 1-3 of its vertebrae moved 20-60 mm in a 
 too), and in the second scenario 1-3 other levels also dropped (not predicted). Compared: the paper's
 Algorithm 1 (every level replaced by the fit, ``max_residual=None``), the residual rejection of a 100x smoother fit
 with inliers kept where predicted, and spinebench's default, which also verifies each rejection with the fit of the
-other trusted points (``held_out_check``), at the DI2IN default threshold (``sparsity_residual_mm``, 12 mm).
+points that the smooth fit explains (``held_out_check``), at the DI2IN default threshold (``sparsity_residual_mm``, 12 mm).
 
 Figures: outlier error before and after (mean; reduction), median displacement of the good centroids, the
 share of spines where no good centroid ends more than 20 mm from where it was, error of filled-in levels,
@@ -119,7 +119,7 @@ def main() -> None:
             for label, residual, held_out in (
                     ("paper (all levels = fit)", None, False),
                     (f"residual > {THRESHOLD_MM:.0f} mm rejected, inliers kept", THRESHOLD_MM / UNIT_MM, False),
-                    ("the same, each rejection verified by the fit of the others (default)", THRESHOLD_MM / UNIT_MM,
+                    ("the same, each rejection verified by the fit of the points that agree (default)", THRESHOLD_MM / UNIT_MM,
                      True)):
                 r = measure(train, test, drop, residual, held_out_check=held_out)
                 lines.append(

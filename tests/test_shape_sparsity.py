@@ -143,7 +143,7 @@ def test_sideways_outliers_are_rejected_and_inliers_kept_on_real_spines(shared_r
 def test_a_rejection_is_verified_by_the_fit_of_the_other_points_on_a_real_spine(shared_real):
     """CSI-2014 test spine 4586290 (C1-T4) with C2 and T4 moved about 50 and 41 mm and C1, C4, C5 not predicted (a
     case of perf/bench_sparsity.py): the smooth fit alone rejects a good centroid too and moves it 44 mm; verifying
-    each rejection with the fit of the other points keeps every good centroid where it was predicted."""
+    each rejection with the fit of the points that agree keeps every good centroid where it was predicted."""
     train, test = _load_csi(shared_real / "csi2014_landmarks_payer")
     truth = test[6]
     present = ~np.isnan(truth).any(axis=1)
