@@ -74,16 +74,14 @@ def write_projections(folder: Path, datamodule, predictions: dict[str, Any], cou
                       rows: list[dict]) -> list[Path]:
     """Projection files (``<folder>/<case>.npz``) of ``count`` test cases for the leaderboard figures, picked by
     result from the cell's records ``rows``: with 3, its best, median and worst case (``pick_by_result``)."""
+    from leaderboard.evaluate import pooled_case_results
     from leaderboard.metrics import CaseStats
     from leaderboard.projections import pick_by_result, write_case_projection
 
     names = tuple(datamodule.label_names)
     arrays = rows_to_arrays(rows, names)
     stats = CaseStats.from_arrays(arrays["true_mm"], arrays["pred_mm"], arrays["present"], names)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rate = stats.n_identified[:, 0] / stats.n_annotated[:, 0]
-        error = stats.sum_mm[:, 0] / stats.n_matched[:, 0]
-    results = {str(c): (float(r), float(e)) for c, r, e in zip(arrays["cases"], rate, error) if str(c) in predictions}
+    results = {c: r for c, r in pooled_case_results(arrays["cases"], stats).items() if c in predictions}
     written = []
     for _, case_id in pick_by_result(results, max(0, count)):
         pred, pred_mm = predictions[case_id]

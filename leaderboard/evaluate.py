@@ -6,6 +6,7 @@ pooled. Intervals and tests resample patients (``patient`` column).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -234,14 +235,20 @@ def failure_summaries(all_scans: list[MethodScans], conv: Conventions) -> list[F
 
 def case_results(scans: MethodScans, conv: Conventions) -> dict[str, tuple[float, float]]:
     """``{case: (Id.Rate, mean error mm)}`` of one method, each case pooled over its scans (seeds, runs)."""
-    stats = scans.case_stats(conv)
-    cases = np.array([key[2] for key in scans.scan_keys], dtype=object)
+    return pooled_case_results([key[2] for key in scans.scan_keys], scans.case_stats(conv))
+
+
+def pooled_case_results(case_ids, stats: M.CaseStats) -> dict[str, tuple[float, float]]:
+    """``{case: (Id.Rate, mean error mm)}`` over all vertebrae, from the statistics of scans with ``case_ids``
+    (scans of one case pooled)."""
+    cases = np.array([str(c) for c in case_ids], dtype=object)
     out = {}
     for case in sorted(set(cases)):
         sel = cases == case
         annotated, hits = stats.n_annotated[sel, 0].sum(), stats.n_identified[sel, 0].sum()
         matched, total = stats.n_matched[sel, 0].sum(), stats.sum_mm[sel, 0].sum()
-        out[str(case)] = (hits / annotated if annotated else np.nan, total / matched if matched else np.nan)
+        out[str(case)] = (float(hits / annotated) if annotated else math.nan,
+                          float(total / matched) if matched else math.nan)
     return out
 
 

@@ -47,15 +47,31 @@ CLASS_TITLES: dict[str, str] = {
 }
 
 
-def _nearest(true_mm: np.ndarray, pred_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(own distance, nearest annotated level, its distance)``, each ``(..., K)``."""
+@dataclass(frozen=True)
+class _Geometry:
+    """What every class is decided from, each ``(..., K)``: flags, the identification rule, and the distances to
+    the own and to the nearest annotated centroid (and that centroid's level)."""
+
+    present: np.ndarray
+    annotated: np.ndarray
+    ok: np.ndarray
+    own: np.ndarray
+    nearest: np.ndarray
+    near_d: np.ndarray
+
+
+def _geometry(true_mm, pred_mm, pred_present, threshold_mm: float, search: str) -> _Geometry:
+    true_mm, pred_mm = np.asarray(true_mm, float), np.asarray(pred_mm, float)
+    present = np.asarray(pred_present, bool) & np.isfinite(pred_mm).all(-1)
     annotated = np.isfinite(true_mm).all(-1)
-    pairwise = np.linalg.norm(pred_mm[..., :, None, :] - true_mm[..., None, :, :], axis=-1)
+    ok = identified(true_mm, pred_mm, present, search=search, threshold_mm=threshold_mm)
+    shown = np.where(present[..., None], pred_mm, np.nan)
+    pairwise = np.linalg.norm(shown[..., :, None, :] - true_mm[..., None, :, :], axis=-1)
     pairwise = np.where(annotated[..., None, :], pairwise, np.inf)
     own = np.diagonal(pairwise, axis1=-2, axis2=-1)
     nearest = np.argmin(np.where(np.isnan(pairwise), np.inf, pairwise), axis=-1)
     near_d = np.take_along_axis(pairwise, nearest[..., None], axis=-1)[..., 0]
-    return own, nearest, near_d
+    return _Geometry(present, annotated, ok, own, nearest, near_d)
 
 
 def classify_vertebrae(
@@ -66,21 +82,20 @@ def classify_vertebrae(
     search: str = "glocker",
 ) -> np.ndarray:
     """``(N, K)`` index into ``CLASSES`` for annotated vertebrae, -1 for the others (not annotated)."""
-    true_mm, pred_mm = np.asarray(true_mm, float), np.asarray(pred_mm, float)
-    present = np.asarray(pred_present, bool) & np.isfinite(pred_mm).all(-1)
-    annotated = np.isfinite(true_mm).all(-1)
-    ok = identified(true_mm, pred_mm, present, search=search, threshold_mm=threshold_mm)
-    own, nearest, near_d = _nearest(true_mm, np.where(present[..., None], pred_mm, np.nan))
-    gap = np.abs(nearest - np.arange(annotated.shape[-1]))
-    near = near_d < threshold_mm
-    clear = near & (gap >= 1) & (near_d <= SHIFT_RATIO * own)
-    out = np.full(annotated.shape, -1, dtype=np.int64)
-    base = annotated & present & ~ok
+    return _classify(_geometry(true_mm, pred_mm, pred_present, threshold_mm, search), threshold_mm)
+
+
+def _classify(g: _Geometry, threshold_mm: float) -> np.ndarray:
+    gap = np.abs(g.nearest - np.arange(g.annotated.shape[-1]))
+    near = g.near_d < threshold_mm
+    clear = near & (gap >= 1) & (g.near_d <= SHIFT_RATIO * g.own)
+    out = np.full(g.annotated.shape, -1, dtype=np.int64)
+    base = g.annotated & g.present & ~g.ok
     for name, mask in (("ambiguous", near), ("shift_more", clear & (gap >= 2)), ("shift_1", clear & (gap == 1)),
                        ("mislocalised", ~near)):
         out[base & mask] = CLASSES.index(name)
-    out[annotated & ~present] = CLASSES.index("missed")
-    out[ok] = CLASSES.index("identified")
+    out[g.annotated & ~g.present] = CLASSES.index("missed")
+    out[g.ok] = CLASSES.index("identified")
     return out
 
 
@@ -111,27 +126,26 @@ def scan_failures(
     search: str = "glocker",
 ) -> ScanFailures:
     """The per-scan facts of the module docstring for ``(N, K)`` scans over label ``names``."""
-    true_mm, pred_mm = np.asarray(true_mm, float), np.asarray(pred_mm, float)
-    present = np.asarray(pred_present, bool) & np.isfinite(pred_mm).all(-1)
-    annotated = np.isfinite(true_mm).all(-1)
-    ok = identified(true_mm, pred_mm, present, search=search, threshold_mm=threshold_mm)
-    fps = (present & ~annotated).sum(-1)
-    all_right = annotated.any(-1) & (ok == annotated).all(-1) & (fps == 0)
-    _, nearest, near_d = _nearest(true_mm, np.where(present[..., None], pred_mm, np.nan))
-    offset = nearest - np.arange(annotated.shape[-1])
-    placed = annotated & present & (near_d < threshold_mm)  # predictions that sit on some annotated centroid
+    return _scan_failures(_geometry(true_mm, pred_mm, pred_present, threshold_mm, search), names, threshold_mm)
+
+
+def _scan_failures(g: _Geometry, names: tuple[str, ...] | list[str], threshold_mm: float) -> ScanFailures:
+    fps = (g.present & ~g.annotated).sum(-1)
+    all_right = g.annotated.any(-1) & (g.ok == g.annotated).all(-1) & (fps == 0)
+    offset = g.nearest - np.arange(g.annotated.shape[-1])
+    placed = g.annotated & g.present & (g.near_d < threshold_mm)  # predictions that sit on an annotated centroid
     first = np.take_along_axis(offset, np.argmax(placed, axis=-1)[..., None], axis=-1)[..., 0]
     same = np.where(placed, offset == first[..., None], True).all(-1)
-    whole = (placed.sum(-1) >= 2) & same & (first != 0) & ~(ok & placed).any(-1)
+    whole = (placed.sum(-1) >= 2) & same & (first != 0) & ~(g.ok & placed).any(-1)
     transitional = np.array([n in TRANSITIONAL for n in names], bool)
     return ScanFailures(
         all_right=all_right,
         whole_shift=whole,
         shift=np.where(whole, first, 0),
         false_positives=fps,
-        transitional_annotated=(annotated & transitional).sum(-1),
-        transitional_missed=(annotated & ~present & transitional).sum(-1),
-        transitional_invented=(present & ~annotated & transitional).sum(-1),
+        transitional_annotated=(g.annotated & transitional).sum(-1),
+        transitional_missed=(g.annotated & ~g.present & transitional).sum(-1),
+        transitional_invented=(g.present & ~g.annotated & transitional).sum(-1),
     )
 
 
@@ -167,14 +181,15 @@ def summarize_failures(
     search: str = "glocker",
 ) -> FailureSummary:
     """The taxonomy of ``(N, K)`` scans over label ``names`` (per region and per scan)."""
-    classes = classify_vertebrae(true_mm, pred_mm, pred_present, threshold_mm, search)
+    geometry = _geometry(true_mm, pred_mm, pred_present, threshold_mm, search)  # once for both kinds of facts
+    classes = _classify(geometry, threshold_mm)
     masks = region_masks(names)  # (R, K)
     counts = np.stack([np.einsum("nk,rk->r", (classes == i).astype(float), masks.astype(float))
                        for i in range(len(CLASSES))])  # (C, R)
     n_annotated = counts.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = np.where(n_annotated > 0, counts / np.where(n_annotated > 0, n_annotated, 1.0), np.nan)
-    scans = scan_failures(true_mm, pred_mm, pred_present, names, threshold_mm, search)
+    scans = _scan_failures(geometry, names, threshold_mm)
     n = len(scans.all_right)
     return FailureSummary(
         method=method,

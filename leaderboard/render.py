@@ -115,14 +115,6 @@ def fmt(value: float, scale: float = 1.0, digits: int = 1) -> str:
     return DASH if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
-def fmt_ci(point: float, lo: float, hi: float, scale: float = 1.0, digits: int = 1) -> str:
-    if not math.isfinite(point):
-        return DASH
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return fmt(point, scale, digits)
-    return f"{fmt(point, scale, digits)} [{fmt(lo, scale, digits)}, {fmt(hi, scale, digits)}]"
-
-
 def fmt_reported(value: float) -> str:
     """A published number as printed in the paper (no rounding)."""
     return DASH if not math.isfinite(value) else f"{value:g}"

@@ -205,9 +205,9 @@ class ShapeDictionary(nn.Module):
            (``detect_lam``) explains worst is dropped while its residual ``‖v_i − v̂_i‖`` exceeds ``max_residual``
            and the points that fit does explain do not predict it within ``max_residual`` either
            (``_next_outlier``; one at a time, refitting after each); then a present point the chain had rejected
-           is an inlier again when it lies within ``max_residual`` of the final fit (at ``lam``). Inliers keep the network's
-           coordinates; all other levels (outliers in any direction, absent levels) take the reconstruction
-           ``D a + t`` of the final fit.
+           is an inlier again when it lies within ``max_residual`` of the final fit (at ``lam``). Inliers keep the
+           network's coordinates; all other levels (outliers in any direction, absent levels) take the
+           reconstruction ``D a + t`` of the final fit.
         3. Without ``max_residual`` (the paper's Algorithm 1 as written): every level takes ``D a + t``.
 
         When fewer than ``min_trusted`` present vertebrae form a monotone chain, or (with ``max_residual``) no
