@@ -18,7 +18,9 @@ def softmax_3d(heatmaps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     if heatmaps.dim() < 3:
         raise ValueError(f"heatmaps need at least 3 spatial axes, got shape {tuple(heatmaps.shape)}")
     spatial = heatmaps.shape[-3:]
-    flat = (beta * heatmaps).reshape(*heatmaps.shape[:-3], -1).float()
+    scaled = heatmaps if beta == 1.0 else beta * heatmaps  # a full-size pass saved at the paper's beta
+    flat = scaled.reshape(*heatmaps.shape[:-3], -1)
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))  # half precision (AMP) -> float32
     return torch.softmax(flat, dim=-1).reshape(*heatmaps.shape[:-3], *spatial)
 
 
@@ -26,19 +28,20 @@ def expected_coordinates(probabilities: torch.Tensor) -> torch.Tensor:
     """Expected voxel coordinate of each ``(..., D, H, W)`` probability map -> ``(..., 3)`` in (d, h, w) order."""
     d, h, w = probabilities.shape[-3:]
     dev, dt = probabilities.device, probabilities.dtype
-    marg_d = probabilities.sum(dim=(-2, -1))  # (..., D)
-    marg_h = probabilities.sum(dim=(-3, -1))  # (..., H)
+    # two passes over the full maps: the (D, H) plane (summed over W) gives the D and H marginals
+    plane = probabilities.sum(dim=-1)  # (..., D, H)
     marg_w = probabilities.sum(dim=(-3, -2))  # (..., W)
     coords = [
-        (marg_d * torch.arange(d, device=dev, dtype=dt)).sum(-1),
-        (marg_h * torch.arange(h, device=dev, dtype=dt)).sum(-1),
-        (marg_w * torch.arange(w, device=dev, dtype=dt)).sum(-1),
+        plane.sum(-1) @ torch.arange(d, device=dev, dtype=dt),
+        plane.sum(-2) @ torch.arange(h, device=dev, dtype=dt),
+        marg_w @ torch.arange(w, device=dev, dtype=dt),
     ]
     return torch.stack(coords, dim=-1)
 
 
 def soft_argmax_3d(heatmaps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-    """Integral regression of ``(B, K, D, H, W)`` heatmap logits -> ``(B, K, 3)`` float32 voxel coordinates.
+    """Integral regression of ``(B, K, D, H, W)`` heatmap logits -> ``(B, K, 3)`` voxel coordinates, float32 (float64
+    for float64 heatmaps).
 
     ``beta`` is an inverse temperature applied before the softmax (1.0 = the paper's plain softmax; the
     network learns the sharpness of its logits). Every coordinate lies inside ``[0, size - 1]``.

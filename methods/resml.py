@@ -16,6 +16,7 @@ Size: ``preset="paper"`` (default: the paper's crop, classifier and LSTM sizes) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from torch import nn
 
 from datamodules.errors import InputError
 from methods.base import DataRequirements, VertebraMethod, VolumePrediction
+from methods.blocks import Conv3d, max_pool2, upsample_to
 from methods.crop_inference import predict_volume_tiled
 from methods.integral import soft_argmax_3d
 from methods.registry import register_method
@@ -65,7 +67,7 @@ class ResMLConfig:
     warmup_steps: int = 0
     # whole-CT inference (methods/crop_inference.py documents the rule)
     tile_overlap: float = 0.5
-    inference_batch_size: int = 4
+    inference_batch_size: int = 2  # crops per forward pass; 2 was fastest on CPU (45 vs 51 ms a crop with 4)
     presence_threshold: float = 0.5
     border_margin_vox: float = 2.0
     n_clusters: int = 3
@@ -121,18 +123,28 @@ class ResidualModule(nn.Module):
         mid = out_channels // 2
         layers = []
         for cin, cout, k in ((in_channels, mid, 1), (mid, mid, 3), (mid, out_channels, 1)):
-            layers += [nn.Conv3d(cin, cout, k, padding=k // 2, bias=False), nn.GroupNorm(groups, cout), nn.ReLU()]
+            layers += [_conv(cin, cout, k), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*layers)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.skip(x)
+        y = self.body(x)
+        # in place without autograd (the body ends in an in-place ReLU whose output its backward needs)
+        return y.add_(self.skip(x)) if not torch.is_grad_enabled() else y + self.skip(x)
+
+
+def _conv(cin: int, cout: int, kernel) -> nn.Conv3d:
+    """Bias-free 'same' convolution. Spatial kernels always run oneDNN on CPU (``blocks.Conv3d``; batch-1
+    crops would otherwise take PyTorch's reference kernel, 3x slower); 1x1x1 stays ``nn.Conv3d``, whose
+    reference kernel is faster than oneDNN for these few channels."""
+    if kernel == 1:
+        return nn.Conv3d(cin, cout, 1, bias=False)
+    padding = tuple(k // 2 for k in kernel) if isinstance(kernel, tuple) else kernel // 2
+    return Conv3d(cin, cout, kernel, padding=padding, bias=False)
 
 
 def _conv_gn_relu(cin: int, cout: int, kernel, groups: int) -> nn.Sequential:
-    padding = tuple(k // 2 for k in kernel) if isinstance(kernel, tuple) else kernel // 2
-    conv = nn.Conv3d(cin, cout, kernel, padding=padding, bias=False)
-    return nn.Sequential(conv, nn.GroupNorm(groups, cout), nn.ReLU())
+    return nn.Sequential(_conv(cin, cout, kernel), nn.GroupNorm(groups, cout), nn.ReLU(inplace=True))
 
 
 class ResMLNet(nn.Module):
@@ -198,12 +210,12 @@ class ResMLNet(nn.Module):
         skips, x = [], image
         for level, block in enumerate(self.encoder):
             if level:
-                x = F.max_pool3d(x, 2)
+                x = max_pool2(x)
             x = block(x)
             skips.append(self.skip_outs[level](x))
         y = skips[3]
         for block, skip in zip(self.decoder, reversed(skips[:3]), strict=True):
-            y = F.interpolate(block(y), size=skip.shape[-3:], mode="trilinear", align_corners=False) + skip
+            y = upsample_to(block(y), skip.shape[-3:]).add_(skip)  # a fresh tensor that no backward needs
         heatmaps = self.head(y)
         out = {"heatmaps": heatmaps, "coords_vox": soft_argmax_3d(heatmaps)}
         if self.classifier is not None:
@@ -211,6 +223,39 @@ class ResMLNet(nn.Module):
             if self.lstm is not None:
                 seq = f.permute(0, 2, 1, 3, 4).flatten(2)  # (B, D', C*H'*W'): one time step per vertical slab
                 f, _ = self.lstm(seq)  # (B, D', 2*hidden)
+            out["logits"] = self.fc(f.flatten(1))
+        return out
+
+    def literal_forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``forward`` computed with PyTorch's plain operators (``F.conv3d``, ``F.max_pool3d``, ``F.interpolate``,
+        a softmax and three marginals): the reference the fast path is tested and benchmarked against."""
+        def run(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+            if isinstance(module, ResidualModule):
+                return run(module.body, t) + run(module.skip, t)
+            if isinstance(module, nn.Sequential):
+                for m in module:
+                    t = run(m, t)
+                return t
+            if isinstance(module, nn.Conv3d):
+                return F.conv3d(t, module.weight, module.bias, padding=module.padding)
+            return F.relu(t) if isinstance(module, nn.ReLU) else module(t)
+
+        skips, x = [], image
+        for level, block in enumerate(self.encoder):
+            x = run(block, F.max_pool3d(x, 2) if level else x)
+            skips.append(run(self.skip_outs[level], x))
+        y = skips[3]
+        for block, skip in zip(self.decoder, reversed(skips[:3]), strict=True):
+            y = F.interpolate(run(block, y), size=skip.shape[-3:], mode="trilinear", align_corners=False) + skip
+        heatmaps = run(self.head, y)
+        p = torch.softmax(heatmaps.flatten(2), -1).view_as(heatmaps)
+        axes = ((-2, -1), (-3, -1), (-3, -2))
+        coords = [(p.sum(a) * torch.arange(n, dtype=p.dtype)).sum(-1) for a, n in zip(axes, p.shape[-3:])]
+        out = {"heatmaps": heatmaps, "coords_vox": torch.stack(coords, -1)}
+        if self.classifier is not None:
+            f = run(self.classifier, x)
+            if self.lstm is not None:
+                f, _ = self.lstm(f.permute(0, 2, 1, 3, 4).flatten(2))
             out["logits"] = self.fc(f.flatten(1))
         return out
 
@@ -236,6 +281,15 @@ class ResidualMultiLabel(VertebraMethod):
             c.lstm_layers,
             pooled_size=tuple(max(1, s // 16) for s in c.crop_size_vox),  # the 1/8 map max-pooled by 2
         )
+
+    # whole-CT inference only (methods/crop_inference.py): cells that differ in these share one training
+    _INFERENCE_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "tile_overlap", "inference_batch_size", "presence_threshold", "border_margin_vox", "n_clusters",
+        "merge_radius_vox", "min_support", "min_agreement"})  # fmt: skip
+
+    @classmethod
+    def inference_only_fields(cls, config: ResMLConfig) -> frozenset[str]:
+        return cls._INFERENCE_FIELDS
 
     def data_requirements(self) -> DataRequirements:
         return DataRequirements(sample_mode="crop", crop_size_vox=self.config.crop_size_vox)

@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import timed, write_fragment  # noqa: E402  (first: it sets the allocator's env before torch)
+from common import achievable_gflops, flops, timed, write_fragment  # noqa: E402  (first: it sets the allocator's env before torch)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from datamodules.targets import gaussian_heatmaps  # noqa: E402
 from methods.registry import create_method  # noqa: E402
@@ -64,21 +63,6 @@ def case_heatmaps(train: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarr
     present[levels] = True
     heat = gaussian_heatmaps(torch.from_numpy(centroids)[None], torch.from_numpy(present)[None], VOLUME_VOX, 2.0)
     return heat[0], centroids, present
-
-
-def flops(fn) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
-def achievable_gflops() -> float:
-    """GFLOP/s of one large 3x3x3 conv3d (32 -> 32 channels, 64^3, channels_last_3d), forward."""
-    x = torch.randn(1, 32, 64, 64, 64).contiguous(memory_format=torch.channels_last_3d)
-    conv = torch.nn.Conv3d(32, 32, 3, padding=1).to(memory_format=torch.channels_last_3d)
-    with torch.no_grad():
-        seconds, _ = timed(lambda: conv(x), repeat=6)  # best of 6: the ceiling, not a typical run
-        return flops(lambda: conv(x)) / seconds / 1e9
 
 
 def inference_seconds(preset: str, literal: bool, repeat: int) -> tuple[float, float]:

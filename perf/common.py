@@ -11,7 +11,9 @@ description (CPU model from /proc/cpuinfo, ``nproc``, torch threads, Python/torc
 versions, date). ``perf/run_all.py`` (``make bench``) runs every ``perf/bench_*.py`` and assembles
 ``PERFORMANCE.md`` from the fragments, sorted by file name. Keep each script under a few minutes on 2 cores.
 
-``timed(fn, repeat=3)`` returns the best wall time of ``repeat`` calls (seconds) and the last result.
+``timed(fn, repeat=3)`` returns the best wall time of ``repeat`` calls (seconds) and the last result;
+``flops(fn)`` counts a call's floating-point operations and ``achievable_gflops()`` measures the reference
+throughput of one large conv3d, for figures reported as a fraction of what the CPU can do.
 
 Figures taken on a busy machine are not figures: importing this module reads the 1-minute load average
 (before the benchmark's own work), and ``write_fragment`` refuses to record when it exceeded ``MAX_LOAD``
@@ -128,3 +130,26 @@ def timed(fn, repeat: int = 3):
         result = fn()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def flops(fn) -> float:
+    """Floating-point operations of one call of ``fn``, counted by ``torch.utils.flop_counter`` (convolutions
+    and matrix products; element-wise work and resizing are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def achievable_gflops() -> float:
+    """GFLOP/s of one large 3x3x3 conv3d (32 -> 32 channels, 64^3, channels_last_3d), forward, in this process's
+    torch thread setting: the reference every network's throughput is reported against."""
+    import torch
+
+    x = torch.randn(1, 32, 64, 64, 64).contiguous(memory_format=torch.channels_last_3d)
+    conv = torch.nn.Conv3d(32, 32, 3, padding=1).to(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        seconds, _ = timed(lambda: conv(x), repeat=6)  # best of 6: the ceiling, not a typical run
+        return flops(lambda: conv(x)) / seconds / 1e9
+

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.blocks import upsample_to
+from methods.blocks import max_pool2, upsample_to
 
 
 @pytest.mark.parametrize("src, dst", [((3, 4, 5), (6, 8, 10)), ((9, 3, 4), (72, 24, 32)), ((5, 6, 7), (5, 13, 7)),
@@ -56,3 +56,14 @@ def test_pointwise_equals_a_1x1x1_conv_and_keeps_channels_last():
     torch.testing.assert_close(out, F.conv3d(x, weight, bias), rtol=1e-5, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(pointwise(x.contiguous(), weight), F.conv3d(x, weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6, 10), (1, 4, 9, 7, 5), (3, 1, 2, 2, 2)])
+def test_max_pool2_equals_max_pool3d_with_and_without_autograd(shape):
+    x = torch.randn(*shape, dtype=torch.float64)  # odd sizes are floored, as by max_pool3d
+    with torch.no_grad():
+        assert torch.equal(max_pool2(x), F.max_pool3d(x, 2))  # the strided-maxima path
+    xg = x.clone().requires_grad_()
+    y = max_pool2(xg)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(y.detach(), F.max_pool3d(x, 2)) and xg.grad is not None and xg.grad.sum() == y.numel()

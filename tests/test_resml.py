@@ -187,3 +187,34 @@ def test_fit_runs_when_the_monitored_metric_is_never_logged_and_the_checkpoint_r
     reloaded.eval()
     with torch.no_grad():
         assert torch.equal(reloaded(image)["logits"], m(image)["logits"])
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_fast_forward_equals_the_literal_network_values_and_gradients(name):
+    """The inference fast path (strided max-pool, separable resize, in-place adds, oneDNN convolutions, two-pass
+    marginals) and the training path both equal the network computed with PyTorch's plain operators."""
+    torch.manual_seed(0)
+    net = create_method(name, **TINY).net.double()
+    image = torch.randn(2, 1, 24, 16, 16, dtype=torch.float64)  # not a crop size: any input size works
+    with torch.no_grad():
+        fast, literal = net(image), net.literal_forward(image)
+    assert fast.keys() == literal.keys()
+    for key in fast:
+        torch.testing.assert_close(fast[key], literal[key], rtol=1e-9, atol=1e-9)
+    grads = []
+    for forward in (net, net.literal_forward):
+        net.zero_grad()
+        out = forward(image)
+        (out["coords_vox"].sum() + out.get("logits", torch.zeros(())).sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-7, atol=1e-9, msg=n)
+
+
+def test_inference_settings_share_one_training():
+    """Cells that differ only in whole-CT inference settings (tiling, voting, clustering) train once."""
+    fields = ResidualMultiLabel.inference_only_fields(ResMLConfig(**TINY))
+    assert {"tile_overlap", "presence_threshold", "min_agreement", "n_clusters"} <= fields
+    assert not fields & {"crop_size_vox", "widths", "learning_rate", "localization_weight", "pos_weight"}
+    assert fields <= {f.name for f in dataclasses.fields(ResMLConfig)}
