@@ -3,7 +3,6 @@ checkpoint weights. Used by ``benchmark.cell`` (training and evaluation), ``benc
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,14 +15,16 @@ from benchmark.callbacks import AtomicCheckpointIO
 from benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
 
 
-def set_determinism(seed: int, trainer_cfg: TrainerConfig) -> None:
-    """Seed every RNG (and data-loader workers); deterministic kernels are switched on by the Trainer."""
+def set_determinism(seed: int, trainer_cfg: TrainerConfig, processes: int = 1) -> None:
+    """Seed every RNG (and data-loader workers) and set torch's thread count; deterministic kernels are switched
+    on by the Trainer. ``processes``: how many processes of this job share the machine (``benchmark.schedule``)."""
     L.seed_everything(seed, workers=True, verbose=False)
-    if trainer_cfg.accelerator == "cpu":
-        # Same thread count on every run: float reductions then add up in the same order. Small 3D convs on a
-        # busy 2-core machine run several times faster on one thread than on two (configs/default.yaml).
-        wanted = trainer_cfg.num_threads or torch.get_num_threads()
-        torch.set_num_threads(max(1, min(wanted, os.cpu_count() or 1)))
+    if trainer_cfg.accelerator in ("cpu", "auto"):
+        # trainer.num_threads, or the free cores shared among the job's processes (benchmark.threads): small 3D
+        # convs on a 2-core machine with one core busy ran 6.6x slower on two threads than on one
+        from benchmark.threads import choose_threads
+
+        torch.set_num_threads(choose_threads(trainer_cfg.num_threads, processes))
 
 
 def build_method(cfg: ExperimentConfig, entry: MethodEntry):

@@ -95,6 +95,7 @@ def train_and_evaluate_cell(
     projections_dir: Path | None = None,
     projection_cases: int = 0,
     on_datamodule: Callable[[Any], None] | None = None,
+    processes: int = 1,
 ) -> CellResult:
     """Train ``entry`` with ``seed`` into ``folder`` (resuming from its ``last.ckpt``), evaluate, return metrics.
 
@@ -102,12 +103,13 @@ def train_and_evaluate_cell(
     (``test/id_rate``, ``test/mean_mm``, ``test/<region>/...``). Rank 0 writes ``records.csv`` and
     ``result.json`` (last, marking the cell complete); ``projection_cases`` test cases get projection files
     in ``projections_dir`` for the leaderboard figures. Every DDP rank calls this; only rank 0 writes.
+    ``processes``: how many processes of the run share the machine (they share its free cores, ``benchmark.threads``).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     folder = Path(folder)
     trainer_cfg = cfg.trainer_for(entry)
-    set_determinism(seed, trainer_cfg)
+    set_determinism(seed, trainer_cfg, processes)
     method = build_method(cfg, entry)
     datamodule = build_datamodule(cfg, method, seed)
     names = label_names(cfg)
@@ -286,6 +288,7 @@ def evaluate_checkpoint(
         "test/cases": float(n_cases),
         "test/seconds_per_case": total_s / n_cases if n_cases else math.nan,
         "peak_memory_mb": peak_mb,
+        "torch_threads": float(torch.get_num_threads()),
         "_predictions": predictions,
         "_datamodule": datamodule,
     }

@@ -67,7 +67,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None  # also write last.ckpt every N steps (finer resume)
     deterministic: bool = True
     enable_progress_bar: bool = True
-    num_threads: int | None = None  # CPU intra-op threads of torch (None: torch's default); fixed -> same float sums
+    # CPU intra-op threads of torch; None: the free cores shared among the run's processes (benchmark.threads).
+    # A fixed count also fixes the order of float sums (bit-identical records between runs).
+    num_threads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir
 from benchmark.schedule import TrainingUnit, plan_units, process_count
+from benchmark.threads import choose_threads
 from benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
 from benchmark.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
 from benchmark.results import build_leaderboard, write_run_records
@@ -122,7 +123,8 @@ def run_benchmark(
     order = [m.name for m in cfg.methods]
     run_ids = _start_child_runs(tracker, cfg, units, out_dir)
     ctx = UnitContext(out_dir, out_dir.name, {name: order.index(name) for name in order}, run_ids,
-                      tracker.uri if tracker.enabled else None, cfg.tracking.experiment, progress=processes == 1)
+                      tracker.uri if tracker.enabled else None, cfg.tracking.experiment, progress=processes == 1,
+                      processes=processes)
     numbers = {(m.name, s): i for i, (m, s) in enumerate(cfg.cells(), start=1)}
     started: dict[int, float] = {}
     results: list[CellResult] = []
@@ -152,7 +154,9 @@ def run_benchmark(
     status = "FAILED"
     try:
         if is_zero and processes > 1:
-            console.print(f"{len(units)} trainings for {n_cells} cells in {processes} parallel processes")
+            threads = choose_threads(cfg.trainer.num_threads, processes)
+            console.print(f"{len(units)} trainings for {n_cells} cells in {processes} parallel processes, "
+                          f"{threads} torch thread{'s' if threads > 1 else ''} each")
         if processes > 1:
             from datamodules.datamodule import VertebraDataModule
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 
 from benchmark.config import ExperimentConfig, MethodEntry
+from benchmark.threads import auto_processes
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,5 @@ def process_count(cfg: ExperimentConfig, n_units: int) -> int:
                      and not t.strategy.startswith(("ddp", "fsdp")) for t in trainers)  # fmt: skip
     if not single_cpu:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(t.num_threads or cores for t in trainers)
-    return max(1, min(n_units, cores // threads))
+    fixed = [t.num_threads for t in trainers if t.num_threads]
+    return auto_processes(n_units, max(fixed) if len(fixed) == len(trainers) else None)

@@ -36,6 +36,7 @@ class UnitContext:
     tracking_uri: str | None = None
     experiment: str | None = None
     progress: bool = True
+    processes: int = 1  # processes of this run side by side: they share the free cores (benchmark.threads)
 
 
 def cell_key(method: str, seed: int) -> str:
@@ -64,7 +65,7 @@ def run_unit(cfg: ExperimentConfig, unit: TrainingUnit, ctx: UnitContext) -> lis
         trained = train_and_evaluate_cell(
             cfg, first, seed, folder, loggers=loggers, run_name=ctx.run_name, progress=ctx.progress,
             projections_dir=projections(first.name), projection_cases=cfg.output.projection_cases,
-            method_order=ctx.method_order[first.name], on_datamodule=captured.append,
+            method_order=ctx.method_order[first.name], on_datamodule=captured.append, processes=ctx.processes,
         )  # fmt: skip
     results = [trained]
     for member in unit.members[1:]:
@@ -72,7 +73,7 @@ def run_unit(cfg: ExperimentConfig, unit: TrainingUnit, ctx: UnitContext) -> lis
         if cell_complete(member_folder):
             results.append(CellResult.read(member_folder))
             continue
-        set_determinism(seed, cfg.trainer_for(member))
+        set_determinism(seed, cfg.trainer_for(member), ctx.processes)
         method = build_method(cfg, member)
         datamodule = captured[0] if captured else build_datamodule(cfg, method, seed)
         checkpoint = write_member_checkpoint(method, datamodule, trained.best_checkpoint, member_folder,

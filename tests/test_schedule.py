@@ -55,6 +55,10 @@ def test_process_count_follows_threads_and_devices(monkeypatch):
     assert process_count(cfg, 4) == 4 and process_count(cfg, 3) == 3
     cfg = load_experiment("default", ["tracking.enabled=false", "trainer.num_threads=2"])
     assert process_count(cfg, 4) == 2
+    # automatic threads: one process per free core (the load average counts the busy ones)
+    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0), raising=False)
+    cfg = load_experiment("default", ["tracking.enabled=false", "trainer.num_threads=null"])
+    assert cfg.trainer.num_threads is None and process_count(cfg, 4) == 3 and process_count(cfg, 2) == 2
     cfg = load_experiment("default", ["tracking.enabled=false", "execution.processes=1"])
     assert process_count(cfg, 4) == 1
     # one process per job is the rule on CPU; several devices (DDP) run in one process tree
