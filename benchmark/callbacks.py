@@ -114,6 +114,28 @@ class PredictTiming(L.Callback):
         self.seconds.append(time.perf_counter() - self._t0)
 
 
+class PhaseTiming(L.Callback):
+    """Wall seconds of a fit and of its validation loops (sanity check included), for the cadence figures: a
+    cell records ``train/seconds`` and ``val/seconds`` (the share validation takes is their ratio)."""
+
+    def __init__(self) -> None:
+        self.fit_seconds = 0.0
+        self.validation_seconds = 0.0
+        self._fit_t0 = self._val_t0 = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_t0 = time.perf_counter()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.fit_seconds += time.perf_counter() - self._fit_t0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validation_seconds += time.perf_counter() - self._val_t0
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file and renamed: a run killed mid-write leaves the old file intact."""
 

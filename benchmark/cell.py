@@ -24,7 +24,7 @@ from benchmark.builders import (
     _checkpoint_step, build_datamodule, build_method, build_trainer, label_names, load_weights, parameter_count,
     set_determinism,
 )  # fmt: skip
-from benchmark.callbacks import VAL_ID_RATE, PredictTiming, ValidationIdentification
+from benchmark.callbacks import VAL_ID_RATE, PhaseTiming, PredictTiming, ValidationIdentification
 from benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
 from benchmark.memory import PeakMemory
 from datamodules.atomic import write_text_atomic
@@ -134,9 +134,10 @@ def train_and_evaluate_cell(
 
     # the learning curves of every training, tracked or not: <cell>/curves/metrics.csv (leaderboard.curves)
     curves = CSVLogger(save_dir=str(folder), name="", version=CURVES_DIR)
+    phases = PhaseTiming()
     trainer = build_trainer(
         trainer_cfg,
-        callbacks=[ValidationIdentification(names), best_cb, *last_cbs, *callbacks],
+        callbacks=[ValidationIdentification(names), best_cb, *last_cbs, phases, *callbacks],
         loggers=[*loggers, curves],
         default_root_dir=folder,
         progress=progress,
@@ -156,6 +157,8 @@ def train_and_evaluate_cell(
         "train/steps": float(trainer.global_step),
         "params": float(parameter_count(method)),
         TRAIN_PEAK: train_peak.mib,
+        "train/seconds": phases.fit_seconds,  # this session's fit (a resumed cell: since the resume)
+        "val/seconds": phases.validation_seconds,
     }
     if not evaluate_test:
         result = CellResult(entry.name, seed, metrics, None, best, resume_step)

@@ -78,7 +78,7 @@ def run_unit(cfg: ExperimentConfig, unit: TrainingUnit, ctx: UnitContext) -> lis
         datamodule = captured[0] if captured else build_datamodule(cfg, method, seed)
         checkpoint = write_member_checkpoint(method, datamodule, trained.best_checkpoint, member_folder,
                                              cell_key(first.name, seed))
-        shared = {k: trained.metrics[k] for k in ("train/steps", "params", TRAIN_PEAK) if k in trained.metrics}
+        shared = {k: trained.metrics[k] for k in ("train/steps", "train/seconds", "val/seconds", "params", TRAIN_PEAK) if k in trained.metrics}
         results.append(evaluate_and_write(
             cfg, member, seed, member_folder, checkpoint, method=method,
             datamodule=datamodule, metrics=shared, run_name=ctx.run_name,

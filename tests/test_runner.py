@@ -63,6 +63,9 @@ def test_run_writes_every_output(trained_run):
     result = json.loads((out / "cells" / "di2in" / "seed0" / "result.json").read_text())
     assert 0.0 <= result["metrics"]["val/id_rate"] <= 1.0 and result["metrics"]["test/cases"] == cfg.data.phantom_test
     assert Path(result["best_checkpoint"]).is_file() and (out / "cells/di2in/seed0/checkpoints/last.ckpt").is_file()
+    # the fit's wall time, the share its validations took, and the thread count the cell used
+    assert result["metrics"]["train/seconds"] > result["metrics"]["val/seconds"] > 0
+    assert 1 <= result["metrics"]["torch_threads"] <= manifest["machine"]["cpu_count"]
     rows = _records(out / "records.csv", drop=())
     # every test case exactly once, all K vertebrae each, with world-mm truth and the efficiency columns
     assert len(rows) == cfg.data.phantom_test * 26

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.tracking import Tracker, TrackingError, check_reachable, default_tracking_uri, flatten
+from benchmark.tracking import (
+    Tracker, TrackingError, check_reachable, default_tracking_uri, flatten, seed_sqlite_store,
+)  # fmt: skip
 
 
 def _free_port() -> int:
@@ -66,6 +68,41 @@ def test_sqlite_store_parent_child_and_resume(tmp_path):
     again.start("exp", params={})
     assert again.parent_run_id == parent
     assert again.start_cell(tmp_path / "cells" / "di2in" / "seed0", "di2in/seed0", {}) == child
+
+
+def test_new_sqlite_stores_start_from_one_migrated_template(tmp_path, monkeypatch):
+    """MLflow's migrations run once per machine and MLflow version; a store seeded from the template is a full
+    store (schema at MLflow's head revision, usable by MlflowClient) and an existing store is never replaced."""
+    import sqlite3
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("SPINEBENCH_CACHE", str(tmp_path / "cache"))
+    fresh = tmp_path / "fresh.db"
+    MlflowClient(tracking_uri=f"sqlite:///{fresh}").search_experiments()  # MLflow's own creation
+    assert seed_sqlite_store(f"sqlite:///{tmp_path / 'a.db'}")  # builds the template, then copies it
+    template = tmp_path / "cache" / "mlflow" / f"empty-{mlflow.__version__}.db"
+    assert template.is_file()
+    start = time.perf_counter()
+    assert seed_sqlite_store(f"sqlite:///{tmp_path / 'b.db'}")
+    assert time.perf_counter() - start < 0.5  # a file copy, no migration
+
+    def revision(path):
+        with sqlite3.connect(path) as db:
+            return db.execute("SELECT version_num FROM alembic_version").fetchall()
+
+    assert revision(tmp_path / "b.db") == revision(fresh)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'b.db'}")
+    run = client.create_run(client.create_experiment("x"))
+    client.log_metric(run.info.run_id, "m", 1.0)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
+    before = (tmp_path / "b.db").read_bytes()
+    assert not seed_sqlite_store(f"sqlite:///{tmp_path / 'b.db'}") and (tmp_path / "b.db").read_bytes() == before
+    assert not seed_sqlite_store("http://localhost:5000") and not seed_sqlite_store(f"sqlite:///{tmp_path}/no/x.db")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert not list(tmp_path.glob(".*.part")) and (tmp_path / "b.db").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_disabled_tracker_is_a_noop(tmp_path):
