@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO_ROOT, write_fragment
+from common import REPO_ROOT, newest_run, write_fragment
 
 sys.path.insert(0, str(REPO_ROOT))
 from leaderboard.evaluate import group_scans  # noqa: E402
@@ -24,13 +24,6 @@ from leaderboard.failures import class_counts, classify_vertebrae  # noqa: E402
 from leaderboard.schema import read_records  # noqa: E402
 
 VARIANTS = ("di2in", "di2in_mp", "di2in_mp_sparsity")
-
-
-def newest_run() -> Path:
-    runs = sorted((REPO_ROOT / "runs").glob("default-*/records.csv"))
-    if not runs:
-        sys.exit("no runs/default-*/records.csv: run `spinebench run` first, or pass --run DIR")
-    return runs[-1].parent
 
 
 def main() -> None:

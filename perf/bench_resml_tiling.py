@@ -17,18 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from common import LOAD_AT_START, REPO_ROOT, write_fragment
+from common import LOAD_AT_START, REPO_ROOT, newest_run, write_fragment
 
 sys.path.insert(0, str(REPO_ROOT))
 
 FAMILY = "resml"
-
-
-def newest_run() -> Path:
-    runs = sorted((REPO_ROOT / "runs").glob("default-*/records.csv"))
-    if not runs:
-        sys.exit("no runs/default-*/records.csv: run `spinebench run` first, or pass --run DIR")
-    return runs[-1].parent
 
 
 def main() -> None:

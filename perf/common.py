@@ -153,3 +153,14 @@ def achievable_gflops() -> float:
         seconds, _ = timed(lambda: conv(x), repeat=6)  # best of 6: the ceiling, not a typical run
         return flops(lambda: conv(x)) / seconds / 1e9
 
+
+def newest_run(required: bool = True) -> Path | None:
+    """The most recently finished ``runs/default-*`` folder (by its ``records.csv``), for scripts that read a run.
+    Exits with a hint when there is none and ``required``."""
+    runs = sorted((REPO_ROOT / "runs").glob("default-*/records.csv"), key=lambda p: p.stat().st_mtime)
+    if runs:
+        return runs[-1].parent
+    if required:
+        sys.exit("no runs/default-*/records.csv: run `spinebench run` first, or pass --run DIR")
+    return None
+
