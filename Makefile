@@ -27,6 +27,7 @@ test: env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: env
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python perf/run_all.py
 
 clean:

@@ -31,7 +31,7 @@ from datamodules.errors import InputError
 from datamodules.geometry import Geometry
 from datamodules.sources import CaseRecord, load_case
 
-PREPROCESS_VERSION = 1  # bump when the pipeline changes in a way the parameters do not capture
+PREPROCESS_VERSION = 2  # bump when the pipeline changes in a way the parameters do not capture
 HU_AIR = -1000.0  # lower clip: nothing is less dense than air; scanner padding (-2048, -3024) becomes air
 HU_MEAN = -350.0
 HU_STD = 450.0
@@ -93,13 +93,24 @@ class CacheEntry:
 # --- the pipeline --------------------------------------------------------------------------------
 
 
-def preprocess_volume(ct_hu: np.ndarray, geometry: Geometry, params: PreprocessParams) -> tuple[np.ndarray, Geometry]:
-    """HU volume in any orientation -> (canonical, isotropic, clipped, z-scored float32 array, its geometry)."""
-    from datamodules.ct_io import reorient_canonical, resample_isotropic
+def preprocess_volume(ct_hu, geometry: Geometry, params: PreprocessParams) -> tuple[np.ndarray, Geometry]:
+    """HU volume in any orientation -> (canonical, isotropic, clipped, z-scored float32 array, its geometry).
 
-    array, geom = reorient_canonical(np.asarray(ct_hu), geometry)
-    if not np.allclose(geom.spacing_mm, params.spacing_mm):
-        array, geom = resample_isotropic(array, geom, spacing_mm=params.spacing_mm, interpolation="linear")
+    ``ct_hu``: a numpy array, or the SimpleITK image a file was read into (``ct_io.read_sitk_image``): then the
+    volume is never copied at full resolution."""
+    import SimpleITK as sitk
+
+    from datamodules.ct_io import isotropic_grid, reorient_canonical, reoriented_geometry, resample_to
+
+    if not isinstance(ct_hu, sitk.Image):
+        ct_hu = np.asarray(ct_hu)
+    canonical = reoriented_geometry(geometry)
+    if np.allclose(canonical.spacing_mm, params.spacing_mm):
+        voxels = sitk.GetArrayFromImage(ct_hu) if isinstance(ct_hu, sitk.Image) else ct_hu
+        array, geom = reorient_canonical(voxels, geometry)
+    else:  # straight onto the canonical isotropic grid: no reoriented full-resolution copy
+        geom = isotropic_grid(canonical, params.spacing_mm)
+        array = resample_to(ct_hu, geometry, geom, "linear")
     array = np.maximum(array.astype(np.float32, copy=False), np.float32(params.clip_hu_min))
     array = (array - np.float32(params.hu_mean)) / np.float32(params.hu_std)
     return np.ascontiguousarray(array, dtype=np.float32), geom

@@ -78,10 +78,18 @@ class CaseRecord:
 class RawCase:
     """A loaded case before preprocessing: HU volume, its geometry, annotated centroids (name -> LPS mm)."""
 
-    ct_hu: np.ndarray
+    ct_hu: Any  # numpy array (numpy axis order), or the SimpleITK image a file was read into (no numpy copy)
     geometry: Any  # datamodules.geometry.Geometry
     centroids_mm: dict[str, np.ndarray]
     metadata: dict
+
+    def ct_array(self) -> np.ndarray:
+        """The HU volume as a numpy array in numpy axis order (a copy when it was read from a file)."""
+        if isinstance(self.ct_hu, np.ndarray):
+            return self.ct_hu
+        import SimpleITK as sitk
+
+        return sitk.GetArrayFromImage(self.ct_hu)
 
 
 def _stat_fingerprint(path: Path) -> list:
@@ -117,9 +125,9 @@ def load_case(record: CaseRecord) -> RawCase:
     if record.image_path is None:
         return _load_phantom(record)
     from datamodules.centroids import centroids_from_mask, read_centroids
-    from datamodules.ct_io import read_image
+    from datamodules.ct_io import read_image, read_sitk_image
 
-    ct_hu, geometry = read_image(record.image_path)
+    ct_hu, geometry = read_sitk_image(record.image_path)
     if record.centroids_path is not None:
         centroids = read_centroids(record.centroids_path, geometry=geometry)
     elif record.mask_path is not None:

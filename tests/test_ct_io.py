@@ -8,6 +8,7 @@ from datamodules.ct_io import (
     orientation_code,
     read_geometry,
     read_image,
+    read_sitk_image,
     reorient,
     reorient_canonical,
     resample_isotropic,
@@ -108,6 +109,39 @@ def test_resample_isotropic_keeps_extent_centre_and_linear_ramps():
     assert lab_geometry == out_geometry
     with pytest.raises(InputError, match="unknown interpolation"):
         resample_isotropic(labels, geometry, 2.0, "cubic")
+
+
+OBLIQUE = np.linalg.qr(np.array([[0.1, 0.98, 0.05], [0.02, -0.06, 1.0], [-0.99, 0.1, 0.03]]))[0]
+
+
+@pytest.mark.parametrize("direction", [PIR_DIRECTION, CANONICAL_DIRECTION, OBLIQUE], ids=["PIR", "LPS", "oblique"])
+def test_one_pass_preprocessing_equals_reorienting_then_resampling(tmp_path, direction):
+    """Straight onto the canonical isotropic grid, from a numpy array or from the SimpleITK image a file was read
+    into (no full-resolution copies), gives what reorienting first and then resampling gives."""
+    from datamodules.preprocess import PreprocessParams, preprocess_volume
+
+    geometry = Geometry((23, 17, 30), (2.5, 0.9, 0.7), (5.0, -3.0, 100.0), direction)
+    ct = np.random.default_rng(1).integers(-1024, 1500, geometry.shape).astype(np.int16)
+    params = PreprocessParams(spacing_mm=2.0)
+    canon, canon_geometry = reorient_canonical(ct, geometry)
+    two_step, grid = resample_isotropic(canon, canon_geometry, 2.0, "linear")
+    expected = (np.maximum(two_step, params.clip_hu_min) - params.hu_mean) / params.hu_std
+    write_image(tmp_path / "ct.nii.gz", ct, geometry)
+    image, read_geometry_ = read_sitk_image(tmp_path / "ct.nii.gz")
+    assert isinstance(image, sitk.Image) and read_geometry_ == geometry
+    for source in (ct, image):
+        out, out_geometry = preprocess_volume(source, geometry, params)
+        assert out_geometry == grid and out.dtype == np.float32 and out.flags.c_contiguous
+        np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+    # already at the spacing: an exact reorientation, from either input
+    same = Geometry((6, 7, 8), (2.0, 2.0, 2.0), (1.0, 2.0, 3.0), PIR_DIRECTION)
+    small = ct[:6, :7, :8]
+    write_image(tmp_path / "s.nii", small, same)
+    canon_small, _ = reorient_canonical(small, same)
+    for source in (small, read_sitk_image(tmp_path / "s.nii")[0]):
+        out, _ = preprocess_volume(source, same, params)
+        np.testing.assert_array_equal(out, ((np.maximum(canon_small.astype(np.float32), params.clip_hu_min)
+                                             - np.float32(params.hu_mean)) / np.float32(params.hu_std)))
 
 
 def test_bad_image_files_raise_one_line_input_errors(tmp_path):

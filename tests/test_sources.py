@@ -69,7 +69,7 @@ def test_csi2014_set2_split_and_lml_loading(tmp_path):
     assert {r.case_id: r.split for r in listing.records} == {train_id: "train", test_id: "test"}
     assert listing.unlisted == ["1234567"] and len(listing.missing) == 300
     raw = load_case(next(r for r in listing.records if r.case_id == test_id))
-    assert raw.ct_hu.shape == GEOMETRY.shape and raw.geometry == GEOMETRY
+    assert raw.ct_array().shape == GEOMETRY.shape and raw.geometry == GEOMETRY
     for name, c in centroids_mm().items():
         np.testing.assert_allclose(raw.centroids_mm[name], c, atol=1e-3)
 

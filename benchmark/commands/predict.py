@@ -72,7 +72,7 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
     from benchmark.builders import build_method, load_weights
     from benchmark.config import ConfigError, load_experiment
     from datamodules.centroids import Centroids
-    from datamodules.ct_io import read_image
+    from datamodules.ct_io import read_sitk_image
     from datamodules.preprocess import preprocess_volume
     from datamodules.labels import get_label_set
 
@@ -81,8 +81,8 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
         raise ConfigError(f"--run {run_dir}: no config.yaml there (not a spinebench run folder)")
     cfg = load_experiment(run_dir / "config.yaml", check_devices=False)
     entry, seed, checkpoint = _choose_cell(run_dir, cfg, method, seed)
-    array, geometry = read_image(ct)
-    image, pre_geometry = preprocess_volume(array, geometry, cfg.data.preprocess_params)
+    original, geometry = read_sitk_image(ct)
+    image, pre_geometry = preprocess_volume(original, geometry, cfg.data.preprocess_params)
     model = build_method(cfg, entry)
     load_weights(model, checkpoint)  # shape priors are buffers in the checkpoint; methods size them on load
     model.eval()
