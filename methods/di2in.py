@@ -21,7 +21,7 @@ from torch import nn
 from datamodules.errors import InputError
 from methods.base import DataRequirements, VertebraMethod, VolumePrediction
 from methods.blocks import argmax_subvoxel, conv_relu_stack, pad_to_multiple, pointwise, upsample_to
-from methods.heatmap_loss import branch_sse, dense_sse, dense_target, foreground_weights, gaussian_factors
+from methods.heatmap_loss import branch_sse, dense_sse, dense_target, gaussian_factors
 from methods.message_passing import ChainMessagePassing
 from methods.registry import register_method
 from methods.schedules import SCHEDULES, cosine_schedule, total_training_steps
@@ -279,13 +279,12 @@ class DI2IN(VertebraMethod):
         factors = gaussian_factors(batch["centroids_vox"], batch["present"], shape, cfg.sigma_vox)
         target = dense_target(factors, final)
         a = cfg.foreground_weight - 1.0
-        weights = foreground_weights(target, a)
         count = final.numel()
-        terms = {"final": (dense_sse(final, target, weights) / count).float()}
+        terms = {"final": (dense_sse(final, target, a) / count).float()}
         branches = []
         for z in self.net.branch_logits(features):
             dense = tuple(z.shape[-3:]) == size
-            branches.append(dense_sse(z[crop], target, weights) if dense else branch_sse(z, factors, size, a))
+            branches.append(dense_sse(z[crop], target, a) if dense else branch_sse(z, factors, size, a))
         terms["branches"] = (sum(branches) / count).float()
         loss = terms["final"] + terms["branches"]
         if self.mp is not None and cfg.mp_mode == "unrolled" and self.mp.fitted:

@@ -44,19 +44,16 @@ def dense_target(factors: list[torch.Tensor], like: torch.Tensor) -> torch.Tenso
     return g[0][..., :, None, None] * g[1][..., None, :, None] * g[2][..., None, None, :]
 
 
-def foreground_weights(target: torch.Tensor, a: float) -> torch.Tensor | None:
-    """The voxel weights ``1 + a·target`` (None for a = 0: the plain squared error)."""
-    return None if a == 0.0 else target * a + 1.0
+def dense_sse(pred: torch.Tensor, target: torch.Tensor, a: float = 0.0) -> torch.Tensor:
+    """``Σ (1 + a·target) · (pred − target)²`` over full-size maps (float64 scalar; a = 0: the plain squared error).
 
-
-def dense_sse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """``Σ weights · (pred − target)²`` over full-size maps (float64 scalar; ``weights`` None: all ones).
-
-    One autograd node that keeps a single full-size tensor, ``weights · (pred − target)``, for its gradient
-    (elementwise autograd keeps several), and sums with a dot product over the memory-order view: no
-    temporaries beyond that tensor, and no mixing of memory formats in the backward pass.
+    One autograd node that keeps a single full-size tensor, ``(1 + a·target) · (pred − target)``, for its
+    gradient (elementwise autograd keeps several), formed with one fused multiply-add instead of a weight map,
+    and summed with a dot product over the memory-order view: no temporaries beyond that tensor, no mixing of
+    memory formats in the backward pass, whose gradient is that tensor scaled in place. These full-size passes
+    are memory-bound: each one saved is 5-10 ms of a default training step here.
     """
-    return _WeightedSSE.apply(pred, target, weights).double()
+    return _WeightedSSE.apply(pred, target, float(a)).double()
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -67,9 +64,9 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 class _WeightedSSE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pred, target, weights):
+    def forward(ctx, pred, target, a):
         residual = pred - target
-        weighted = residual if weights is None else residual * weights
+        weighted = residual if a == 0.0 else torch.addcmul(residual, residual, target, value=a)
         ctx.save_for_backward(weighted)
         if residual.stride() != weighted.stride():  # different memory orders: flat views would not pair up
             return (residual * weighted).sum()
@@ -77,8 +74,11 @@ class _WeightedSSE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        (weighted,) = ctx.saved_tensors
-        return weighted * (2.0 * grad), None, None
+        if getattr(ctx, "used", False):
+            raise RuntimeError("dense_sse: a second backward through one forward (its saved tensor was consumed)")
+        ctx.used = True
+        (weighted,) = ctx.saved_tensors  # needed by nothing else: scaled in place
+        return weighted.mul_(2.0 * grad), None, None
 
 
 def _apply(mats: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.targets import gaussian_heatmaps
-from methods.heatmap_loss import branch_sse, dense_sse, dense_target, foreground_weights, gaussian_factors
+from methods.heatmap_loss import branch_sse, dense_sse, dense_target, gaussian_factors
 
 
 def _case(shape=(12, 10, 14), k=4, seed=0):
@@ -53,12 +53,13 @@ def test_dense_sse_weights_the_foreground():
     target[0, 0, 0, 0, 0] = 1.0
     pred = torch.full_like(target, 0.5)
     # 7 background voxels at 0.25 each, the target voxel 0.25 weighted by 1 + a
-    assert foreground_weights(target, 0.0) is None
     assert float(dense_sse(pred, target)) == pytest.approx(2.0)
-    assert float(dense_sse(pred, target, foreground_weights(target, 3.0))) == pytest.approx(7 * 0.25 + 4 * 0.25)
+    assert float(dense_sse(pred, target, 3.0)) == pytest.approx(7 * 0.25 + 4 * 0.25)
     # the gradient of the one autograd node: 2 w (pred - target), in either memory format
     for p in (pred, pred.contiguous(memory_format=torch.channels_last_3d)):
         p = p.clone().requires_grad_(True)
-        w = foreground_weights(target, 3.0)
-        (grad,) = torch.autograd.grad(dense_sse(p, target, w), p)
-        torch.testing.assert_close(grad, 2.0 * w * (p.detach() - target))
+        loss = dense_sse(p, target, 3.0)
+        (grad,) = torch.autograd.grad(loss, p, retain_graph=True)
+        torch.testing.assert_close(grad, 2.0 * (1.0 + 3.0 * target) * (p.detach() - target))
+        with pytest.raises(RuntimeError, match="second backward"):  # its saved tensor became the gradient
+            torch.autograd.grad(loss, p)
