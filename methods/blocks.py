@@ -144,7 +144,7 @@ def argmax_subvoxel(maps: torch.Tensor, subvoxel: bool = True) -> tuple[torch.Te
     out = coords.to(torch.float64)
     if not subvoxel:
         return out, peak
-    rows = torch.arange(c)
+    rows = torch.arange(c, device=maps.device)
     for axis in range(3):
         lo, hi = coords.clone(), coords.clone()
         lo[:, axis] -= 1

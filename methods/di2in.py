@@ -163,8 +163,10 @@ class DI2INNet(nn.Module):
             channels_last = total is not None and total.is_contiguous(memory_format=torch.channels_last_3d)
             if channels_last and tuple(x.shape[-3:]) == size:
                 # full resolution: accumulate the product straight into the sum (no K-channel temporary)
+                # (in the sum's dtype: under autocast the convolutions and the matmuls may differ)
                 flat = total.permute(0, 2, 3, 4, 1).view(-1, k)
-                flat.addmm_(x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1]), weight.t().contiguous())
+                flat.addmm_(x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1]).to(flat.dtype),
+                            weight.t().to(flat.dtype).contiguous())
                 continue
             part = upsample_to(pointwise(x, weight), size)
             total = part if total is None else total.add_(part)
@@ -210,6 +212,9 @@ class DI2IN(VertebraMethod):
         self.net = DI2INNet(1, cfg.num_vertebrae, cfg.base_width, cfg.depth, cfg.convs_per_level)
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last_3d)
+            for p in self.net.parameters():  # weights whose two layouts coincide (1x1x1, one input channel) keep
+                if p.dim() == 5 and p.is_contiguous():  # plain strides, as their gradients have (DDP's buckets)
+                    p.data = p.data.clone(memory_format=torch.contiguous_format)
         self.mp = (
             ChainMessagePassing(cfg.num_vertebrae, cfg.mp_alpha, cfg.mp_iterations, cfg.mp_mode == "unrolled")
             if cfg.message_passing
@@ -307,7 +312,7 @@ class DI2IN(VertebraMethod):
         cfg = self.config
         if self.mp is None:
             coords, peak = argmax_subvoxel(heatmaps, cfg.subvoxel)
-            return coords.numpy(), peak.double().numpy()
+            return coords.cpu().numpy(), peak.double().cpu().numpy()
         s = cfg.mp_stride
         enhanced = self.mp(self._coarse(heatmaps)[None])[0]
         coarse, peak = argmax_subvoxel(enhanced, cfg.subvoxel)
@@ -316,11 +321,12 @@ class DI2IN(VertebraMethod):
         # confident: snap to its full-resolution peak, and never score below it (message passing adds
         # evidence for weak channels; it does not erase a confident one, e.g. an isolated vertebra).
         # One (2s+1)³ window per channel around its enhanced maximum, gathered at once (clamped at borders).
-        shape = torch.tensor(heatmaps.shape[1:])
-        centre = coords.round().long().clamp(torch.zeros(3, dtype=torch.long), shape - 1)  # (K, 3)
-        steps = torch.arange(-s, s + 1)
+        dev = heatmaps.device
+        shape = torch.tensor(heatmaps.shape[1:], device=dev)
+        centre = coords.round().long().clamp(torch.zeros(3, dtype=torch.long, device=dev), shape - 1)  # (K, 3)
+        steps = torch.arange(-s, s + 1, device=dev)
         idx = [(centre[:, a, None] + steps).clamp(0, int(shape[a]) - 1) for a in range(3)]  # 3 × (K, 2s+1)
-        rows = torch.arange(heatmaps.shape[0])[:, None, None, None]
+        rows = torch.arange(heatmaps.shape[0], device=dev)[:, None, None, None]
         windows = heatmaps[rows, idx[0][:, :, None, None], idx[1][:, None, :, None], idx[2][:, None, None, :]]
         local, local_peak = argmax_subvoxel(windows, cfg.subvoxel)
         snap = local_peak.double() > cfg.presence_threshold
@@ -329,7 +335,7 @@ class DI2IN(VertebraMethod):
         local_vox = local_vox + (local - whole.double())
         coords = torch.where(snap[:, None], local_vox, coords)
         scores = torch.where(snap, torch.maximum(peak.double(), local_peak.double()), peak.double())
-        return coords.numpy(), scores.numpy()
+        return coords.cpu().numpy(), scores.cpu().numpy()
 
     def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
         heatmaps = self.predict_heatmaps(image).float()

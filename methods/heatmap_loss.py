@@ -94,9 +94,15 @@ def branch_sse(z: torch.Tensor, factors: list[torch.Tensor], size: tuple[int, in
     """``Σ (1 + a·T) (upsample_to(z, size)[..., :D, :H, :W] − T)²`` for coarse logits ``z`` ``(B, K, d, h, w)``.
 
     The upsampling is trilinear (``align_corners=False``) to ``size`` (the padded input); the comparison covers
-    the factors' ``(D, H, W)`` (the image before padding, each ≤ ``size``). Computed in z's dtype, returned as
-    float64.
+    the factors' ``(D, H, W)`` (the image before padding, each ≤ ``size``). Computed in z's dtype, at least
+    float32 and outside autocast (the three terms cancel: in bf16 their difference would be rounding noise),
+    returned as float64.
     """
+    with torch.autocast(z.device.type, enabled=False):
+        return _branch_sse(z.to(torch.promote_types(z.dtype, torch.float32)), factors, size, a)
+
+
+def _branch_sse(z: torch.Tensor, factors: list[torch.Tensor], size: tuple[int, int, int], a: float) -> torch.Tensor:
     factors = [g.to(z.dtype) for g in factors]
     mats = [linear_weights(n, int(m), z.dtype, str(z.device))[: g.shape[-1]]
             for n, m, g in zip(z.shape[-3:], size, factors)]  # fmt: skip

@@ -139,7 +139,7 @@ class ShapeDictionary(nn.Module):
         at 2 mm on the CSI-2014 and VerSe tables, 3 at 8 mm). λ is defined for 2 mm units: the objective's
         quadratic term scales with the unit squared, so λ is scaled by ``unit_scale²`` to mean the same thing at
         any spacing."""
-        atoms = self.atoms.numpy()
+        atoms = self.atoms.cpu().numpy()
         steps = np.linalg.norm(np.diff(atoms, axis=1), axis=0)  # (K-1, N)
         return float(np.median(steps)) / REFERENCE_NEIGHBOUR_DISTANCE
 
@@ -153,7 +153,7 @@ class ShapeDictionary(nn.Module):
     def _fit(self, v: np.ndarray, trusted: np.ndarray, lam: float) -> np.ndarray:
         """``D a + t`` for all K levels, with ``a, t`` fitted per axis on the ``trusted`` rows of ``v``; ``lam`` is
         in the dictionary's own units (already scaled by ``unit_scale²``)."""
-        atoms = self.atoms.numpy()
+        atoms = self.atoms.cpu().numpy()
         out = np.empty_like(v)
         # Paper: ½‖v_S − D_S a‖² + λ‖a‖₁; sklearn minimises (1/2n)‖·‖² + α‖a‖₁, so α = λ / n.
         lasso = Lasso(alpha=lam / trusted.size, fit_intercept=True, positive=self.positive,

@@ -63,3 +63,18 @@ def test_dense_sse_weights_the_foreground():
         torch.testing.assert_close(grad, 2.0 * (1.0 + 3.0 * target) * (p.detach() - target))
         with pytest.raises(RuntimeError, match="second backward"):  # its saved tensor became the gradient
             torch.autograd.grad(loss, p)
+
+
+def test_branch_sse_under_mixed_precision_keeps_float32_accuracy():
+    """bf16 branch logits under autocast (AMP): the expanded terms cancel, so they are formed in float32."""
+    size, crop = (12, 8, 16), (11, 7, 13)
+    centroids, present = _case(crop)
+    factors = gaussian_factors(centroids, present, crop, 1.5)
+    z = torch.randn(2, 4, 3, 2, 4, dtype=torch.float64)
+    z16 = z.to(torch.bfloat16)
+    expected = branch_sse(z16.double(), factors, size, 49.0)  # the same bf16 values, in float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = branch_sse(z16.requires_grad_(True), factors, size, 49.0)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
+    got.backward()
+    assert z16.grad.dtype == torch.bfloat16 and torch.isfinite(z16.grad.float()).all()

@@ -58,3 +58,16 @@ def test_gradients_reach_the_heatmap_and_move_the_coordinate_towards_the_target(
     with torch.no_grad():
         stepped = soft_argmax_3d(logits - 20.0 * grad)
     assert (stepped - target).abs().sum() < (soft_argmax_3d(logits.detach()) - target).abs().sum()
+
+
+def test_mixed_precision_keeps_float32_coordinates():
+    """Under autocast (bf16 AMP, as on a GPU with precision "bf16-mixed") the expectation stays float32: a bf16
+    matmul would round a coordinate near 100 voxels to steps of 0.5."""
+    shape = (8, 8, 128)
+    c = torch.tensor([[[3.3, 4.1, 101.3], [2.0, 5.0, 77.7]]])
+    logits = 30.0 * gaussian_heatmaps(c, torch.ones(1, 2, dtype=torch.bool), shape, 1.5)
+    plain = soft_argmax_3d(logits)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = soft_argmax_3d(logits)
+    assert mixed.dtype == torch.float32
+    assert (mixed - plain).abs().max().item() < 1e-4
