@@ -332,6 +332,10 @@ class ResidualMultiLabel(VertebraMethod):
         out = self.net(crops)
         return out["coords_vox"], torch.sigmoid(out["logits"]) if "logits" in out else None
 
+    def crops_per_pass(self) -> int:
+        """``inference_batch_size``, or when unset the fastest measured: 2 on a CPU, 16 on a GPU."""
+        return self.config.inference_batch_size or (2 if self.device.type == "cpu" else 16)
+
     def predict_volume(self, image: torch.Tensor) -> VolumePrediction:
         c = self.config
         return predict_volume_tiled(
@@ -339,7 +343,7 @@ class ResidualMultiLabel(VertebraMethod):
             self.predict_crops,
             c.crop_size_vox,
             overlap=c.tile_overlap,
-            batch_size=c.inference_batch_size or (2 if self.device.type == "cpu" else 16),
+            batch_size=self.crops_per_pass(),
             presence_threshold=c.presence_threshold,
             border_margin_vox=c.border_margin_vox,
             n_clusters=c.n_clusters,

@@ -159,10 +159,9 @@ def main() -> None:
         "",
         "Reading is not the bottleneck when the loader's samples/s exceeds the step's samples/s.",
         "",
-        "The machine is a 2-core VM shared with other jobs while this ran: step times in particular varied by "
-        "2x or more between runs (the crop-batch step is not really slower per voxel than the volume step). "
-        "With 2 workers on 2 cores the workers compete with the main process, and a volume sample's heatmaps "
-        "(26 x D x H x W float32, ~190 MB) must cross process boundaries, so workers do not pay off here.",
+        "With as many workers as cores the workers compete with the main process for them, and a volume "
+        "sample's heatmaps (26 x D x H x W float32, ~190 MB) must cross process boundaries: compare the rows "
+        "with 0 and 2 workers to see whether workers pay off on this machine.",
     ])
     print(write_fragment("dataloader", md))
 

@@ -36,14 +36,14 @@ def measure(name: str, preset: str, repeat: int) -> dict:
     method.predict_volume(image[..., : crop[0], : crop[1], : crop[2]])  # warm-up: one crop
     # predict_volume = run_crops -> crop_votes -> aggregate_crops; timed step by step on the same data
     t_net, outputs = timed(
-        lambda: run_crops(image, method.predict_crops, crop, c.tile_overlap, c.inference_batch_size), repeat=repeat
+        lambda: run_crops(image, method.predict_crops, crop, c.tile_overlap, method.crops_per_pass()), repeat=repeat
     )
 
     def literal(crops):
         out = method.net.literal_forward(crops)
         return out["coords_vox"], torch.sigmoid(out["logits"]) if "logits" in out else None
 
-    t_literal, _ = timed(lambda: run_crops(image, literal, crop, c.tile_overlap, c.inference_batch_size), repeat=repeat)
+    t_literal, _ = timed(lambda: run_crops(image, literal, crop, c.tile_overlap, method.crops_per_pass()), repeat=repeat)
     t_vote, votes = timed(lambda: crop_votes(outputs, crop, VOLUME_VOX, c.presence_threshold, c.border_margin_vox))
     cluster = dict(n_clusters=c.n_clusters, merge_radius_vox=c.merge_radius_vox, min_support=c.min_support)
     t_votes, _ = timed(lambda: aggregate_crops(outputs, votes, crop, **cluster), repeat=3)
@@ -58,7 +58,7 @@ def measure(name: str, preset: str, repeat: int) -> dict:
         "crops": n_crops,
         "case_s": t_case,
         "literal_case_s": t_literal + t_vote + t_votes,
-        "batch": c.inference_batch_size,
+        "batch": method.crops_per_pass(),
         "crops_per_s": n_crops / t_net,
         "cluster_all_ms": 1e3 * t_all,
         "cluster_votes_ms": 1e3 * t_votes,

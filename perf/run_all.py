@@ -7,6 +7,7 @@ A failing script is reported and the others still run; the exit status is non-ze
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -27,12 +28,31 @@ were taken under that rule, older ones without it predate it.
 """
 
 
+SETTLED_LOAD = 1.0  # below the scripts' 1.5 limit with a margin; one busy thread holds the load near 1
+SETTLE_SECONDS = 180
+
+
+def wait_for_quiet(limit: float = SETTLED_LOAD, timeout: float = SETTLE_SECONDS) -> float:
+    """Wait (at most ``timeout`` s) until the 1-minute load average is at most ``limit``: the previous script's
+    processes (data-loader workers, two-process runs) keep it up for a minute after they end. Returns the load."""
+    load = os.getloadavg()[0]
+    deadline = time.monotonic() + timeout
+    if load > limit:
+        print(f"[bench] load average {load:.2f}: waiting for it to fall to {limit}", flush=True)
+    while load > limit and time.monotonic() < deadline:
+        time.sleep(5)
+        load = os.getloadavg()[0]
+    return load
+
+
 def run_scripts(only: list[str] | None, force: bool = False) -> list[str]:
     failed = []
     for script in sorted(PERF_DIR.glob("bench_*.py")):
         name = script.stem.removeprefix("bench_")
         if only and name not in only:
             continue
+        if not force:
+            wait_for_quiet()
         print(f"[bench] {script.relative_to(REPO_ROOT)} ...", flush=True)
         start = time.perf_counter()
         done = subprocess.run([sys.executable, str(script)] + (["--force"] if force else []), cwd=REPO_ROOT)

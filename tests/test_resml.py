@@ -218,3 +218,11 @@ def test_inference_settings_share_one_training():
     assert {"tile_overlap", "presence_threshold", "min_agreement", "n_clusters"} <= fields
     assert not fields & {"crop_size_vox", "widths", "learning_rate", "localization_weight", "pos_weight"}
     assert fields <= {f.name for f in dataclasses.fields(ResMLConfig)}
+
+
+def test_crops_per_pass_is_the_measured_default_unless_set():
+    """None: 2 crops a pass on a CPU (the fastest measured there); an explicit size wins; 0 is refused."""
+    assert create_method("resml_cls", **TINY).crops_per_pass() == 2
+    assert create_method("resml_cls", **TINY, inference_batch_size=5).crops_per_pass() == 5
+    with pytest.raises(InputError, match="inference_batch_size"):
+        create_method("resml_cls", **TINY, inference_batch_size=0)
