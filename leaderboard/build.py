@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from datamodules.atomic import write_bytes_atomic, write_text_atomic
 from leaderboard import evaluate as E
 from leaderboard.curves import CURVES_FILE
 from leaderboard.failures import CLASSES, FailureSummary
-from leaderboard.files import write_bytes_atomic, write_text_atomic
 from leaderboard.html import Figure, Section, page_html
 from leaderboard.metrics import REGION_COLUMNS
 from leaderboard.plots import id_rate_by_condition_png, id_rate_per_region_png, per_vertebra_error_png

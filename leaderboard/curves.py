@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from leaderboard.files import write_bytes_atomic
+from datamodules.atomic import write_bytes_atomic
 from leaderboard.plots import figure_png, plot_text
 
 CURVES_FILE = "curves.png"

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from datamodules.atomic import write_bytes_atomic
 from datamodules.labels import ALL_NAMES, DEFAULT_NAMES
 from leaderboard.errors import LeaderboardInputError
-from leaderboard.files import write_bytes_atomic
 from leaderboard.plots import figure_png, plot_text
 
 PROJECTIONS_DIRNAME = "projections"

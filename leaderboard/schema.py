@@ -151,7 +151,14 @@ def read_records(path: str | os.PathLike) -> Records:
     path = Path(path)
     if not path.is_file():
         raise LeaderboardInputError(f"{path}: records file not found")
-    with path.open(newline="") as fh:
+    try:
+        return _read_records(path)
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary or mangled file: not a records CSV
+        raise LeaderboardInputError(f"{path}: not a records CSV (UTF-8 text with a header): {exc}") from None
+
+
+def _read_records(path: Path) -> Records:
+    with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if not header:
