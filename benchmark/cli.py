@@ -26,8 +26,16 @@ COMMANDS: tuple[str, ...] = ("centroids", "convert", "phantom", "list", "run", "
 USER_ERRORS: tuple[type[BaseException], ...] = (InputError, LeaderboardInputError)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (``spinebench X: error: ...``, exit 2), not usage + error; every
+    subcommand's parser is of this class too (argparse builds subparsers with the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="spinebench",
         description="Vertebra localization and identification benchmarks for 3D spine CT.",
     )
@@ -49,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"spinebench {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable or missing folders, a file where a folder should be, a full disk, ...
+        print(f"spinebench {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_line(exc: OSError) -> str:
+    """``path: reason`` of an operating-system error (both paths of a rename), without a traceback."""
+    reason = exc.strerror or str(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from benchmark.config_types import ConfigError, _build, _check_keys, _coerce, _plain
+from benchmark.config_types import ConfigError, _check_keys, _coerce, _plain, build_typed
 from datamodules.errors import InputError
 
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -119,7 +119,7 @@ class ExperimentConfig:
         """The trainer settings of one method: the experiment's, with the method's overrides on top."""
         if not entry.trainer:
             return self.trainer
-        return _build(TrainerConfig, {**dataclasses.asdict(self.trainer), **entry.trainer}, f"methods.{entry.name}.trainer")
+        return build_typed(TrainerConfig, {**dataclasses.asdict(self.trainer), **entry.trainer}, f"methods.{entry.name}.trainer")
 
     def method_config(self, entry: MethodEntry):
         """The method's resolved config dataclass (its ``num_vertebrae`` follows the label set)."""
@@ -300,10 +300,10 @@ def resolve(raw: Mapping[str, Any], *, check_devices: bool = True) -> Experiment
         data=data,
         methods=entries,
         seeds=tuple(seeds),
-        trainer=_build(TrainerConfig, raw.get("trainer") or {}, "trainer"),
-        tracking=_build(TrackingConfig, raw.get("tracking") or {}, "tracking"),
-        output=_build(OutputConfig, raw.get("output") or {}, "output"),
-        execution=_build(ExecutionConfig, raw.get("execution") or {}, "execution"),
+        trainer=build_typed(TrainerConfig, raw.get("trainer") or {}, "trainer"),
+        tracking=build_typed(TrackingConfig, raw.get("tracking") or {}, "tracking"),
+        output=build_typed(OutputConfig, raw.get("output") or {}, "output"),
+        execution=build_typed(ExecutionConfig, raw.get("execution") or {}, "execution"),
     )
     if cfg.execution.processes < 0:
         raise ConfigError(f"execution.processes: must be >= 0 (0 = auto), got {cfg.execution.processes}")
@@ -402,8 +402,8 @@ def _resolve_data(raw: Any):
     if phantom:
         from datamodules.phantom import PhantomConfig
 
-        _build(PhantomConfig, phantom, "data.phantom")  # unknown or bad phantom options fail here, by name
-    return _build(DataConfig, raw, "data")
+        build_typed(PhantomConfig, phantom, "data.phantom")  # unknown or bad phantom options fail here, by name
+    return build_typed(DataConfig, raw, "data")
 
 
 def _data_sources() -> tuple[str, ...]:

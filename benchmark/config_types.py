@@ -24,7 +24,8 @@ def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], where: str) -> Non
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key; valid keys: {', '.join(valid)}")
 
 
-def _build(cls: type, raw: Mapping[str, Any], where: str):
+def build_typed(cls: type, raw: Mapping[str, Any], where: str):
+    """``cls(**raw)`` with every value checked against its field's type hint; errors name ``where.key``."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
     fields = [f.name for f in dataclasses.fields(cls)]
@@ -100,7 +101,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return dict(value)
     if isinstance(hint, type):
         if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            return _build(hint, value, key)
+            return build_typed(hint, value, key)
         if not isinstance(value, hint):
             raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
     return value

@@ -32,7 +32,7 @@ from benchmark.threads import choose_threads
 from benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
 from benchmark.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
 from benchmark.results import build_leaderboard, write_run_records
-from datamodules.atomic import write_text_atomic
+from datamodules.atomic import ensure_folder, write_text_atomic
 
 RUN_DIR_ENV = "SPINEBENCH_RUN_DIR"  # lets re-launched DDP ranks find the folder rank 0 resolved
 
@@ -238,7 +238,7 @@ def _prepare_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None
             raise ConfigError(f"--resume {out_dir}: the experiment differs from the stored config.yaml")
     elif stored.exists() or (out_dir / "cells").exists():
         raise ConfigError(f"--out {out_dir}: already holds a run; continue it with --resume {out_dir} or pick another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out_dir)
     write_text_atomic(stored, cfg.to_yaml())
 
 

@@ -37,6 +37,7 @@ from benchmark.tuning_outputs import BASELINE_ATTR, baseline_trial, write_output
 from benchmark.tuning_storage import (
     WORKER_ATTR, StudyLock, default_storage, fail_dead_local_trials, is_rdb_url, open_storage,
 )
+from datamodules.atomic import ensure_folder
 from datamodules.errors import InputError
 
 DEFAULT_METRIC = "val/id_rate"
@@ -343,7 +344,7 @@ def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna
     from benchmark.tuning_trial import StudyTracker
 
     settings = job.settings
-    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_folder(settings.out_dir)
     lock = StudyLock(settings.storage, settings.study_name)
     tracker = StudyTracker(settings.tracking_uri, job.cfg.tracking.experiment, settings.out_dir,
                            enabled=job.cfg.tracking.enabled)

@@ -11,6 +11,7 @@ Reorientation only permutes and flips voxel axes, so it is lossless and world co
 
 from __future__ import annotations
 
+import errno
 import gzip
 import itertools
 import os
@@ -243,6 +244,12 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
         return
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
+        if suffix in (".nii", ".nii.gz"):  # ITK's NIfTI writer reports a short write (a full disk) but succeeds
+            try:
+                _check_nifti_complete(tmp)
+            except InputError:
+                raise OSError(errno.EIO, "the image could not be written completely (disk full or over a file-size "
+                              "limit?)", str(path)) from None
 
 
 def _write_detached(path: Path, image: sitk.Image, compress: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.commands import bounded, non_negative, positive
 from leaderboard.evaluate import Conventions
 from leaderboard.metrics import AVERAGES, DENOMINATORS, IDENTIFICATION_THRESHOLD_MM, SEARCH_RULES
 from leaderboard.stats import DEFAULT_BOOTSTRAP_SAMPLES, DEFAULT_BOOTSTRAP_SEED
@@ -26,10 +27,10 @@ def add_parser(subparsers) -> None:
                    help="Id.Rate denominator: all annotated vertebrae (default) or matched only")
     p.add_argument("--average", choices=AVERAGES, default="micro",
                    help="pool all vertebrae (micro, default) or average per scan (macro)")
-    p.add_argument("--threshold-mm", type=float, default=IDENTIFICATION_THRESHOLD_MM,
+    p.add_argument("--threshold-mm", type=positive(float), default=IDENTIFICATION_THRESHOLD_MM,
                    help="identification distance threshold, strict (default 20)")
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP_SAMPLES, help="bootstrap draws (default 1000)")
-    p.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED, help="bootstrap seed (default 0)")
+    p.add_argument("--bootstrap", type=bounded(int, 10), default=DEFAULT_BOOTSTRAP_SAMPLES, help="bootstrap draws (default 1000)")
+    p.add_argument("--bootstrap-seed", type=non_negative(int), default=DEFAULT_BOOTSTRAP_SEED, help="bootstrap seed (default 0)")
     p.add_argument("--include-unconfirmed", action="store_true",
                    help="also show reported numbers marked ~ (read from scrambled PDF text, unconfirmed)")
     p.add_argument("--quiet", action="store_true", help="print only the paths written, not the headline tables")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.atomic import atomic_path, write_text_atomic
+from benchmark.commands import non_negative, positive
+from benchmark.config_types import build_typed
+from datamodules.atomic import atomic_path, ensure_folder, write_text_atomic
 from datamodules.centroids import write_centroids
 from datamodules.ct_io import write_image
 from datamodules.errors import InputError
@@ -22,11 +24,11 @@ def add_parser(subparsers) -> None:
         "S2 has no VerSe id and is left out), <case>_ctd.csv (every centroid incl. S2, LPS mm) and <case>_meta.json "
         "(difficulties and their parameters). Cases are phantom-s<seed>-<index>; the same seed gives the same files.",
     )
-    p.add_argument("--n", type=int, required=True, help="number of cases")
+    p.add_argument("--n", type=positive(int), required=True, help="number of cases")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--start", type=int, default=0, help="first case index")
-    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2.0)")
+    p.add_argument("--seed", type=non_negative(int), default=0)
+    p.add_argument("--start", type=non_negative(int), default=0, help="first case index")
+    p.add_argument("--spacing", type=positive(float), default=2.0, help="voxel size in mm (default 2.0)")
     p.add_argument("--preview", action="store_true", help="also write <case>_preview.png (sagittal + coronal MIP)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="PhantomConfig override, e.g. --set metal_rate=1.0 (repeatable)")
@@ -34,34 +36,30 @@ def add_parser(subparsers) -> None:
 
 
 def _config(args: argparse.Namespace):
+    """The PhantomConfig of ``--spacing`` and ``--set``, every value checked against its field's type (as the
+    ``data.phantom`` section of a run config is)."""
     from dataclasses import fields
 
     from datamodules.phantom import PhantomConfig
 
-    known = {f.name: f for f in fields(PhantomConfig)}
+    known = {f.name for f in fields(PhantomConfig)}
     overrides: dict = {"spacing_mm": args.spacing}
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or key not in known:
-            raise InputError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(known)}")
+            raise InputError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
         try:
             overrides[key] = json.loads(value.replace("(", "[").replace(")", "]"))
         except json.JSONDecodeError:
             overrides[key] = value
-        if isinstance(overrides[key], list):
-            overrides[key] = tuple(overrides[key])
-    return PhantomConfig(**overrides)
+    return build_typed(PhantomConfig, overrides, "--set")
 
 
 def run(args: argparse.Namespace) -> int:
     from datamodules.phantom import generate_case
 
-    if args.n < 1:
-        raise InputError(f"--n must be >= 1, got {args.n}")
-    if args.spacing <= 0:
-        raise InputError(f"--spacing must be > 0 mm, got {args.spacing}")
     config = _config(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(args.out)
     for index in range(args.start, args.start + args.n):
         case = generate_case(args.seed, index, config)
         write_case(case, args.out, preview=args.preview)

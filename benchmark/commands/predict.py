@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmark.commands import non_negative, positive
 from datamodules.errors import InputError
 
 
@@ -24,10 +25,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("ct", type=Path, help="the CT volume (file or DICOM series folder)")
     p.add_argument("--run", type=Path, required=True, help="output folder of `spinebench run`")
     p.add_argument("--method", default=None, help="method of the run (default: best test Id.Rate of the run)")
-    p.add_argument("--seed", type=int, default=None, help="which seed's checkpoint (default: the run's first)")
+    p.add_argument("--seed", type=non_negative(int), default=None, help="which seed's checkpoint (default: the run's first)")
     p.add_argument("--out", type=Path, required=True, help="centroid file: .json (VerSe) or .csv (LPS mm)")
     p.add_argument("--preview", action="store_true", help="also write <out>.png: sagittal/coronal MIP + centroids")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive(int), default=None,
                    help="torch threads (default: the free cores: usable cores minus the 1-minute load average)")
     p.set_defaults(func=run)
 

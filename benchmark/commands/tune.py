@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from benchmark.commands import positive
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -17,9 +19,9 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--config", required=True, help="tuning YAML: a run experiment plus a 'tune' section "
                    "(or a shipped name: tune_di2in, tune_resml)")
-    p.add_argument("--n-trials", type=int, default=None, metavar="N",
+    p.add_argument("--n-trials", type=positive(int), default=None, metavar="N",
                    help="total trials of the study, over all workers and re-runs (default: tune.n_trials or 20)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
+    p.add_argument("--timeout", type=positive(float), default=None, metavar="S",
                    help="start no new trial after S seconds (this worker)")
     p.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage: an RDB URL (sqlite:///study.db, postgresql://user:pw@host/db) or a journal "

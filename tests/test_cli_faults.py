@@ -1,0 +1,119 @@
+"""Faults and wrong values of every command end in one line naming the file or option, exit 2, and nothing
+half-written (issue "Bad input and faults", classes 1 and 2)."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmark.cli import main
+from datamodules.ct_io import write_image
+from datamodules.geometry import Geometry
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    """A small mask with T12 and L1 (for centroids), its centroid file (for convert) and a file named like a
+    folder (and a folder named like a file)."""
+    geometry = Geometry((8, 20, 12), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    mask = np.zeros(geometry.shape, np.uint8)
+    mask[2:6, 3:8, 3:9] = 19
+    mask[2:6, 11:17, 3:9] = 20
+    write_image(tmp_path / "mask.nii.gz", mask, geometry)
+    assert main(["centroids", str(tmp_path / "mask.nii.gz"), "--out", str(tmp_path / "c.csv")]) == 0
+    (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "adir.json").mkdir()
+    return tmp_path
+
+
+def _one_line(capfd, argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse refuses a value while parsing
+        code = exc.code
+    out, err = capfd.readouterr()
+    return code, err
+
+
+def _leftovers(root):
+    return sorted(p.name for p in root.rglob("*") if ".part" in p.name)
+
+
+OS_FAULTS = [  # (argv with {d} the test folder, the path the line must name, the reason)
+    (["centroids", "{d}/mask.nii.gz", "--out", "{d}/afile/o.json"], "{d}/afile:", "is a file, not a folder"),
+    (["centroids", "{d}/mask.nii.gz", "--out", "{d}/adir.json"], "{d}/adir.json:", "is a folder, not a file"),
+    (["convert", "{d}/c.csv", "--to", "verse", "--image", "{d}/mask.nii.gz", "--out", "{d}/afile/sub/o.json"],
+     "{d}/afile:", "is a file, not a folder"),
+    (["phantom", "--n", "1", "--spacing", "8", "--out", "{d}/afile/ph"], "{d}/afile:", "is a file, not a folder"),
+    (["leaderboard", "{d}/recs/records.csv", "--out", "{d}/afile", "--quiet"], "{d}/afile:", "is a file"),
+]
+
+
+@pytest.mark.parametrize("argv, named, reason", OS_FAULTS, ids=[f[0][0] + str(i) for i, f in enumerate(OS_FAULTS)])
+def test_os_errors_are_one_line_naming_the_path(inputs, capfd, argv, named, reason, tmp_path):
+    if argv[0] == "leaderboard":
+        _records(inputs / "recs")
+    argv = [a.format(d=inputs) for a in argv]
+    code, err = _one_line(capfd, argv)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"spinebench {argv[0]}: error: "), err
+    assert named.format(d=inputs) in err and reason in err, err
+    assert _leftovers(inputs) == []
+
+
+def _records(folder):
+    """A records.csv of synthetic predictions on 3 cases, written by the package's own writer."""
+    from leaderboard_fixtures import write_run  # tests/leaderboard_fixtures.py
+
+    write_run(folder, n_cases=3)
+
+
+WRONG_VALUES = [
+    (["phantom", "--n", "1", "--set", "metal_rate=abc"], "metal_rate", "expected a number"),
+    (["phantom", "--n", "1", "--set", "fov_vertebrae=[3]"], "fov_vertebrae", "expected 2 values"),
+    (["phantom", "--n", "1", "--set", "noise_hu=nan"], "noise_hu", ""),
+    (["phantom", "--n", "1", "--spacing", "nan"], "--spacing", "finite"),
+    (["phantom", "--n", "1", "--spacing", "inf"], "--spacing", "finite"),
+    (["phantom", "--n", "0"], "--n", ">= 1"),
+    (["phantom", "--n", "x"], "--n", "integer"),
+    (["leaderboard", "{d}/mask.nii.gz", "--quiet"], "mask.nii.gz", "not a records CSV"),
+    (["leaderboard", "{d}/recs/records.csv", "--bootstrap", "5"], "--bootstrap", ">= 10"),
+    (["leaderboard", "{d}/recs/records.csv", "--threshold-mm", "nan"], "--threshold-mm", "finite"),
+    (["leaderboard", "{d}/recs/records.csv", "--threshold-mm", "-1"], "--threshold-mm", "> 0"),
+    (["predict", "{d}/mask.nii.gz", "--run", "{d}", "--threads", "0"], "--threads", ">= 1"),
+    (["tune", "--config", "tune_di2in", "--n-trials", "-1"], "--n-trials", ">= 1"),
+    (["tune", "--config", "tune_di2in", "--timeout", "nan"], "--timeout", "finite"),
+]
+
+
+@pytest.mark.parametrize("argv, named, reason", WRONG_VALUES, ids=[" ".join(w[0][:1] + w[0][-2:]) for w in WRONG_VALUES])
+def test_wrong_values_are_refused_where_parsed(inputs, capfd, argv, named, reason):
+    _records(inputs / "recs")
+    out = inputs / "out"
+    argv = [a.format(d=inputs) for a in argv] + ["--out", str(out)]
+    code, err = _one_line(capfd, argv)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"spinebench {argv[0]}: error: "), err
+    assert "Traceback" not in err and named in err and reason in err, err
+    assert not out.exists()
+
+
+def _limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # writes past 200 kB fail: a full disk
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
+    """Files beyond 200 kB fail (EFBIG, as ENOSPC on a full disk): the phantom's 2 mm CT cannot be written."""
+    argv = [sys.executable, "-m", "benchmark", "phantom", "--n", "1", "--spacing", "2", "--out", str(tmp_path / "ph")]
+    done = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=120)
+    assert done.returncode == 2, done.stderr
+    # ITK's NIfTI writer prints its own line about the short write (and carries on): ours comes last
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr and last.startswith("spinebench phantom: error: "), done.stderr
+    assert last.endswith("limit?)") and "_ct.nii.gz" in last, last
+    assert _leftovers(tmp_path) == [] and not list((tmp_path / "ph").glob("*ct.nii.gz"))
