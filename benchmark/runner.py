@@ -108,9 +108,10 @@ def run_benchmark(
         check_reachable(uri)  # an unreachable server fails before anything is written or trained
     os.environ[RUN_DIR_ENV] = str(out_dir.resolve())
     if is_zero:
+        case_ids = checked_case_ids(cfg)  # the data source is validated before anything is written
         _prepare_out_dir(cfg, out_dir, resume)
         if not (out_dir / "manifest.json").is_file():
-            write_manifest(out_dir / "manifest.json", build_manifest(cfg, listed_case_ids(cfg)))
+            write_manifest(out_dir / "manifest.json", build_manifest(cfg, case_ids))
 
     tracker = Tracker(uri, cfg.tracking.experiment, out_dir, enabled=tracking_on and is_zero)
     params = cfg.to_dict()
@@ -228,6 +229,17 @@ def listed_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
     for record in VertebraDataModule(cfg.data).records():
         out.setdefault(record.split, []).append(record.case_id)
     return out
+
+
+def checked_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
+    """``listed_case_ids``, refusing a split that training or testing needs and the source leaves empty."""
+    ids = listed_case_ids(cfg)
+    for split in ("train", "test"):
+        if not ids.get(split):
+            counts = ", ".join(f"{k} {len(v)}" for k, v in ids.items())
+            raise ConfigError(f"data: the {cfg.data.source} source lists no {split} case ({counts}); "
+                              "check data.root, the split lists or the phantom sizes")
+    return ids
 
 
 def _prepare_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None:

@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from benchmark.search_space import SearchSpace, apply_overrides
 from benchmark.tuning_outputs import BASELINE_ATTR, baseline_trial, write_outputs
 from benchmark.tuning_storage import (
-    WORKER_ATTR, StudyLock, default_storage, fail_dead_local_trials, is_rdb_url, open_storage,
+    WORKER_ATTR, StudyLock, check_storage_url, default_storage, fail_dead_local_trials, is_rdb_url, open_storage,
 )
 from datamodules.atomic import ensure_folder
 from datamodules.errors import InputError
@@ -344,6 +344,7 @@ def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna
     from benchmark.tuning_trial import StudyTracker
 
     settings = job.settings
+    check_storage_url(settings.storage)  # a bad URL leaves no folder behind
     ensure_folder(settings.out_dir)
     lock = StudyLock(settings.storage, settings.study_name)
     tracker = StudyTracker(settings.tracking_uri, job.cfg.tracking.experiment, settings.out_dir,

@@ -35,6 +35,20 @@ def is_rdb_url(storage: str) -> bool:
     return "://" in storage
 
 
+def check_storage_url(storage: str) -> None:
+    """Refuse an RDB URL whose database kind or driver SQLAlchemy does not know, before anything is created."""
+    if not is_rdb_url(storage):
+        return
+    import sqlalchemy
+
+    try:
+        sqlalchemy.engine.make_url(storage).get_dialect()
+    except (sqlalchemy.exc.NoSuchModuleError, ImportError) as exc:  # (NoSuchModuleError is an ArgumentError)
+        raise StorageError(f"--storage {storage}: unknown database kind or missing driver ({exc})") from None
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise StorageError(f"--storage {storage}: not a database URL ({exc})") from None
+
+
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
     """An RDB storage with heartbeat (sqlite, PostgreSQL, MySQL URLs) or a journal file for multi-process use."""
     if is_rdb_url(storage):

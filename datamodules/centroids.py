@@ -20,6 +20,7 @@ from datamodules.labels import ALL_NAMES, NAME_OF_VERSE_ID, VERSE_ID_OF, LabelSe
 BODY_SUBREGION_LABELS: tuple[int, ...] = (49, 50)
 
 CENTROID_FORMATS: tuple[str, ...] = ("verse", "csv", "lml")
+VERSE_MAX_ID = 28  # VerSe masks: 1-7 C, 8-19 T, 20-25 L, 26 sacrum, 27 coccyx, 28 T13
 _FORMAT_OF_SUFFIX = {".json": "verse", ".csv": "csv", ".lml": "lml"}
 
 
@@ -129,12 +130,19 @@ def centroids_from_mask(
 
     With ``subregion_mask`` (VerSe/SPINEPS subregions on the same grid) the centroid is that of the vertebral
     body: the voxels of the vertebra whose subregion is 49 or 50. Vertebrae without body voxels are left out.
-    Other mask values (e.g. 27 coccyx) are ignored; a mask with no vertebra label raises ``InputError``.
+    27 (coccyx) is ignored; a value outside VerSe's numbering (0-28), e.g. another tool's organ labels, or a mask
+    with no vertebra label raises ``InputError`` naming the values.
     """
     labels = _integer_labels(mask, source)
     if labels.shape != geometry.shape:
         raise InputError(f"{source}: mask shape {labels.shape} does not match its geometry {geometry.shape}")
-    present = [int(v) for v in np.unique(labels) if int(v) in NAME_OF_VERSE_ID]
+    values = [int(v) for v in np.unique(labels)]
+    foreign = [v for v in values if not 0 <= v <= VERSE_MAX_ID]
+    if foreign:
+        shown = ", ".join(map(str, foreign[:10])) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise InputError(f"{source}: mask values {shown} are not VerSe vertebra labels (0-{VERSE_MAX_ID}); "
+                         "is it another tool's label map?")
+    present = [v for v in values if v in NAME_OF_VERSE_ID]
     if not present:
         found = [int(v) for v in np.unique(labels) if v != 0][:10]
         raise InputError(
@@ -184,12 +192,16 @@ def _bounding_box(labels: np.ndarray) -> tuple[slice, ...]:
 
 
 def centroid_format(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """``fmt`` if given (checked), else the format implied by the suffix (.json verse, .csv, .lml)."""
+    """``fmt`` if given (checked), else the format implied by the suffix (.json verse, .csv, .lml). A named format
+    that another format's suffix contradicts (CSV into ``o.json``) is refused: the file would lie about itself."""
+    suffix = Path(path).suffix.lower()
     if fmt is not None:
         if fmt not in CENTROID_FORMATS:
             raise InputError(f"unknown centroid format {fmt!r}; valid formats: {', '.join(CENTROID_FORMATS)}")
+        implied = _FORMAT_OF_SUFFIX.get(suffix)
+        if implied is not None and implied != fmt:
+            raise InputError(f"{path}: the suffix {suffix!r} means {implied}, not the format {fmt} asked for")
         return fmt
-    suffix = Path(path).suffix.lower()
     if suffix not in _FORMAT_OF_SUFFIX:
         raise InputError(
             f"{path}: cannot tell the centroid format from the suffix {suffix or '(none)'!r}; "

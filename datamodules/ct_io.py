@@ -68,7 +68,9 @@ def read_sitk_image(path: str | os.PathLike) -> tuple[sitk.Image, Geometry]:
 
 
 def read_geometry(path: str | os.PathLike) -> Geometry:
-    """The Geometry of an image without reading its voxels (DICOM folders are read in full)."""
+    """The Geometry of an image without reading its voxels (DICOM folders are read in full). A NIfTI file is still
+    checked to hold every voxel its header promises (from the gzip trailer: cheap), so a truncated file is not
+    taken for a good one."""
     path = _existing(path)
     if path.is_dir():
         return Geometry.from_sitk(_read_dicom_series(path))
@@ -77,6 +79,8 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read image header ({_itk_reason(exc)})") from None
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)
     dim = reader.GetDimension()
     if dim != 3:
         raise InputError(f"{path}: is a {dim}D image; expected a 3D volume")

@@ -93,17 +93,22 @@ class CacheEntry:
 # --- the pipeline --------------------------------------------------------------------------------
 
 
-def preprocess_volume(ct_hu, geometry: Geometry, params: PreprocessParams) -> tuple[np.ndarray, Geometry]:
+def preprocess_volume(ct_hu, geometry: Geometry, params: PreprocessParams,
+                      source: str = "the CT") -> tuple[np.ndarray, Geometry]:  # fmt: skip
     """HU volume in any orientation -> (canonical, isotropic, clipped, z-scored float32 array, its geometry).
 
     ``ct_hu``: a numpy array, or the SimpleITK image a file was read into (``ct_io.read_sitk_image``): then the
-    volume is never copied at full resolution."""
+    volume is never copied at full resolution. A volume with NaN or infinite values, or one that is constant
+    after clipping at air, is refused (``InputError`` naming ``source``): no method can find anything there."""
     import SimpleITK as sitk
 
     from datamodules.ct_io import isotropic_grid, reorient_canonical, reoriented_geometry, resample_to
 
     if not isinstance(ct_hu, sitk.Image):
         ct_hu = np.asarray(ct_hu)
+    voxels = sitk.GetArrayViewFromImage(ct_hu) if isinstance(ct_hu, sitk.Image) else ct_hu
+    if voxels.dtype.kind == "f":  # resampling would spread (or hide) non-finite values: name them here
+        _check_finite(voxels, source, "")
     canonical = reoriented_geometry(geometry)
     if np.allclose(canonical.spacing_mm, params.spacing_mm):
         voxels = sitk.GetArrayFromImage(ct_hu) if isinstance(ct_hu, sitk.Image) else ct_hu
@@ -113,7 +118,24 @@ def preprocess_volume(ct_hu, geometry: Geometry, params: PreprocessParams) -> tu
         array = resample_to(ct_hu, geometry, geom, "linear")
     array = np.maximum(array.astype(np.float32, copy=False), np.float32(params.clip_hu_min))
     array = (array - np.float32(params.hu_mean)) / np.float32(params.hu_std)
+    _check_content(array, params, source)
     return np.ascontiguousarray(array, dtype=np.float32), geom
+
+
+def _check_finite(array: np.ndarray, source: str, when: str) -> None:
+    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise InputError(f"{source}: {bad} of {array.size} voxels are NaN or infinite{when}; a CT holds finite HU "
+                         "values")
+
+
+def _check_content(array: np.ndarray, params: PreprocessParams, source: str) -> None:
+    _check_finite(array, source, f" after resampling to {params.spacing_mm} mm")
+    low, high = float(array.min()), float(array.max())
+    if high - low < 1e-6:
+        hu = low * params.hu_std + params.hu_mean
+        raise InputError(f"{source}: constant image ({hu:.0f} HU everywhere after clipping at "
+                         f"{params.clip_hu_min:.0f} HU): there is no anatomy to find")
 
 
 # --- the cache -----------------------------------------------------------------------------------
@@ -153,7 +175,7 @@ def read_entry(cache_dir, record: CaseRecord, params: PreprocessParams) -> Cache
 def build_entry(cache_dir, record: CaseRecord, params: PreprocessParams) -> CacheEntry:
     """Load, preprocess and write one case atomically. Raises ``InputError`` (or OSError) for a bad case."""
     raw = load_case(record)
-    array, geometry = preprocess_volume(raw.ct_hu, raw.geometry, params)
+    array, geometry = preprocess_volume(raw.ct_hu, raw.geometry, params, record.display_path)
     npy, meta_path = entry_paths(cache_dir, record, params)
     with atomic_path(npy) as tmp:
         np.save(tmp, array)

@@ -117,3 +117,72 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
     assert "Traceback" not in done.stderr and last.startswith("spinebench phantom: error: "), done.stderr
     assert last.endswith("limit?)") and "_ct.nii.gz" in last, last
     assert _leftovers(tmp_path) == [] and not list((tmp_path / "ph").glob("*ct.nii.gz"))
+
+
+def test_an_output_never_replaces_an_input(inputs, capfd):
+    mask = inputs / "mask.nii.gz"
+    before = mask.read_bytes()
+    cases = [
+        ["centroids", mask, "--out", mask],
+        ["convert", inputs / "c.csv", "--to", "csv", "--image", mask, "--out", inputs / "c.csv"],
+        ["convert", inputs / "c.csv", "--to", "verse", "--image", mask, "--out", inputs / "adir.json" / ".." / "mask.nii.gz"],
+    ]
+    for argv in cases:
+        code, err = _one_line(capfd, argv)
+        assert code == 2 and err.count("\n") == 1 and "is the input" in err, err
+    assert mask.read_bytes() == before and (inputs / "c.csv").read_text().startswith("label,")
+
+
+def test_silently_accepted_inputs_are_errors_naming_the_file(inputs, capfd):
+    geometry = Geometry((8, 20, 12), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    mask = np.zeros(geometry.shape, np.uint8)
+    mask[2:6, 3:8, 3:9] = 19
+    mask[2:6, 11:17, 3:9] = 99  # not a VerSe label: another tool's map
+    write_image(inputs / "m99.nii.gz", mask, geometry)
+    code, err = _one_line(capfd, ["centroids", inputs / "m99.nii.gz", "--out", inputs / "o.json"])
+    assert code == 2 and "m99.nii.gz" in err and "99" in err and "not VerSe" in err, err
+    # a format the output's suffix contradicts
+    code, err = _one_line(capfd, ["convert", inputs / "c.csv", "--to", "csv", "--image", inputs / "mask.nii.gz",
+                                  "--out", inputs / "o.json"])
+    assert code == 2 and "o.json" in err and "means verse" in err, err
+    # a truncated image that only lends its header
+    big = Geometry((40, 60, 50), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))  # holds the centroids of c.csv
+    noise = np.random.default_rng(0).integers(0, 1000, big.shape).astype(np.int16)  # compresses poorly
+    write_image(inputs / "whole.nii.gz", noise, big)
+    whole = (inputs / "whole.nii.gz").read_bytes()
+    (inputs / "cut.nii.gz").write_bytes(whole[: len(whole) // 2])
+    code, err = _one_line(capfd, ["convert", inputs / "c.csv", "--to", "verse", "--image", inputs / "cut.nii.gz",
+                                  "--out", inputs / "o.json"])
+    assert code == 2 and "cut.nii.gz" in err and "truncated" in err, err
+    assert not (inputs / "o.json").exists()
+
+
+@pytest.mark.parametrize("bad, reason", [(np.nan, "NaN or infinite"), (-2000.0, "constant image")])
+def test_a_ct_without_anatomy_is_refused(bad, reason):
+    from datamodules.errors import InputError
+    from datamodules.preprocess import PreprocessParams, preprocess_volume
+
+    ct = np.full((10, 12, 14), bad, np.float32)
+    geometry = Geometry(ct.shape, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    with pytest.raises(InputError, match=f"scan.mha: .*{reason}"):
+        preprocess_volume(ct, geometry, PreprocessParams(spacing_mm=4.0), "scan.mha")
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["data.spacing_mm=-1"], "spacing_mm must be > 0"),
+    (["data.source=folder"], "needs data.root"),
+    (["data.phantom_train=0"], "lists no train case"),
+])
+def test_run_validates_everything_before_writing(tmp_path, capfd, sets, message):
+    out = tmp_path / "run"
+    argv = ["run", "--config", "smoke", "--out", out] + [a for s in sets for a in ("--set", s)]
+    code, err = _one_line(capfd, argv)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_tune_with_an_unusable_storage_is_one_line_and_leaves_no_folder(tmp_path, capfd):
+    out = tmp_path / "tune"
+    code, err = _one_line(capfd, ["tune", "--config", "tune_di2in", "--storage", "bogus://x", "--out", out])
+    assert code == 2 and err.count("\n") == 1 and "--storage bogus://x" in err, err
+    assert not out.exists()

@@ -81,7 +81,7 @@ def _bad_inputs(tmp_path, mask_path, geometry):
         (["convert", tmp_path / "line.lml", *conv], "line.lml", "line 2: expected 5 fields"),
         (["convert", tmp_path / "nodir_ctd.json", *conv], "nodir_ctd.json", "direction entry"),
         (["convert", tmp_path / "far.csv", *conv], "far.csv", "centroid L1"),
-        (["convert", tmp_path / "far.csv", "--image", tmp_path / "nope.mha", "--to", "csv", "--out", out],
+        (["convert", tmp_path / "far.csv", "--image", tmp_path / "nope.mha", "--to", "verse", "--out", out],
          "nope.mha", "no such file"),
     ]
 

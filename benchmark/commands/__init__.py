@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
+
+from datamodules.errors import InputError
 
 
 def _number(kind: type, text: str) -> int | float:
@@ -42,3 +46,18 @@ def positive(kind: type):
 
 def non_negative(kind: type):
     return bounded(kind, 0)
+
+
+def refuse_overwriting(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output that is one of the inputs (the same path, or the same file by another name): a command
+    never replaces what it reads. Keys name the options in the message."""
+    for out_name, out in outputs.items():
+        for in_name, src in inputs.items():
+            if out is not None and src is not None and _same_path(Path(out), Path(src)):
+                raise InputError(f"{out_name} {out}: is the input {in_name} {src}; write the output elsewhere")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.commands import refuse_overwriting
 from datamodules.centroids import CENTROID_FORMATS, centroid_format, centroids_from_mask, write_centroids
 from datamodules.ct_io import read_image, silence_itk_warnings
 from datamodules.errors import InputError
@@ -27,6 +28,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     silence_itk_warnings()
+    refuse_overwriting({"--out": args.out}, {"mask": args.mask, "--subregions": args.subregions})
     fmt = centroid_format(args.out, args.format)  # fail on a bad suffix before reading volumes
     mask, geometry = read_image(args.mask)
     subregions = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.commands import refuse_overwriting
 from datamodules.centroids import CENTROID_FORMATS, centroid_format, read_centroids, write_centroids
 from datamodules.ct_io import read_geometry, silence_itk_warnings
 
@@ -28,7 +29,9 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     silence_itk_warnings()
+    refuse_overwriting({"--out": args.out}, {"centroids": args.centroids, "--image": args.image})
     in_format = centroid_format(args.centroids, args.from_format)
+    centroid_format(args.out, args.to)  # the output's suffix must not name another format
     geometry = read_geometry(args.image)
     centroids = read_centroids(args.centroids, geometry, fmt=in_format)
     write_centroids(args.out, centroids, fmt=args.to, geometry=geometry)

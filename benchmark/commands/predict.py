@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmark.commands import non_negative, positive
+from benchmark.commands import non_negative, positive, refuse_overwriting
 from datamodules.errors import InputError
 
 
@@ -83,7 +83,7 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
     cfg = load_experiment(run_dir / "config.yaml", check_devices=False)
     entry, seed, checkpoint = _choose_cell(run_dir, cfg, method, seed)
     original, geometry = read_sitk_image(ct)
-    image, pre_geometry = preprocess_volume(original, geometry, cfg.data.preprocess_params)
+    image, pre_geometry = preprocess_volume(original, geometry, cfg.data.preprocess_params, str(ct))
     model = build_method(cfg, entry)
     load_weights(model, checkpoint)  # shape priors are buffers in the checkpoint; methods size them on load
     model.eval()
@@ -100,6 +100,8 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
 def run(args: argparse.Namespace) -> int:
     from datamodules.centroids import centroid_format, write_centroids
 
+    outputs = {"--out": args.out, "--preview": Path(args.out).with_suffix(".png") if args.preview else None}
+    refuse_overwriting(outputs, {"ct": args.ct, "--run": args.run})
     fmt = centroid_format(args.out, None)
     if fmt not in ("verse", "csv"):
         raise InputError(f"--out {args.out}: write .json (VerSe) or .csv; got format {fmt!r}")
