@@ -25,6 +25,13 @@ from datamodules.labels import get_label_set
 from datamodules.shape_model import load_shape_model
 
 GENERATOR_VERSION = 1
+MAX_SPACING_MM = 16.0  # coarser than a cervical vertebra is tall (about 15 mm): neighbours would share voxels
+# Measured upper bounds (2026-12-04): a whole spine with its margins spans about 600 x 270 x 300 mm (297 x 132 x
+# 147 voxels at 2 mm); generating a case peaks at about 25 bytes per voxel (1.5-4 mm); a written .nii.gz takes
+# 0.4-1.2 bytes per voxel. Margins for curved spines and the metadata files are included below.
+WHOLE_SPINE_MM3 = 600.0 * 270.0 * 300.0 * 1.3
+GENERATION_BYTES_PER_VOXEL = 30.0
+FILE_BYTES_PER_VOXEL = 1.5
 METAL_THRESHOLD_HU = 3000.0
 
 
@@ -54,8 +61,9 @@ class PhantomConfig:
     with_mask: bool = True
 
     def __post_init__(self) -> None:
-        if self.spacing_mm <= 0:
-            raise InputError(f"phantom spacing_mm must be > 0, got {self.spacing_mm}")
+        if not 0 < self.spacing_mm <= MAX_SPACING_MM:
+            raise InputError(f"phantom spacing_mm must be > 0 and <= {MAX_SPACING_MM:g} (a vertebra spans a few "
+                             f"voxels), got {self.spacing_mm}")
         names = get_label_set(self.label_set).names
         if self.transitional_rate > 0 and not {"T13", "L6"} <= set(names):
             raise InputError(f"phantom transitional_rate > 0 needs label_set='transitional', got {self.label_set!r}")
@@ -138,6 +146,24 @@ def _profiles(s_axis: np.ndarray, spl: np.ndarray, pos: np.ndarray, body_k: floa
         "spine_p": spine_p, "spine_l": spine_l,
         "rib_a": rib_a, "rib_b": body_k * anat.size("rib_b", rib_pos), "rib_pc": spine_p + 15.0 - 0.94 * rib_a,
     }
+
+
+def case_voxels(config: PhantomConfig) -> float:
+    """Upper bound of a case's voxel count at ``config.spacing_mm`` (a whole, curved spine)."""
+    return WHOLE_SPINE_MM3 / config.spacing_mm**3
+
+
+def check_resources(config: PhantomConfig, n_cases: int = 1, folder=None) -> None:
+    """Refuse a spacing whose cases cannot be generated in this machine's memory, or ``n_cases`` files that
+    cannot fit the disk of ``folder`` (when given), before any is generated."""
+    from datamodules.resources import require_disk, require_memory
+
+    voxels = case_voxels(config)
+    require_memory(voxels * GENERATION_BYTES_PER_VOXEL, f"a phantom case at {config.spacing_mm:g} mm "
+                   f"(up to {voxels / 1e6:,.0f} million voxels)")
+    if folder is not None:
+        require_disk(n_cases * voxels * FILE_BYTES_PER_VOXEL, folder, f"{n_cases:,} phantom cases at "
+                     f"{config.spacing_mm:g} mm")
 
 
 def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()) -> PhantomCase:

@@ -29,6 +29,7 @@ import numpy as np
 from datamodules.atomic import atomic_path, write_text_atomic
 from datamodules.errors import InputError
 from datamodules.geometry import Geometry
+from datamodules.resources import require_memory
 from datamodules.sources import CaseRecord, load_case
 
 PREPROCESS_VERSION = 2  # bump when the pipeline changes in a way the parameters do not capture
@@ -115,6 +116,9 @@ def preprocess_volume(ct_hu, geometry: Geometry, params: PreprocessParams,
         array, geom = reorient_canonical(voxels, geometry)
     else:  # straight onto the canonical isotropic grid: no reoriented full-resolution copy
         geom = isotropic_grid(canonical, params.spacing_mm)
+        n_vox = float(np.prod(geom.shape, dtype=np.float64))  # float32 result + the clip and z-score passes
+        require_memory(3 * 4 * n_vox, f"{source} resampled to {params.spacing_mm:g} mm ({n_vox / 1e6:,.0f} "
+                       "million voxels)")
         array = resample_to(ct_hu, geometry, geom, "linear")
     array = np.maximum(array.astype(np.float32, copy=False), np.float32(params.clip_hu_min))
     array = (array - np.float32(params.hu_mean)) / np.float32(params.hu_std)

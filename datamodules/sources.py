@@ -250,10 +250,11 @@ def phantom_records(n_train: int, n_val: int, n_test: int, seed: int, overrides:
     from datamodules import phantom
 
     try:
-        phantom.PhantomConfig(**dict(items))  # fail at start-up, naming the bad key
+        config = phantom.PhantomConfig(**dict(items))  # fail at start-up, naming the bad key
     except TypeError as exc:
         valid = ", ".join(phantom.PhantomConfig.__dataclass_fields__)
         raise InputError(f"bad phantom setting ({exc}); valid keys: {valid}") from None
+    phantom.check_resources(config)  # and a spacing this machine cannot generate
     records = []
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         if n < 0:

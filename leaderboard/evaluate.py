@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from datamodules.labels import ALL_NAMES
+from datamodules.resources import require_memory
 from leaderboard import metrics as M
 from leaderboard import stats as S
 from leaderboard.errors import LeaderboardInputError
@@ -148,6 +149,9 @@ class MethodSummary:
 
 
 def _weights(scans: MethodScans, patients: np.ndarray, conv: Conventions) -> np.ndarray:
+    # draws and counts per patient, weights and per-draw statistics per scan, 8 bytes each: refuse what cannot fit
+    need = conv.n_boot * (2 * len(patients) + 4 * len(scans.patients)) * 8.0
+    require_memory(need, f"--bootstrap {conv.n_boot:,} draws over {len(scans.patients):,} scans")
     return S.patient_weights(scans.patients.astype(str), patients, conv.n_boot, conv.seed)
 
 

@@ -186,3 +186,32 @@ def test_tune_with_an_unusable_storage_is_one_line_and_leaves_no_folder(tmp_path
     code, err = _one_line(capfd, ["tune", "--config", "tune_di2in", "--storage", "bogus://x", "--out", out])
     assert code == 2 and err.count("\n") == 1 and "--storage bogus://x" in err, err
     assert not out.exists()
+
+
+ABSURD = [  # requests this (or any) machine cannot hold: refused before anything is allocated or written
+    (["phantom", "--n", "1", "--spacing", "0.01", "--out", "{d}/o"], "of memory"),
+    (["phantom", "--n", "1000000000", "--spacing", "2", "--out", "{d}/o"], "of disk"),
+    (["phantom", "--n", "1", "--spacing", "1e6", "--out", "{d}/o"], "--spacing: must be <= 16"),
+    (["leaderboard", "{d}/recs/records.csv", "--bootstrap", "1000000000", "--out", "{d}/o"], "of memory"),
+    (["run", "--config", "smoke", "--set", "data.spacing_mm=0.01", "--out", "{d}/o"], "of memory"),
+]
+
+
+@pytest.mark.parametrize("argv, reason", ABSURD, ids=[a[0][0] + str(i) for i, a in enumerate(ABSURD)])
+def test_absurd_sizes_are_refused_with_what_they_would_need(inputs, capfd, argv, reason):
+    _records(inputs / "recs")
+    code, err = _one_line(capfd, [a.format(d=inputs) for a in argv])
+    assert code == 2 and err.count("\n") == 1 and reason in err, err
+    assert not (inputs / "o").exists()
+
+
+def test_resource_checks_say_what_is_needed_and_what_there_is(tmp_path):
+    from datamodules.errors import InputError
+    from datamodules.resources import available_memory, free_disk, require_disk, require_memory
+
+    assert available_memory() > 0 and free_disk(tmp_path / "not" / "yet") > 0
+    require_memory(1024, "a small thing")  # fits
+    with pytest.raises(InputError, match=r"^a huge thing needs about 1\.0 PiB of memory; this machine has .* available"):
+        require_memory(2**50, "a huge thing")
+    with pytest.raises(InputError, match=r"needs about 1\.0 PiB of disk in .*; .* is free there"):
+        require_disk(2**50, tmp_path, "many files")

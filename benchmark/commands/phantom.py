@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.commands import non_negative, positive
+from benchmark.commands import bounded, non_negative, positive
 from benchmark.config_types import build_typed
 from datamodules.atomic import atomic_path, ensure_folder, write_text_atomic
 from datamodules.centroids import write_centroids
 from datamodules.ct_io import write_image
 from datamodules.errors import InputError
+from datamodules.phantom import MAX_SPACING_MM
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=non_negative(int), default=0)
     p.add_argument("--start", type=non_negative(int), default=0, help="first case index")
-    p.add_argument("--spacing", type=positive(float), default=2.0, help="voxel size in mm (default 2.0)")
+    p.add_argument("--spacing", type=bounded(float, 0, MAX_SPACING_MM, open_low=True), default=2.0,
+                   help=f"voxel size in mm, at most {MAX_SPACING_MM:g} (default 2.0)")
     p.add_argument("--preview", action="store_true", help="also write <case>_preview.png (sagittal + coronal MIP)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="PhantomConfig override, e.g. --set metal_rate=1.0 (repeatable)")
@@ -56,9 +58,10 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamodules.phantom import generate_case
+    from datamodules.phantom import check_resources, generate_case
 
     config = _config(args)
+    check_resources(config, args.n, args.out)
     ensure_folder(args.out)
     for index in range(args.start, args.start + args.n):
         case = generate_case(args.seed, index, config)
