@@ -3,6 +3,7 @@ checkpoint weights. Used by ``benchmark.cell`` (training and evaluation), ``benc
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from benchmark.callbacks import AtomicCheckpointIO
 from benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
+from datamodules.errors import InputError
 
 
 def set_determinism(seed: int, trainer_cfg: TrainerConfig, processes: int = 1) -> None:
@@ -113,11 +115,21 @@ def build_trainer(
     return L.Trainer(**kwargs)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, loaded with ``weights_only=True``: tensors and plain Python values only, so a
+    checkpoint cannot run code. One that holds anything else is refused, naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a plain checkpoint (it holds more than tensors and plain values: "
+                         f"{reason}); refusing to load it") from None
+
+
 def _checkpoint_step(path: Path) -> int | None:
     if not path.is_file():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return int(ckpt.get("global_step", 0))
+    return int(read_checkpoint(path).get("global_step", 0))
 
 
 def load_weights(method, checkpoint: Path, shared: bool = False) -> None:
@@ -127,7 +139,7 @@ def load_weights(method, checkpoint: Path, shared: bool = False) -> None:
     whose inference-only buffers (e.g. message-passing kernels) differ; those are kept as ``fit_shape_prior``
     made them, and every other tensor must match by name.
     """
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(checkpoint)
     if not shared:
         method.load_state_dict(ckpt["state_dict"])
         return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,20 +46,22 @@ class CellResult:
     resumed_from_step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
+    def to_json(self, folder: Path) -> str:
+        """The result as written to ``<folder>/result.json``: paths relative to the cell ``folder``, so a copied or
+        moved run folder points at its own files, never at the original's."""
         d = dataclasses.asdict(self)
-        d["records_path"] = str(self.records_path) if self.records_path else None
-        d["best_checkpoint"] = str(self.best_checkpoint) if self.best_checkpoint else None
+        for key in ("records_path", "best_checkpoint"):
+            value = getattr(self, key)
+            d[key] = os.path.relpath(Path(value).absolute(), Path(folder).absolute()) if value else None
         return json.dumps(d, indent=2, sort_keys=True, default=_json_default) + "\n"
 
     @classmethod
     def read(cls, folder: Path) -> CellResult:
+        """``<folder>/result.json`` with its paths resolved against ``folder`` (absolute ones, of older runs, kept)."""
         d = json.loads((Path(folder) / RESULT_FILE).read_text())
-        return cls(
-            d["method"], d["seed"], d["metrics"], Path(d["records_path"]) if d.get("records_path") else None,
-            Path(d["best_checkpoint"]) if d.get("best_checkpoint") else None, d.get("resumed_from_step"),
-            d.get("extra", {}),
-        )
+        path = lambda key: Path(folder) / d[key] if d.get(key) else None  # noqa: E731 (absolute stays absolute)
+        return cls(d["method"], d["seed"], d["metrics"], path("records_path"), path("best_checkpoint"),
+                   d.get("resumed_from_step"), d.get("extra", {}))
 
 
 def _json_default(value: Any) -> Any:
@@ -163,7 +166,7 @@ def train_and_evaluate_cell(
     if not evaluate_test:
         result = CellResult(entry.name, seed, metrics, None, best, resume_step)
         if rank_zero:
-            write_text_atomic(folder / RESULT_FILE, result.to_json())
+            write_text_atomic(folder / RESULT_FILE, result.to_json(folder))
         return result
     return evaluate_and_write(
         cfg, entry, seed, folder, best, method=method, datamodule=datamodule, metrics=metrics,
@@ -218,7 +221,7 @@ def evaluate_and_write(
             write_projections(projections_dir, used_datamodule, predictions, projection_cases, entry.name, rows)
     result = CellResult(entry.name, seed, metrics, records_path, checkpoint, resumed_from_step, dict(extra or {}))
     if rank_zero:
-        write_text_atomic(folder / RESULT_FILE, result.to_json())
+        write_text_atomic(folder / RESULT_FILE, result.to_json(folder))
     return result
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from benchmark.builders import build_datamodule, build_method, load_weights, quiet_lightning, set_determinism
+from benchmark.builders import (
+    build_datamodule, build_method, load_weights, quiet_lightning, read_checkpoint, set_determinism,
+)
 from benchmark.cell import (
     TRAIN_PEAK, CellResult, cell_complete, cell_dir, evaluate_and_write, prepare_for_test, train_and_evaluate_cell,
 )  # fmt: skip
@@ -96,7 +98,7 @@ def write_member_checkpoint(method, datamodule, source: Path, folder: Path, trai
     prepare_for_test(datamodule)
     method.fit_shape_prior(datamodule.train_centroids_vox())
     load_weights(method, source, shared=True)
-    checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(source)
     checkpoint["state_dict"] = method.state_dict()
     checkpoint["hyper_parameters"] = dict(method.hparams)
     checkpoint["trained_in"] = trained_in

@@ -62,7 +62,9 @@ def test_run_writes_every_output(trained_run):
     assert {"torch", "lightning", "mlflow"} <= set(manifest["packages"]) and manifest["machine"]["cpu_count"]
     result = json.loads((out / "cells" / "di2in" / "seed0" / "result.json").read_text())
     assert 0.0 <= result["metrics"]["val/id_rate"] <= 1.0 and result["metrics"]["test/cases"] == cfg.data.phantom_test
-    assert Path(result["best_checkpoint"]).is_file() and (out / "cells/di2in/seed0/checkpoints/last.ckpt").is_file()
+    # paths inside the run are relative to the cell folder: a copied run points at its own files
+    assert result["best_checkpoint"] == "checkpoints/best.ckpt" and result["records_path"] == "records.csv"
+    assert (out / "cells/di2in/seed0/checkpoints/last.ckpt").is_file() and (out / "cells/di2in/seed0/records.csv").is_file()
     # the fit's wall time, the share its validations took, and the thread count the cell used
     assert result["metrics"]["train/seconds"] > result["metrics"]["val/seconds"] > 0
     assert 1 <= result["metrics"]["torch_threads"] <= manifest["machine"]["cpu_count"]
@@ -145,12 +147,12 @@ def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, cache_dir):
     assert len(ddp_rows) == 3 * 26 and len({r["case"] for r in ddp_rows}) == 3  # 3 cases on 2 ranks, no padding
 
     # The same checkpoint evaluated by one process gives the same records.
-    from benchmark.cell import evaluate_checkpoint
+    from benchmark.cell import CellResult, evaluate_checkpoint
     from benchmark.records import write_records
 
     cfg = load_experiment(out / "config.yaml", ["trainer.devices=1", "trainer.strategy=auto"])
-    best = json.loads((out / "cells" / "di2in" / "seed0" / "result.json").read_text())["best_checkpoint"]
-    rows, info = evaluate_checkpoint(cfg, cfg.methods[0], 0, Path(best), run_name=out.name, method_order=0)
+    best = CellResult.read(out / "cells" / "di2in" / "seed0").best_checkpoint
+    rows, info = evaluate_checkpoint(cfg, cfg.methods[0], 0, best, run_name=out.name, method_order=0)
     assert info["test/cases"] == 3
     write_records(tmp_path / "single.csv", rows)
     assert _records(tmp_path / "single.csv") == ddp_rows
@@ -177,3 +179,38 @@ def test_predict_on_a_real_ct(trained_run, shared_real, tmp_path):
     assert len(read_centroids(csv_out)) == len(entries) - 1
     bad = _cli("predict", str(ct), "--run", str(trained_run), "--method", "nosuch", "--out", str(out))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "its methods: di2in" in bad.stderr
+
+
+def test_a_run_folder_is_not_trusted_beyond_itself(trained_run, tmp_path):
+    """A copied run uses its own checkpoints or none: never the original's; checkpoints load as plain data."""
+    import shutil
+
+    from benchmark.builders import read_checkpoint
+    from datamodules.errors import InputError
+
+    ct = tmp_path / "ph" / "phantom-s0-0000_ct.nii.gz"
+    assert _cli("phantom", "--n", "1", "--spacing", "8", "--out", str(tmp_path / "ph")).returncode == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    cell = copy / "cells" / "di2in" / "seed0"
+    (cell / "checkpoints" / "best.ckpt").unlink()
+    res = _cli("predict", str(ct), "--run", str(copy), "--out", str(tmp_path / "a.csv"))
+    assert res.returncode == 2 and "missing" in res.stderr and str(copy) in res.stderr, res.stderr
+    # a result.json that points outside its run (an older absolute path, an edited file) is refused
+    result = json.loads((cell / "result.json").read_text())
+    result["best_checkpoint"] = str(trained_run / "cells" / "di2in" / "seed0" / "checkpoints" / "best.ckpt")
+    (cell / "result.json").write_text(json.dumps(result))
+    res = _cli("predict", str(ct), "--run", str(copy), "--out", str(tmp_path / "b.csv"))
+    assert res.returncode == 2 and "outside the run folder" in res.stderr, res.stderr
+    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
+    # a checkpoint that would run code when unpickled is refused by name
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(InputError, match="evil.ckpt: not a plain checkpoint"):
+        read_checkpoint(evil)

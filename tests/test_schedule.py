@@ -91,8 +91,8 @@ def test_parallel_schedule_gives_the_serial_records(tmp_path):
         assert mp["metrics"]["peak_memory_mb"] > 0
         assert not (out / "cells/di2in_mp/seed0/checkpoints/last.ckpt").exists()  # never trained
         # its checkpoint: di2in's weights with its own message-passing kernels (self-contained for predict)
-        mine = torch.load(mp["best_checkpoint"], weights_only=False)
-        theirs = torch.load(base["best_checkpoint"], weights_only=False)
+        mine = torch.load(out / "cells/di2in_mp/seed0" / mp["best_checkpoint"], weights_only=True)
+        theirs = torch.load(out / "cells/di2in/seed0" / base["best_checkpoint"], weights_only=True)
         net = [k for k in theirs["state_dict"] if k.startswith("net.")]
         assert net and all(torch.equal(mine["state_dict"][k], theirs["state_dict"][k]) for k in net)
         assert any(k.startswith("mp.") for k in mine["state_dict"]) and mine["trained_in"] == "di2in/seed0"

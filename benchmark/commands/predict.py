@@ -8,7 +8,6 @@ and written as VerSe json (voxel indices of the input image, so it needs the ima
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from benchmark.commands import non_negative, positive, refuse_overwriting
@@ -34,7 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
-    from benchmark.cell import RESULT_FILE, cell_dir
+    from benchmark.cell import RESULT_FILE, CellResult, cell_dir
 
     entries = {m.name: m for m in cfg.methods}
     if method is not None and method not in entries:
@@ -47,16 +46,17 @@ def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
         for s in seeds:
             folder = cell_dir(run_dir, entries[name], s)
             if (folder / RESULT_FILE).is_file():
-                result = json.loads((folder / RESULT_FILE).read_text())
-                rate = result["metrics"].get("test/id_rate", result["metrics"].get("val/id_rate", 0.0))
+                result = CellResult.read(folder)
+                rate = result.metrics.get("test/id_rate", result.metrics.get("val/id_rate", 0.0))
                 candidates.append((-(rate if rate == rate else -1.0), list(entries).index(name), s, name, result))
     if not candidates:
         what = f"method {method!r}" if method else "any method"
         raise InputError(f"--run {run_dir}: no completed cell for {what}; finish it with spinebench run --resume {run_dir}")
     _, _, s, name, result = sorted(candidates, key=lambda c: c[:3])[0]
-    checkpoint = result.get("best_checkpoint")
-    if not checkpoint or not Path(checkpoint).is_file():
-        checkpoint = cell_dir(run_dir, entries[name], s) / "checkpoints" / "best.ckpt"
+    checkpoint = result.best_checkpoint or cell_dir(run_dir, entries[name], s) / "checkpoints" / "best.ckpt"
+    if not Path(checkpoint).resolve().is_relative_to(Path(run_dir).resolve()):
+        raise InputError(f"--run {run_dir}: the checkpoint of {name} seed {s} lies outside the run folder "
+                         f"({checkpoint}); a run folder must hold its own checkpoints")
     if not Path(checkpoint).is_file():
         raise InputError(f"--run {run_dir}: checkpoint of {name} seed {s} is missing ({checkpoint})")
     return entries[name], s, Path(checkpoint)
