@@ -214,3 +214,34 @@ def test_a_run_folder_is_not_trusted_beyond_itself(trained_run, tmp_path):
     evil.write_bytes(pickle.dumps({"state_dict": Payload()}))
     with pytest.raises(InputError, match="evil.ckpt: not a plain checkpoint"):
         read_checkpoint(evil)
+
+
+def test_concurrent_runs_share_a_cache_and_concurrent_predictions_share_a_folder(trained_run, tmp_path):
+    """Two runs filling one empty cache at once, and two predictions writing into one folder at once, finish with
+    the same, valid results as one alone (writes are atomic: the last rename wins with identical content)."""
+    cache = tmp_path / "cache"
+    sets = sum((["--set", s] for s in _sets(cache, "execution.processes=1")), [])
+    runs = [subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--config", "smoke", *sets, "--out",
+                              str(tmp_path / name / "smoke")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True) for name in ("a", "b")]  # fmt: skip
+    errors = [p.communicate(timeout=600)[1] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], [e[-2000:] for e in errors]
+    a, b = (_records(tmp_path / name / "smoke" / "records.csv") for name in ("a", "b"))
+    assert a == b == _records(trained_run / "records.csv")  # the same as a run on the module's own cache
+    entries = sorted(cache.rglob("*.json"))
+    assert entries and not list(cache.rglob("*.part*"))
+    for meta in entries:  # every entry complete: its array has the size its json promises
+        assert meta.with_suffix(".npy").stat().st_size == json.loads(meta.read_text())["npy_bytes"]
+
+    assert _cli("phantom", "--n", "1", "--spacing", "8", "--out", str(tmp_path / "ph")).returncode == 0
+    ct = tmp_path / "ph" / "phantom-s0-0000_ct.nii.gz"
+    out = tmp_path / "pred"
+    cmds = [[sys.executable, "-m", "benchmark", "predict", str(ct), "--run", str(trained_run), "--out", str(out / f)]
+            for f in ("same.csv", "same.csv", "other.json")]
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    alone = tmp_path / "alone.csv"
+    assert _cli("predict", str(ct), "--run", str(trained_run), "--out", str(alone)).returncode == 0
+    assert (out / "same.csv").read_text() == alone.read_text() and (out / "other.json").stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == ["other.json", "same.csv"]
