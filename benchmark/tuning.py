@@ -182,12 +182,12 @@ def run_workers_loop(
 
 
 def _fail_dead_trials(study: optuna.Study, settings: TuneSettings) -> None:
-    """RUNNING trials of killed workers -> FAIL: by heartbeat (RDB) or by dead local process (journal)."""
+    """RUNNING trials of killed workers -> FAIL: at once when their process on this host is gone (any storage),
+    by heartbeat after its grace period for workers on other hosts (RDB storages)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    if not is_rdb_url(settings.storage):
-        fail_dead_local_trials(study)
+    fail_dead_local_trials(study)
 
 
 def _run_trial(trial, settings, experiment, space, train_cell, tracker) -> float:

@@ -127,7 +127,8 @@ class StudyLock:
 
 
 def fail_dead_local_trials(study: optuna.Study) -> None:
-    """Journal storages have no heartbeat: mark FAIL the RUNNING trials whose process on this host is gone."""
+    """Mark FAIL the RUNNING trials whose process on this host is gone (journal storages have no heartbeat, and an
+    RDB heartbeat only notices after its grace period)."""
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.system_attrs.get(WORKER_ATTR, "")

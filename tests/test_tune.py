@@ -292,3 +292,53 @@ def test_each_trial_number_gets_its_own_seed_and_one_seed_repeats():
 
     assert first_draw(0) == first_draw(0) and first_draw(3) == first_draw(3)  # reproducible for one worker
     assert len({first_draw(i) for i in range(4)}) == 4  # trials 0..3 differ, whichever worker creates them
+
+
+POSTGRES = os.environ.get("SPINEBENCH_TEST_POSTGRES")  # .ci/run starts a server (.ci/postgres) and sets it
+
+
+@pytest.mark.slow
+def test_three_workers_on_postgresql_one_killed(tmp_path, cache):
+    """The distributed storage of the README, for real: three workers on one PostgreSQL study (advisory lock,
+    heartbeat), one killed with SIGKILL inside its first trial. That trial is failed as soon as its process is
+    gone and does not count; the study ends with exactly n_trials counted trials, all with distinct parameters."""
+    import time
+
+    if not POSTGRES:
+        reason = "no PostgreSQL server: set SPINEBENCH_TEST_POSTGRES=postgresql://user@host/db (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name, n = f"pg{os.getpid()}x{int(time.time())}", 4
+    config = _write_config(tmp_path, cache, tracking=False)
+    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(config), "--out", str(tmp_path / "out"),
+           "--storage", POSTGRES, "--study", name, "--n-trials", str(n),
+           "--set", "tune.space.trainer.max_epochs={type: categorical, choices: [1]}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    victim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    storage = optuna.storages.RDBStorage(POSTGRES)
+    owner = f"{socket.gethostname()}:{victim.pid}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # until the victim's first trial is RUNNING in the database
+        try:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        except KeyError:  # the study does not exist yet
+            trials = []
+        if any(t.state == TrialState.RUNNING and t.system_attrs.get("spinebench:worker") == owner for t in trials):
+            break
+        assert victim.poll() is None, victim.communicate()[0][-3000:]
+        time.sleep(0.2)
+    else:
+        pytest.fail("the first worker never started a trial")
+    victim.kill()
+    victim.communicate()
+    workers = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=400)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [log[-3000:] for log in logs]
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    killed = [t for t in trials if t.system_attrs.get("spinebench:worker") == owner]
+    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(killed) == 1 and killed[0].state == TrialState.FAIL, [(t.number, t.state) for t in trials]
+    assert len(counted) == n and len(trials) == n + 1
+    assert len({t.params["di2in.lr"] for t in trials}) == len(trials)  # every trial its own point
