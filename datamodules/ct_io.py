@@ -11,12 +11,14 @@ Reorientation only permutes and flips voxel axes, so it is lossless and world co
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import itertools
 import os
 import shutil
 import struct
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -247,13 +249,41 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
         _write_detached(path, image, compress)
         return
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
-        if suffix in (".nii", ".nii.gz"):  # ITK's NIfTI writer reports a short write (a full disk) but succeeds
-            try:
-                _check_nifti_complete(tmp)
-            except InputError:
-                raise OSError(errno.EIO, "the image could not be written completely (disk full or over a file-size "
-                              "limit?)", str(path)) from None
+        if suffix not in (".nii", ".nii.gz"):
+            sitk.WriteImage(image, str(tmp), compress)
+            return
+        # ITK's NIfTI writer reports a short write (a full disk) on stderr and succeeds: its output is held back,
+        # the written file checked against its header, and the failure reported once, as an OSError naming path
+        with _stderr_held() as held:
+            sitk.WriteImage(image, str(tmp), compress)
+        try:
+            _check_nifti_complete(tmp)
+        except InputError:
+            raise OSError(errno.EIO, "the image could not be written completely (disk full or over a file-size "
+                          "limit?)", str(path)) from None
+        if held.text:
+            sys.stderr.write(held.text)  # a successful write's messages, if any, are not lost
+
+
+class _Held:
+    text = ""
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Collect what C code writes to file descriptor 2 inside the block (``.text`` afterwards)."""
+    held = _Held()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            held.text = sink.read().decode("utf-8", "replace")
 
 
 def _write_detached(path: Path, image: sitk.Image, compress: bool) -> None:
