@@ -51,7 +51,10 @@ class Conventions:
             "matched vertebrae only"
         avg = "pooled over all vertebrae of the test set (micro)" if self.average == "micro" else \
             "computed per scan, then averaged over scans (macro)"
-        return (f"Id.Rate: identified when the distance is < {self.threshold_mm:g} mm and the {search}; "
+        rule = "<" if self.search == "glocker" else "<="
+        return (f"Id.Rate: identified when the distance is {rule} {self.threshold_mm:g} mm and the {search} "
+                f"(the papers' rule: < {self.threshold_mm:g} mm over all annotated vertebrae; the VerSe code's: "
+                f"<= {self.threshold_mm:g} mm over vertebrae both annotated and predicted); "
                 f"denominator: {den}. Statistics {avg}. Mean/Std/Median: localization error in mm over matched "
                 f"vertebrae (std ddof=0). Intervals (small type; in brackets in Markdown): 95 % patient-level "
                 f"bootstrap interval ({self.n_boot} draws, seed {self.seed}). p: paired patient-level bootstrap "

@@ -7,10 +7,11 @@ Conventions (Glocker et al. 2013, used by both papers; the defaults come first):
 
 - **Localization error**: Euclidean distance (mm) between predicted and true centroid, for vertebrae both
   annotated and predicted ("matched"); mean, std (population, ddof=0) and median.
-- **Identification**: a matched vertebra is identified when its distance is *strictly* below 20 mm (the papers:
-  "less than 20mm", so exactly 20.0 mm is a failure) and the true centroid closest to its prediction is its own
-  (ties resolved in its favour). ``search``: ``"glocker"`` looks over all annotated centroids of the scan;
-  ``"verse"`` (VerSe challenge code) only over labels both annotated and predicted.
+- **Identification**: a matched vertebra is identified when its distance is within 20 mm and the true centroid
+  closest to its prediction is its own (ties resolved in its favour). ``search``: ``"glocker"`` (the papers) looks
+  over all annotated centroids of the scan and takes the threshold *strictly* ("less than 20mm": exactly 20.0 mm
+  is a failure); ``"verse"`` reproduces the VerSe challenge code: it looks only over labels both annotated and
+  predicted and takes the threshold *inclusively* (``<= 20``), which differs on quantised coordinates.
 - **Denominator**: ``"annotated"`` (all annotated vertebrae; misses count as failures) or ``"matched"``.
 - **Misses**: annotated but not predicted. **False positives**: predicted but not annotated.
 - **Average**: ``"micro"`` pools every vertebra of the test set; ``"macro"`` computes each statistic per scan
@@ -65,7 +66,8 @@ def identified(
     search: str = "glocker",
     threshold_mm: float = IDENTIFICATION_THRESHOLD_MM,
 ) -> np.ndarray:
-    """``(..., K)`` bool: vertebra ``k`` is matched, < ``threshold_mm`` away and closest to its own true centroid."""
+    """``(..., K)`` bool: vertebra ``k`` is matched, within ``threshold_mm`` (``<``; ``<=`` for ``search="verse"``)
+    and closest to its own true centroid."""
     _check_choice(search, SEARCH_RULES, "closest-centroid search")
     true_mm, pred_mm = np.asarray(true_mm, float), np.asarray(pred_mm, float)
     annotated = np.isfinite(true_mm).all(-1)
@@ -76,7 +78,8 @@ def identified(
     pairwise = np.where(candidates[..., None, :], pairwise, np.inf)
     own = np.diagonal(pairwise, axis1=-2, axis2=-1)
     closest_is_own = own <= pairwise.min(-1)
-    return annotated & predicted & (own < threshold_mm) & closest_is_own
+    within = own <= threshold_mm if search == "verse" else own < threshold_mm
+    return annotated & predicted & within & closest_is_own
 
 
 @dataclass(frozen=True)

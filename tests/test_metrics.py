@@ -63,13 +63,16 @@ def test_prediction_closer_to_neighbour_is_not_identified(stats_fn):
 
 
 @BOTH
-def test_exactly_20_mm_is_not_identified(stats_fn):
+def test_exactly_20_mm_fails_the_papers_rule_and_passes_the_verse_code(stats_fn):
     names = ["L1"]
     at_20 = stats_fn([[z(100)]], [[z(120)]], [[True]], names)
     assert at_20["id_rate"][ALL] == 0.0  # "less than 20mm": 20.0 is a failure
     assert at_20["mean_mm"][ALL] == 20.0
     just_below = stats_fn([[z(100)]], [[z(119.999)]], [[True]], names)
     assert just_below["id_rate"][ALL] == 1.0
+    # the VerSe challenge code counts exactly 20 mm as identified (<=): quantised coordinates land there
+    assert stats_fn([[z(100)]], [[z(120)]], [[True]], names, search="verse")["id_rate"][ALL] == 1.0
+    assert stats_fn([[z(100)]], [[z(120.001)]], [[True]], names, search="verse")["id_rate"][ALL] == 0.0
 
 
 @BOTH

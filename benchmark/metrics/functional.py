@@ -56,7 +56,8 @@ def identified(
     search: str = "glocker",
     threshold_mm: float = IDENTIFICATION_THRESHOLD_MM,
 ) -> Tensor:
-    """``(..., K)`` bool: matched, strictly closer than ``threshold_mm``, and its closest true centroid is its own."""
+    """``(..., K)`` bool: matched, within ``threshold_mm`` (``<``; ``<=`` for ``search="verse"``, as the VerSe code)
+    and its closest true centroid is its own."""
     _check(search, SEARCH_RULES, "closest-centroid search")
     annotated = torch.isfinite(true_mm).all(-1)
     predicted = _predicted(pred_mm, pred_present)
@@ -65,7 +66,8 @@ def identified(
     pairwise = torch.where(candidates.unsqueeze(-2), pairwise, torch.full_like(pairwise, float("inf")))
     own = torch.diagonal(pairwise, dim1=-2, dim2=-1)
     closest_is_own = own <= pairwise.amin(-1)
-    return annotated & predicted & (own < threshold_mm) & closest_is_own
+    within = own <= threshold_mm if search == "verse" else own < threshold_mm
+    return annotated & predicted & within & closest_is_own
 
 
 def case_counts(
