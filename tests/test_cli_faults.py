@@ -214,3 +214,21 @@ def test_resource_checks_say_what_is_needed_and_what_there_is(tmp_path):
         require_memory(2**50, "a huge thing")
     with pytest.raises(InputError, match=r"needs about 1\.0 PiB of disk in .*; .* is free there"):
         require_disk(2**50, tmp_path, "many files")
+
+
+def test_the_prediction_preview_shows_the_ct_at_its_own_resolution(tmp_path):
+    """``predict --preview`` draws the input CT in canonical orientation at its voxel size, not the run's grid."""
+    from benchmark.commands.predict import preview_volume, write_preview
+    from datamodules.centroids import Centroids
+    from datamodules.ct_io import read_sitk_image
+
+    geometry = Geometry((30, 40, 50), (2.5, 0.7, 0.7), (0.0, 0.0, 0.0), np.diag([1.0, -1.0, 1.0]))
+    ct = np.random.default_rng(0).integers(-1000, 1500, geometry.shape).astype(np.int16)
+    write_image(tmp_path / "ct.nii.gz", ct, geometry)
+    original, read_geometry = read_sitk_image(tmp_path / "ct.nii.gz")
+    volume, canonical = preview_volume(original, read_geometry)
+    assert sorted(volume.shape) == sorted(geometry.shape)
+    np.testing.assert_allclose(sorted(canonical.spacing_mm), [0.7, 0.7, 2.5], rtol=1e-6)  # not the run's grid
+    centre = canonical.vox_to_world(np.array([[15.0, 20.0, 25.0]]))[0]
+    write_preview(tmp_path / "p.png", volume, canonical, Centroids({"L1": centre}), title="t")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--method", default=None, help="method of the run (default: best test Id.Rate of the run)")
     p.add_argument("--seed", type=non_negative(int), default=None, help="which seed's checkpoint (default: the run's first)")
     p.add_argument("--out", type=Path, required=True, help="centroid file: .json (VerSe) or .csv (LPS mm)")
-    p.add_argument("--preview", action="store_true", help="also write <out>.png: sagittal/coronal MIP + centroids")
+    p.add_argument("--preview", action="store_true",
+                   help="also write <out>.png: sagittal/coronal MIP of the CT at its own resolution + centroids")
     p.add_argument("--threads", type=positive(int), default=None,
                    help="torch threads (default: the free cores: usable cores minus the 1-minute load average)")
     p.set_defaults(func=run)
@@ -53,13 +54,18 @@ def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
         what = f"method {method!r}" if method else "any method"
         raise InputError(f"--run {run_dir}: no completed cell for {what}; finish it with spinebench run --resume {run_dir}")
     _, _, s, name, result = sorted(candidates, key=lambda c: c[:3])[0]
-    checkpoint = result.best_checkpoint or cell_dir(run_dir, entries[name], s) / "checkpoints" / "best.ckpt"
-    if not Path(checkpoint).resolve().is_relative_to(Path(run_dir).resolve()):
+    # the checkpoint result.json names if it lies inside the run, else the cell's own (runs written before paths
+    # were relative name it relative to where they ran); one outside the run folder is never loaded
+    recorded, own = result.best_checkpoint, cell_dir(run_dir, entries[name], s) / "checkpoints" / "best.ckpt"
+    inside = lambda path: path.resolve().is_relative_to(Path(run_dir).resolve())  # noqa: E731
+    if recorded is not None and inside(recorded) and recorded.is_file():
+        return entries[name], s, recorded
+    if own.is_file():
+        return entries[name], s, own
+    if recorded is not None and not inside(recorded):
         raise InputError(f"--run {run_dir}: the checkpoint of {name} seed {s} lies outside the run folder "
-                         f"({checkpoint}); a run folder must hold its own checkpoints")
-    if not Path(checkpoint).is_file():
-        raise InputError(f"--run {run_dir}: checkpoint of {name} seed {s} is missing ({checkpoint})")
-    return entries[name], s, Path(checkpoint)
+                         f"({recorded}); a run folder must hold its own checkpoints")
+    raise InputError(f"--run {run_dir}: checkpoint of {name} seed {s} is missing ({recorded or own})")
 
 
 def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | None = None,
@@ -94,7 +100,7 @@ def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | N
     world = pre_geometry.vox_to_world(pred.centroids_vox)
     present = {n: world[k] for k, n in enumerate(names) if pred.present[k] and geometry.contains_vox(
         geometry.world_to_vox(world[k]), margin=0.5)}
-    return Centroids(present), geometry, entry.name, (image, pre_geometry, pred)
+    return Centroids(present), geometry, entry.name, (image, pre_geometry, pred, original)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = centroid_format(args.out, None)
     if fmt not in ("verse", "csv"):
         raise InputError(f"--out {args.out}: write .json (VerSe) or .csv; got format {fmt!r}")
-    centroids, geometry, method, (image, pre_geometry, pred) = predict_ct(args.ct, args.run, args.method, args.seed,
-                                                                       args.threads)
+    centroids, geometry, method, (*_, original) = predict_ct(args.ct, args.run, args.method, args.seed, args.threads)
     written = centroids.verse_numbered() if fmt == "verse" else centroids
     write_centroids(args.out, written, fmt=fmt, geometry=geometry)
     print(f"{method}: wrote {len(written)} centroids ({', '.join(written.names) or 'none'}) to {args.out}")
@@ -114,13 +119,24 @@ def run(args: argparse.Namespace) -> int:
         print("S2 has no VerSe id and is not in the json; write .csv to keep it")
     if args.preview:
         png = Path(args.out).with_suffix(".png")
-        write_preview(png, image, pre_geometry, centroids, title=f"{Path(args.ct).name} — {method}")
+        write_preview(png, *preview_volume(original, geometry), centroids, title=f"{Path(args.ct).name} — {method}")
         print(f"preview: {png}")
     return 0
 
 
+def preview_volume(original, geometry):
+    """The input CT (a SimpleITK image) at its own resolution in canonical orientation, and its geometry: what the
+    preview draws (not the run's network grid, on which a spine at 8 mm cannot be recognised)."""
+    import SimpleITK as sitk
+
+    from datamodules.ct_io import reorient_canonical
+
+    return reorient_canonical(sitk.GetArrayViewFromImage(original), geometry)
+
+
 def write_preview(path: Path, image, geometry, centroids, title: str = "") -> None:
-    """Sagittal and coronal maximum-intensity projections of the preprocessed volume with labelled centroids."""
+    """Sagittal and coronal maximum-intensity projections of a canonical (``reorient_canonical``) HU volume with
+    labelled centroids, in mm (anisotropic voxels drawn to scale), bone window -250..1250 HU."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,8 +151,9 @@ def write_preview(path: Path, image, geometry, centroids, title: str = "") -> No
     # axis 0 grows superior, 1 posterior, 2 patient-left: sagittal = max over 2, coronal = max over 1.
     for ax, (proj_axis, horiz, label) in zip(axes, ((2, 1, "sagittal"), (1, 2, "coronal"))):
         mip = np.asarray(image).max(axis=proj_axis)
-        extent = (0, mip.shape[1] * sp[horiz], 0, mip.shape[0] * sp[0])
-        ax.imshow(mip, cmap="gray", origin="lower", extent=extent, aspect="equal")
+        # voxel i covers [i - 0.5, i + 0.5] * spacing: centroids in voxel coordinates land on their voxel's centre
+        extent = (-0.5 * sp[horiz], (mip.shape[1] - 0.5) * sp[horiz], -0.5 * sp[0], (mip.shape[0] - 0.5) * sp[0])
+        ax.imshow(mip, cmap="gray", origin="lower", extent=extent, aspect="equal", vmin=-250, vmax=1250)
         for name, v in vox.items():
             x, y = v[horiz] * sp[horiz], v[0] * sp[0]
             ax.plot(x, y, "o", color="tab:red", markersize=3)
