@@ -242,7 +242,8 @@ def checked_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
     return ids
 
 
-def _prepare_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None:
+def check_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None:
+    """Refuse an output folder that already holds another run, or a resume of a different experiment."""
     stored = out_dir / "config.yaml"
     if resume:
         old = load_experiment(stored, check_devices=False)
@@ -250,8 +251,12 @@ def _prepare_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None
             raise ConfigError(f"--resume {out_dir}: the experiment differs from the stored config.yaml")
     elif stored.exists() or (out_dir / "cells").exists():
         raise ConfigError(f"--out {out_dir}: already holds a run; continue it with --resume {out_dir} or pick another --out")
+
+
+def _prepare_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None:
+    check_out_dir(cfg, out_dir, resume)
     ensure_folder(out_dir)
-    write_text_atomic(stored, cfg.to_yaml())
+    write_text_atomic(out_dir / "config.yaml", cfg.to_yaml())
 
 
 def _summary_metrics(results: list[CellResult]) -> dict[str, float]:

@@ -29,6 +29,11 @@ def add_parser(subparsers) -> None:
         "--tracking-uri", default=None, metavar="URI",
         help="MLflow tracking URI (server http://host:5000, sqlite:///path.db, ...); default sqlite:///<out>/mlflow.db",
     )  # fmt: skip
+    p.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved config (YAML, runs again as --config) and exit; writes nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate everything (config, devices, data source, sizes), show the cells, the data and "
+                   "the estimated memory, and exit; writes nothing")
     p.set_defaults(func=run)
 
 
@@ -41,7 +46,15 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.out and args.out != args.resume:
         raise ConfigError("--resume DIR continues DIR; leave out --out (or give the same folder)")
     cfg = load_for_run(args.config, args.sets, args.resume)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
     out_dir = resolve_out_dir(cfg, args.out, args.resume)
+    if args.dry_run:
+        from benchmark.dry_run import dry_run_report
+
+        print(dry_run_report(cfg, out_dir))
+        return 0
     console = Console(width=max(120, Console().width))  # the leaderboard table needs the room in logs too
     run_benchmark(cfg, out_dir, resume=bool(args.resume), tracking_uri=args.tracking_uri, console=console)
     from benchmark.runner import global_rank

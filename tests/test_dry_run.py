@@ -1,0 +1,38 @@
+"""``spinebench run --print-config`` and ``--dry-run``: the resolved config, every check and the plan, nothing
+written."""
+
+from __future__ import annotations
+
+import yaml
+
+from benchmark.cli import main
+from benchmark.config import load_experiment
+
+
+def test_print_config_is_the_resolved_config_and_runs_again(tmp_path, capsys):
+    assert main(["run", "--config", "smoke", "--set", "seeds=[3]", "--print-config", "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert yaml.safe_load(text)["seeds"] == [3]
+    (tmp_path / "c.yaml").write_text(text)
+    again = load_experiment(tmp_path / "c.yaml")
+    assert again.config_hash() == load_experiment("smoke", ["seeds=[3]"]).config_hash()
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_shows_cells_data_and_memory_and_writes_nothing(tmp_path, capsys):
+    sets = ["--set", "methods=[di2in, di2in_mp, resml_cls]", "--set", "execution.processes=1"]
+    assert main(["run", "--config", "smoke", *sets, "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "nothing was written" in out and "3 in 2 trainings" in out
+    assert "di2in_mp seed 0: evaluated on the training of di2in" in out and "resml_cls seed 0: trains" in out
+    assert "data: phantom at 8 mm, 4 train, 2 val, 2 test cases" in out and "model state up to" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_refuses_what_the_run_would_refuse(tmp_path, capfd):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "config.yaml").write_text("name: other\n")
+    code = main(["run", "--config", "smoke", "--dry-run", "--out", str(tmp_path / "o")])
+    assert code == 2 and "already holds a run" in capfd.readouterr().err
+    code = main(["run", "--config", "smoke", "--set", "data.phantom_test=0", "--dry-run", "--out", str(tmp_path / "p")])
+    assert code == 2 and "lists no test case" in capfd.readouterr().err and not (tmp_path / "p").exists()
