@@ -1,4 +1,4 @@
-"""``spinebench predict CT --run DIR``: apply a method trained by ``spinebench run`` to one CT.
+"""``spinebench predict -i CT|FOLDER -o OUT --run DIR``: apply a method trained by ``spinebench run`` to CTs.
 
 The CT (any supported format) goes through the run's own preprocessing (canonical orientation, the run's
 spacing, HU clipping, z-score); the prediction is mapped back to world mm through the preprocessed geometry
@@ -17,15 +17,21 @@ from datamodules.errors import InputError
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="predict vertebra centroids on one CT with a method trained by `spinebench run`",
-        description="Apply the best checkpoint of a trained method to one CT (NIfTI, NRRD, MHA/MHD or DICOM "
-        "folder) and write its vertebra centroids as VerSe json or CSV, optionally with a preview PNG.",
+        help="predict vertebra centroids on CTs with a method trained by `spinebench run`",
+        description="Apply the best checkpoint of a trained method to a CT (NIfTI, NRRD, MHA/MHD or DICOM "
+        "folder), or to every CT file of a folder, and write vertebra centroids as VerSe json or CSV, optionally "
+        "with a preview PNG. The model is loaded once for all CTs of a folder.",
     )
-    p.add_argument("ct", type=Path, help="the CT volume (file or DICOM series folder)")
+    p.add_argument("ct", type=Path, nargs="?", default=None, help="the CT (file or DICOM series folder); or use -i")
+    p.add_argument("-i", "--input", type=Path, default=None, dest="input",
+                   help="a CT, or a folder of CT files (each predicted; the output is then a folder)")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="centroid file (.json VerSe, .csv LPS mm); for a folder of CTs, the output folder")
     p.add_argument("--run", type=Path, required=True, help="output folder of `spinebench run`")
     p.add_argument("--method", default=None, help="method of the run (default: best test Id.Rate of the run)")
     p.add_argument("--seed", type=non_negative(int), default=None, help="which seed's checkpoint (default: the run's first)")
-    p.add_argument("--out", type=Path, required=True, help="centroid file: .json (VerSe) or .csv (LPS mm)")
+    p.add_argument("--format", choices=("verse", "csv"), default="verse",
+                   help="for a folder of CTs: <name>_ctd.json (verse, default) or <name>_ctd.csv")
     p.add_argument("--preview", action="store_true",
                    help="also write <out>.png: sagittal/coronal MIP of the CT at its own resolution + centroids")
     p.add_argument("--threads", type=positive(int), default=None,
@@ -68,60 +74,118 @@ def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
     raise InputError(f"--run {run_dir}: checkpoint of {name} seed {s} is missing ({recorded or own})")
 
 
-def predict_ct(ct: Path, run_dir: Path, method: str | None = None, seed: int | None = None,
-               threads: int | None = None):
-    """Returns (Centroids in world mm of the present vertebrae, original geometry, method name, preprocessed)."""
-    import torch
+class Predictor:
+    """A run's chosen method, loaded once; ``predictor(ct)`` -> (Centroids in world mm of the present vertebrae,
+    the CT's geometry, the CT as read). The CT goes through the run's own preprocessing."""
 
-    from benchmark.threads import choose_threads
+    def __init__(self, run_dir: Path, method: str | None = None, seed: int | None = None,
+                 threads: int | None = None) -> None:
+        import torch
 
-    torch.set_num_threads(choose_threads(threads))
-    from benchmark.builders import build_method, load_weights
-    from benchmark.config import ConfigError, load_experiment
-    from datamodules.centroids import Centroids
-    from datamodules.ct_io import read_sitk_image
-    from datamodules.preprocess import preprocess_volume
-    from datamodules.labels import get_label_set
+        from benchmark.builders import build_method, load_weights
+        from benchmark.config import ConfigError, load_experiment
+        from benchmark.threads import choose_threads
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--run {run_dir}: no config.yaml there (not a spinebench run folder)")
-    cfg = load_experiment(run_dir / "config.yaml", check_devices=False)
-    entry, seed, checkpoint = _choose_cell(run_dir, cfg, method, seed)
-    original, geometry = read_sitk_image(ct)
-    image, pre_geometry = preprocess_volume(original, geometry, cfg.data.preprocess_params, str(ct))
-    model = build_method(cfg, entry)
-    load_weights(model, checkpoint)  # shape priors are buffers in the checkpoint; methods size them on load
-    model.eval()
-    with torch.no_grad():
-        tensor = torch.as_tensor(image, dtype=torch.float32)[None, None]
-        pred = model.predict_volume(tensor)
-    names = get_label_set(cfg.data.label_set).names
-    world = pre_geometry.vox_to_world(pred.centroids_vox)
-    present = {n: world[k] for k, n in enumerate(names) if pred.present[k] and geometry.contains_vox(
-        geometry.world_to_vox(world[k]), margin=0.5)}
-    return Centroids(present), geometry, entry.name, (image, pre_geometry, pred, original)
+        torch.set_num_threads(choose_threads(threads))
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--run {run_dir}: no config.yaml there (not a spinebench run folder)")
+        self.cfg = load_experiment(run_dir / "config.yaml", check_devices=False)
+        entry, self.seed, checkpoint = _choose_cell(run_dir, self.cfg, method, seed)
+        self.method = entry.name
+        self.model = build_method(self.cfg, entry)
+        load_weights(self.model, checkpoint)  # shape priors are buffers in the checkpoint; sized on load
+        self.model.eval()
+
+    def __call__(self, ct: Path):
+        import torch
+
+        from datamodules.centroids import Centroids
+        from datamodules.ct_io import read_sitk_image
+        from datamodules.labels import get_label_set
+        from datamodules.preprocess import preprocess_volume
+
+        original, geometry = read_sitk_image(ct)
+        image, pre_geometry = preprocess_volume(original, geometry, self.cfg.data.preprocess_params, str(ct))
+        with torch.no_grad():
+            pred = self.model.predict_volume(torch.as_tensor(image, dtype=torch.float32)[None, None])
+        names = get_label_set(self.cfg.data.label_set).names
+        world = pre_geometry.vox_to_world(pred.centroids_vox)
+        present = {n: world[k] for k, n in enumerate(names) if pred.present[k] and geometry.contains_vox(
+            geometry.world_to_vox(world[k]), margin=0.5)}
+        return Centroids(present), geometry, original
+
+
+def ct_files(folder: Path) -> list[Path]:
+    """The CT files of a folder (a folder holding a DICOM series is one CT, not a folder of CTs)."""
+    from datamodules.ct_io import image_suffix
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) is not None)
+
+
+def output_name(ct: Path, fmt: str) -> str:
+    """``sub-01_ct.nii.gz`` -> ``sub-01_ctd.json`` (VerSe's naming), ``scan.mha`` -> ``scan_ctd.csv``."""
+    from datamodules.ct_io import image_suffix
+
+    stem = ct.name[: -len(image_suffix(ct))].removesuffix("_ct")
+    return f"{stem}_ctd.{'json' if fmt == 'verse' else 'csv'}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamodules.centroids import centroid_format, write_centroids
+    from datamodules.centroids import centroid_format
 
+    if (args.ct is None) == (args.input is None):
+        raise InputError("give the CT either as the argument or with -i/--input (one of them)")
+    source = args.ct or args.input
+    if source.is_dir() and ct_files(source):
+        return _run_folder(args, source)
     outputs = {"--out": args.out, "--preview": Path(args.out).with_suffix(".png") if args.preview else None}
-    refuse_overwriting(outputs, {"ct": args.ct, "--run": args.run})
+    refuse_overwriting(outputs, {"ct": source, "--run": args.run})
     fmt = centroid_format(args.out, None)
     if fmt not in ("verse", "csv"):
         raise InputError(f"--out {args.out}: write .json (VerSe) or .csv; got format {fmt!r}")
-    centroids, geometry, method, (*_, original) = predict_ct(args.ct, args.run, args.method, args.seed, args.threads)
+    predictor = Predictor(args.run, args.method, args.seed, args.threads)
+    _predict_one(predictor, source, args.out, fmt, args.preview)
+    return 0
+
+
+def _predict_one(predictor: Predictor, ct: Path, out: Path, fmt: str, preview: bool) -> None:
+    from datamodules.centroids import write_centroids
+
+    centroids, geometry, original = predictor(ct)
     written = centroids.verse_numbered() if fmt == "verse" else centroids
-    write_centroids(args.out, written, fmt=fmt, geometry=geometry)
-    print(f"{method}: wrote {len(written)} centroids ({', '.join(written.names) or 'none'}) to {args.out}")
+    write_centroids(out, written, fmt=fmt, geometry=geometry)
+    print(f"{predictor.method}: wrote {len(written)} centroids ({', '.join(written.names) or 'none'}) to {out}")
     if len(written) < len(centroids):
         print("S2 has no VerSe id and is not in the json; write .csv to keep it")
-    if args.preview:
-        png = Path(args.out).with_suffix(".png")
-        write_preview(png, *preview_volume(original, geometry), centroids, title=f"{Path(args.ct).name} — {method}")
+    if preview:
+        png = Path(out).with_suffix(".png")
+        write_preview(png, *preview_volume(original, geometry), centroids, title=f"{Path(ct).name} — {predictor.method}")
         print(f"preview: {png}")
-    return 0
+
+
+def _run_folder(args: argparse.Namespace, folder: Path) -> int:
+    """Every CT file of ``folder`` into the folder ``--out``; a bad CT is reported in one line and the others go
+    on (what was written stays); exit 2 when any failed."""
+    import sys
+
+    from datamodules.atomic import ensure_folder
+
+    cts = ct_files(folder)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out}: for a folder of CTs, --out is a folder; this is a file")
+    predictor = Predictor(args.run, args.method, args.seed, args.threads)
+    ensure_folder(args.out)
+    failed = []
+    for i, ct in enumerate(cts, start=1):
+        print(f"[{i}/{len(cts)}] {ct.name}", flush=True)
+        try:
+            _predict_one(predictor, ct, args.out / output_name(ct, args.format), args.format, args.preview)
+        except InputError as exc:
+            failed.append(ct)
+            print(f"spinebench predict: error: {exc}", file=sys.stderr)
+    print(f"{len(cts) - len(failed)} of {len(cts)} CTs predicted into {args.out}")
+    return 2 if failed else 0
 
 
 def preview_volume(original, geometry):
