@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from benchmark.callbacks import AtomicCheckpointIO
+from benchmark.callbacks import AtomicCheckpointIO, ProgressLines
 from benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
 from datamodules.errors import InputError
 
@@ -70,15 +70,20 @@ def build_trainer(
     default_root_dir: Path | None = None,
     progress: bool = True,
     for_eval: bool = False,
+    label: str = "training",
 ) -> L.Trainer:
-    from lightning.pytorch.callbacks import RichProgressBar
-
+    """``progress``: this process may draw a progress bar (a terminal, one process); otherwise a training with
+    ``enable_progress_bar`` prints a line every 30 s (``ProgressLines``). ``label`` names the cell in both."""
     quiet_lightning()
     strategy = trainer_cfg.strategy
     if strategy == "auto" and (trainer_cfg.devices > 1 or trainer_cfg.num_nodes > 1):
         strategy = "ddp"
     show_bar = progress and trainer_cfg.enable_progress_bar and sys.stdout.isatty()
-    cbs = list(callbacks) + ([RichProgressBar(leave=False)] if show_bar else [])
+    cbs = list(callbacks)
+    if show_bar:
+        cbs.append(_progress_bar(label, trainer_cfg))
+    elif trainer_cfg.enable_progress_bar and not for_eval:
+        cbs.append(ProgressLines(label))
     deterministic: bool | str = trainer_cfg.deterministic
     if deterministic and trainer_cfg.accelerator not in ("cpu",):
         deterministic = "warn"  # some CUDA kernels (trilinear upsampling backward) have no deterministic version
@@ -124,6 +129,19 @@ def read_checkpoint(path: Path) -> dict:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: not a plain checkpoint (it holds more than tensors and plain values: "
                          f"{reason}); refusing to load it") from None
+
+
+def _progress_bar(label: str, trainer_cfg: TrainerConfig):
+    """Lightning's rich bar, titled with the cell and, for a step budget, the steps (not "Epoch k/999")."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class CellBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            if trainer_cfg.max_steps > 0:
+                return f"{label}: step {self.trainer.global_step}/{trainer_cfg.max_steps} at this epoch's start"
+            return f"{label}: " + super()._get_train_description(current_epoch)
+
+    return CellBar(leave=False)
 
 
 def _checkpoint_step(path: Path) -> int | None:

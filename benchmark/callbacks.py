@@ -1,4 +1,5 @@
-"""Lightning callbacks of the runner: validation identification rate, per-case test timing, atomic checkpoints.
+"""Lightning callbacks of the runner: validation identification rate, per-case test timing, phase timing, progress
+lines, atomic checkpoints.
 
 ``ValidationIdentification`` turns the methods' ``validation_step`` outputs ``{"predictions": [VolumePrediction]}``
 into ``val/id_rate`` and ``val/mean_error_mm`` with the shared metrics, so every method is selected
@@ -8,7 +9,9 @@ isotropic, so voxel offsets times the spacing are millimetres; distances need no
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -134,6 +137,50 @@ class PhaseTiming(L.Callback):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         self.validation_seconds += time.perf_counter() - self._val_t0
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class ProgressLines(L.Callback):
+    """Where no progress bar is drawn (a log file, a scheduler, the parallel workers of a run): one line every
+    ``interval_s`` seconds with the cell, step/total, the latest training loss, steps per second and the training's
+    ETA. Global rank 0 only."""
+
+    def __init__(self, label: str, interval_s: float = 30.0, stream=None) -> None:
+        self.label, self.interval_s, self.stream = label, interval_s, stream
+        self._t0 = self._last = 0.0
+        self._step0 = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0 = self._last = time.monotonic()
+        self._step0 = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.monotonic()
+        if not trainer.is_global_zero or now - self._last < self.interval_s:
+            return
+        self._last = now
+        step = trainer.global_step
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        rate = (step - self._step0) / max(now - self._t0, 1e-9)
+        loss = trainer.callback_metrics.get("train/loss")
+        parts = [f"step {step}/{int(total)}" if math.isfinite(total) else f"step {step}"]
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4g}")
+        parts.append(f"{rate:.2f} steps/s")
+        if rate > 0 and math.isfinite(total):
+            parts.append(f"ETA {duration((total - step) / rate)}")
+        print(f"  {self.label}: " + ", ".join(parts), file=self.stream or sys.stdout, flush=True)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -144,6 +144,7 @@ def train_and_evaluate_cell(
         loggers=[*loggers, curves],
         default_root_dir=folder,
         progress=progress,
+        label=f"{entry.name} seed {seed}",
     )
     with PeakMemory(cuda=_on_gpu(trainer_cfg)) as train_peak:
         trainer.fit(method, datamodule=datamodule, ckpt_path=str(last) if resume_step is not None else None)

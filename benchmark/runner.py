@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmark.callbacks import duration
 from benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir
 from benchmark.schedule import TrainingUnit, plan_units, process_count
 from benchmark.threads import choose_threads
@@ -142,15 +143,21 @@ def run_benchmark(
             console.print(f"[bold]cell {numbers[(member.name, unit.seed)]}/{n_cells}[/bold]: {member.name} "
                           f"seed {unit.seed}{how}")
 
+    run_t0, done_units = time.monotonic(), []
+
     def finished(unit: TrainingUnit, unit_results: list[CellResult]) -> None:
         results.extend(unit_results)
+        done_units.append(time.monotonic() - started[id(unit)])
         if not is_zero:
             return
         _log_unit(tracker, run_ids, unit, unit_results, out_dir)
-        if processes > 1:
-            rate = unit_results[0].metrics.get("test/id_rate", float("nan"))
-            console.print(f"  {unit.trainer.name} seed {unit.seed} done in {time.monotonic() - started[id(unit)]:.0f} s "
-                          f"(test Id.Rate {100 * rate:.1f} %)")
+        rate = unit_results[0].metrics.get("test/id_rate", float("nan"))
+        left = len(units) - len(done_units)
+        # the trainings still to run, at the mean time of those done, shared among the processes
+        eta = f", about {duration(sum(done_units) / len(done_units) * left / processes)} left" if left else ""
+        console.print(f"  {unit.trainer.name} seed {unit.seed} done in {duration(done_units[-1])} (test Id.Rate "
+                      f"{100 * rate:.1f} %); {len(done_units)}/{len(units)} trainings in "
+                      f"{duration(time.monotonic() - run_t0)}{eta}")
 
     status = "FAILED"
     try:
