@@ -148,9 +148,10 @@ class ExperimentConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def config_hash(self) -> str:
-        """sha256 of what determines the results (output folder and tracking excluded)."""
+        """sha256 of what determines the results (output folder, tracking, execution and the cache folder excluded)."""
         d = self.to_dict()
         d.pop("output"), d.pop("tracking"), d.pop("execution")
+        d["data"].pop("cache_dir")  # where the cache lives changes nothing of the results
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def cells(self) -> list[tuple[MethodEntry, int]]:

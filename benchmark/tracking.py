@@ -7,7 +7,7 @@ probed at start-up so an unreachable one fails before any training. Only rank 0 
 (no fluent global active run), so child runs and Lightning's MLFlowLogger share run ids without hidden state.
 
 A new sqlite store starts as a copy of an empty, migrated store kept per MLflow version in
-``~/.cache/spinebench/mlflow`` (``SPINEBENCH_CACHE`` moves it): MLflow's schema migrations then run once per
+``<cache root>/mlflow`` (``datamodules.cache_root``: SPINEBENCH_CACHE, else the XDG cache folder): MLflow's schema migrations then run once per
 machine and version, not once per run (1.7 s of every run on this project's 2-core machine; perf/bench_runner.py).
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.atomic import write_text_atomic
+from datamodules.cache_root import cache_root
 from datamodules.errors import InputError
 
 STATE_FILE = "mlflow_run.json"
@@ -38,8 +39,6 @@ def default_tracking_uri(out_dir: Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("SPINEBENCH_CACHE", "~/.cache/spinebench")).expanduser()
 
 
 def seed_sqlite_store(uri: str) -> bool:
@@ -54,7 +53,7 @@ def seed_sqlite_store(uri: str) -> bool:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    template = _cache_root() / "mlflow" / f"empty-{mlflow.__version__}.db"
+    template = cache_root() / "mlflow" / f"empty-{mlflow.__version__}.db"
     try:
         if not template.is_file():
             template.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import math
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from datamodules.cache_root import cache_root
 from datamodules.errors import InputError
 from datamodules.labels import get_label_set
 from datamodules.preprocess import CacheEntry, PreprocessParams, ensure_entry, remove_stale_parts
@@ -37,7 +39,6 @@ from datamodules.sources import (
 )
 
 SOURCE_KINDS: tuple[str, ...] = ("phantom", "csi2014", "verse", "folder")
-DEFAULT_CACHE_DIR = "~/.cache/spinebench/preprocessed"
 
 
 class SkippedCaseWarning(UserWarning):
@@ -64,7 +65,7 @@ class DataConfig:
     phantom: dict = field(default_factory=dict)  # PhantomConfig overrides
     label_set: str = "default"
     spacing_mm: float = 2.0
-    cache_dir: str = DEFAULT_CACHE_DIR
+    cache_dir: str | None = None  # None: <cache root>/preprocessed (SPINEBENCH_CACHE, else the XDG cache folder)
     batch_size: int = 2
     num_workers: int = 0
     augment: bool = False
@@ -99,6 +100,11 @@ class DataConfig:
         if requirements.crop_size_vox is not None:
             changes["crop_size_vox"] = tuple(requirements.crop_size_vox)
         return dataclasses.replace(self, **changes)
+
+    @property
+    def cache_path(self) -> Path:
+        """The preprocessing cache folder: ``cache_dir``, or ``<cache root>/preprocessed``."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else cache_root() / "preprocessed"
 
     @property
     def preprocess_params(self) -> PreprocessParams:
@@ -178,7 +184,7 @@ class VertebraDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Preprocess every missing case into the cache; ``num_workers`` processes when > 0."""
-        params, cache_dir = self.config.preprocess_params, self.config.cache_dir
+        params, cache_dir = self.config.preprocess_params, self.config.cache_path
         remove_stale_parts(cache_dir)
         jobs = [(cache_dir, r, params) for r in self.records()]
         if self.config.num_workers > 0 and len(jobs) > 1:
@@ -196,7 +202,7 @@ class VertebraDataModule(L.LightningDataModule):
         params = self.config.preprocess_params
         for record in self.records():
             try:
-                entry, hit = ensure_entry(self.config.cache_dir, record, params)
+                entry, hit = ensure_entry(self.config.cache_path, record, params)
             except (InputError, OSError, ValueError, RuntimeError) as exc:
                 self._skip(report, record, str(exc))
                 continue
