@@ -22,6 +22,7 @@ from datamodules.centroids import Centroids
 from datamodules.errors import InputError
 from datamodules.geometry import Geometry, canonical_geometry
 from datamodules.labels import get_label_set
+from datamodules.resources import require_disk, require_memory
 from datamodules.shape_model import load_shape_model
 
 GENERATOR_VERSION = 1
@@ -156,8 +157,6 @@ def case_voxels(config: PhantomConfig) -> float:
 def check_resources(config: PhantomConfig, n_cases: int = 1, folder=None) -> None:
     """Refuse a spacing whose cases cannot be generated in this machine's memory, or ``n_cases`` files that
     cannot fit the disk of ``folder`` (when given), before any is generated."""
-    from datamodules.resources import require_disk, require_memory
-
     voxels = case_voxels(config)
     require_memory(voxels * GENERATION_BYTES_PER_VOXEL, f"a phantom case at {config.spacing_mm:g} mm "
                    f"(up to {voxels / 1e6:,.0f} million voxels)")
