@@ -57,9 +57,16 @@ class CellResult:
 
     @classmethod
     def read(cls, folder: Path) -> CellResult:
-        """``<folder>/result.json`` with its paths resolved against ``folder`` (absolute ones, of older runs, kept)."""
+        """``<folder>/result.json`` with its paths resolved against ``folder``. Runs written before the paths were
+        relative hold absolute or working-folder-relative paths: those are kept when that is where the file is."""
         d = json.loads((Path(folder) / RESULT_FILE).read_text())
-        path = lambda key: Path(folder) / d[key] if d.get(key) else None  # noqa: E731 (absolute stays absolute)
+
+        def path(key: str) -> Path | None:
+            if not d.get(key):
+                return None
+            inside = Path(folder) / d[key]
+            return inside if inside.exists() or not Path(d[key]).exists() else Path(d[key])
+
         return cls(d["method"], d["seed"], d["metrics"], path("records_path"), path("best_checkpoint"),
                    d.get("resumed_from_step"), d.get("extra", {}))
 

@@ -129,7 +129,7 @@ def print_leaderboard(outputs, console) -> None:
 def paired_headline(table):
     """The headline with each region's Id.Rate and mean error in one column ("84.7 / 7.3"), to fit a terminal;
     each half keeps its own best mark."""
-    from leaderboard.render import Table, Value
+    from leaderboard.render import Table
     from leaderboard.tables import HEADLINE_STATS, HEADLINE_TITLES
 
     width = len(HEADLINE_STATS)

@@ -7,8 +7,8 @@ probed at start-up so an unreachable one fails before any training. Only rank 0 
 (no fluent global active run), so child runs and Lightning's MLFlowLogger share run ids without hidden state.
 
 A new sqlite store starts as a copy of an empty, migrated store kept per MLflow version in
-``<cache root>/mlflow`` (``datamodules.cache_root``: SPINEBENCH_CACHE, else the XDG cache folder): MLflow's schema migrations then run once per
-machine and version, not once per run (1.7 s of every run on this project's 2-core machine; perf/bench_runner.py).
+``<cache root>/mlflow`` (``datamodules.cache_root``: SPINEBENCH_CACHE, else the XDG cache folder): MLflow's schema
+migrations then run once per machine and version, not once per run (1.7 s of every run on this project's 2-core machine; perf/bench_runner.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--average", choices=AVERAGES, default="micro",
                    help="pool all vertebrae (micro, default) or average per scan (macro)")
     p.add_argument("--threshold-mm", type=positive(float), default=IDENTIFICATION_THRESHOLD_MM,
-                   help="identification distance threshold, strict (default 20)")
+                   help="identification distance threshold in mm (default 20): < for glocker, <= for verse")
     p.add_argument("--bootstrap", type=bounded(int, 10), default=DEFAULT_BOOTSTRAP_SAMPLES, help="bootstrap draws (default 1000)")
     p.add_argument("--bootstrap-seed", type=non_negative(int), default=DEFAULT_BOOTSTRAP_SEED, help="bootstrap seed (default 0)")
     p.add_argument("--include-unconfirmed", action="store_true",
