@@ -247,11 +247,14 @@ def evaluate_checkpoint(
     method_order: int | None = None,
     progress: bool = False,
     train_peak_memory_mb: float | None = None,
+    fit_prior: bool = True,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Predict the test split with ``checkpoint``'s weights; returns (records rows on rank 0, info).
 
     Rows are complete on rank 0 only (other ranks get ``[]``); every test case appears exactly once. Their
     ``peak_memory_mb`` is the peak memory of the predictions alone; ``train_peak_memory_mb`` is copied into them.
+    ``fit_prior=False`` keeps the method's shape prior as it is (a model evaluated on another dataset keeps the
+    prior of its own training; ``method`` then comes with its weights loaded and ``checkpoint`` is None).
     """
     trainer_cfg = trainer_cfg or cfg.trainer_for(entry)
     if method is None:
@@ -260,7 +263,8 @@ def evaluate_checkpoint(
     if datamodule is None:
         datamodule = build_datamodule(cfg, method, seed)
     prepare_for_test(datamodule)
-    method.fit_shape_prior(datamodule.train_centroids_vox())
+    if fit_prior:
+        method.fit_shape_prior(datamodule.train_centroids_vox())
     if checkpoint is not None:
         load_weights(method, checkpoint, shared=True)
     timing = PredictTiming()

@@ -20,7 +20,7 @@ from datamodules.errors import InputError
 from leaderboard.errors import LeaderboardInputError
 
 # Subcommand modules in ``benchmark.commands``, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("centroids", "convert", "phantom", "list", "run", "tune", "predict", "leaderboard")
+COMMANDS: tuple[str, ...] = ("centroids", "convert", "phantom", "list", "run", "evaluate", "tune", "predict", "leaderboard")
 
 # Exceptions that mean "the user gave something unusable": reported in one line, exit 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (InputError, LeaderboardInputError)

@@ -265,3 +265,28 @@ def test_predict_a_folder_of_cts_loads_the_model_once_and_reports_bad_files(trai
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "out" / "phantom-s0-0000_ctd.csv").read_text()
     both = _cli("predict", str(one), "-i", str(one), "-o", str(tmp_path / "x.csv"), "--run", str(trained_run))
     assert both.returncode == 2 and "one of them" in both.stderr
+
+
+def test_evaluate_a_run_on_another_dataset_without_training(trained_run):
+    before = (trained_run / "records.csv").read_bytes()
+    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom_seed=0", "--name", "same")
+    assert res.returncode == 0, res.stderr[-3000:]
+    # the same data as the run's own test split: the same predictions, under the evaluation's dataset name
+    drop = (*TIMING_COLUMNS, "dataset", "run")
+    same = _records(trained_run / "evaluations" / "same" / "records.csv", drop)
+    assert same == _records(trained_run / "records.csv", drop) and len(same) > 0
+    named = _records(trained_run / "evaluations" / "same" / "records.csv")
+    assert {(r["dataset"], r["run"]) for r in named} == {("same", f"{trained_run.name}/same")}
+    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom_seed=5", "--set", "data.phantom_train=0",
+               "--set", "data.phantom_test=3", "--name", "other")
+    assert res.returncode == 0, res.stderr[-3000:]
+    other = _records(trained_run / "evaluations" / "other" / "records.csv")
+    assert len({r["case"] for r in other}) == 3 and all(r["case"].startswith("phantom-s5-") for r in other)
+    board = (trained_run / "evaluations" / "other" / "leaderboard" / "leaderboard.md").read_text()
+    assert "## phantom" in board and "## other" in board  # the run's own test set beside the new one
+    assert (trained_run / "records.csv").read_bytes() == before  # the run's own files are not changed
+    again = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom_seed=5", "--name", "other")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    wrong = _cli("evaluate", "--run", str(trained_run), "--set", "trainer.max_epochs=1", "--name", "x")
+    assert wrong.returncode == 2 and "only data.* keys" in wrong.stderr
+    assert not (trained_run / "evaluations" / "x").exists()
