@@ -14,13 +14,13 @@ import numpy as np
 
 from datamodules.errors import InputError
 from datamodules.geometry import Geometry
-from datamodules.labels import ALL_NAMES, NAME_OF_VERSE_ID, VERSE_ID_OF, LabelSet, check_name
+from datamodules.label_maps import MASK_LABEL_MAPS, is_other_structure, vertebra_names
+from datamodules.labels import ALL_NAMES, VERSE_ID_OF, LabelSet, check_name
 
 # VerSe/SPINEPS subregion labels of the vertebral body: 49 corpus border, 50 corpus.
 BODY_SUBREGION_LABELS: tuple[int, ...] = (49, 50)
 
 CENTROID_FORMATS: tuple[str, ...] = ("verse", "csv", "lml")
-VERSE_MAX_ID = 28  # VerSe masks: 1-7 C, 8-19 T, 20-25 L, 26 sacrum, 27 coccyx, 28 T13
 _FORMAT_OF_SUFFIX = {".json": "verse", ".csv": "csv", ".lml": "lml"}
 
 
@@ -125,45 +125,49 @@ def centroids_from_mask(
     geometry: Geometry,
     subregion_mask: np.ndarray | None = None,
     source: str | os.PathLike = "mask",
+    labels: str = "verse",
 ) -> Centroids:
-    """Centre of mass (LPS mm) of every vertebra label in a VerSe-numbered mask (1-7 C, 8-19 T, 20-25 L, 26, 28).
+    """Centre of mass (LPS mm) of every vertebra label of a mask, numbered by ``labels``: ``verse`` (1-7 C, 8-19 T,
+    20-25 L, 26 S1, 28 T13), ``spineps``, ``totalsegmentator`` (v2) or ``totalsegmentator-v1``
+    (``datamodules.label_maps``).
 
     With ``subregion_mask`` (VerSe/SPINEPS subregions on the same grid) the centroid is that of the vertebral
     body: the voxels of the vertebra whose subregion is 49 or 50. Vertebrae without body voxels are left out.
-    27 (coccyx) is ignored; a value outside VerSe's numbering (0-28), e.g. another tool's organ labels, or a mask
-    with no vertebra label raises ``InputError`` naming the values.
+    Values the map knows as other structures (coccyx, organs, discs) are ignored; a value the map does not know,
+    or a mask with no vertebra label, raises ``InputError`` naming the values.
     """
-    labels = _integer_labels(mask, source)
-    if labels.shape != geometry.shape:
-        raise InputError(f"{source}: mask shape {labels.shape} does not match its geometry {geometry.shape}")
-    values = [int(v) for v in np.unique(labels)]
-    foreign = [v for v in values if not 0 <= v <= VERSE_MAX_ID]
+    names = vertebra_names(labels)
+    mask_labels = _integer_labels(mask, source)
+    if mask_labels.shape != geometry.shape:
+        raise InputError(f"{source}: mask shape {mask_labels.shape} does not match its geometry {geometry.shape}")
+    values = [int(v) for v in np.unique(mask_labels) if v != 0]
+    foreign = [v for v in values if v not in names and not is_other_structure(labels, v)]
     if foreign:
         shown = ", ".join(map(str, foreign[:10])) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
-        raise InputError(f"{source}: mask values {shown} are not VerSe vertebra labels (0-{VERSE_MAX_ID}); "
-                         "is it another tool's label map?")
-    present = [v for v in values if v in NAME_OF_VERSE_ID]
+        hint = "; is it another tool's label map? (--labels / data.mask_labels: " + ", ".join(MASK_LABEL_MAPS) + ")"
+        raise InputError(f"{source}: mask values {shown} are not {labels} labels{hint}")
+    present = [v for v in values if v in names]
     if not present:
-        found = [int(v) for v in np.unique(labels) if v != 0][:10]
         raise InputError(
-            f"{source}: mask holds no vertebra labels (VerSe ids 1-26, 28); found values {found or 'none (empty mask)'}"
+            f"{source}: mask holds no vertebra labels of the {labels} map; found values {values[:10] or 'none (empty mask)'}"
         )
+    vertebrae = np.where(np.isin(mask_labels, present), mask_labels, 0)  # other structures dropped
     if subregion_mask is not None:
         subregion_mask = np.asarray(subregion_mask)
-        if subregion_mask.shape != labels.shape:
-            raise InputError(f"{source}: subregion mask shape {subregion_mask.shape} differs from {labels.shape}")
-        labels = np.where(np.isin(subregion_mask, BODY_SUBREGION_LABELS), labels, 0)
-        present = [v for v in present if np.any(labels == v)] if labels.any() else []
+        if subregion_mask.shape != vertebrae.shape:
+            raise InputError(f"{source}: subregion mask shape {subregion_mask.shape} differs from {vertebrae.shape}")
+        vertebrae = np.where(np.isin(subregion_mask, BODY_SUBREGION_LABELS), vertebrae, 0)
+        present = [v for v in present if np.any(vertebrae == v)] if vertebrae.any() else []
         if not present:
             raise InputError(f"{source}: no vertebra voxel carries a body subregion label {BODY_SUBREGION_LABELS}")
     # Centre of mass inside the labels' bounding box: scipy builds coordinate grids of the input's size.
-    box = _bounding_box(labels)
+    box = _bounding_box(vertebrae)
     from scipy import ndimage  # here: 0.15 s of import that every other command (and --help) would pay
 
-    coms_vox = ndimage.center_of_mass(labels[box] > 0, labels=labels[box], index=present)
+    coms_vox = ndimage.center_of_mass(vertebrae[box] > 0, labels=vertebrae[box], index=present)
     offset = np.array([s.start for s in box], dtype=np.float64)
     coms_mm = geometry.vox_to_world(np.asarray(coms_vox, dtype=np.float64).reshape(-1, 3) + offset)
-    return Centroids((NAME_OF_VERSE_ID[v], coms_mm[i]) for i, v in enumerate(present))
+    return Centroids((names[v], coms_mm[i]) for i, v in enumerate(present))
 
 
 def _integer_labels(mask: np.ndarray, source) -> np.ndarray:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from datamodules.cache_root import cache_root
 from datamodules.errors import InputError
+from datamodules.label_maps import MASK_LABEL_MAPS
 from datamodules.labels import get_label_set
 from datamodules.preprocess import CacheEntry, PreprocessParams, ensure_entry, remove_stale_parts
 from datamodules.samples import Augmentation, CropDataset, ShardedEvalSampler, VolumeDataset, pad_collate
@@ -66,6 +67,7 @@ class DataConfig:
     label_set: str = "default"
     spacing_mm: float = 2.0
     cache_dir: str | None = None  # None: <cache root>/preprocessed (SPINEBENCH_CACHE, else the XDG cache folder)
+    mask_labels: str = "verse"  # folder source: numbering of vertebra masks (verse, spineps, totalsegmentator, ...)
     batch_size: int = 2
     num_workers: int = 0
     augment: bool = False
@@ -87,6 +89,8 @@ class DataConfig:
             raise InputError(f"unknown data.sample_mode {self.sample_mode!r}; valid: volume, crop")
         object.__setattr__(self, "crop_size_vox", tuple(int(s) for s in self.crop_size_vox))
         get_label_set(self.label_set)
+        if self.mask_labels not in MASK_LABEL_MAPS:
+            raise InputError(f"unknown data.mask_labels {self.mask_labels!r}; valid: {', '.join(MASK_LABEL_MAPS)}")
         for name in ("batch_size", "pad_multiple", "crops_per_case"):
             if getattr(self, name) < 1:
                 raise InputError(f"data.{name} must be >= 1, got {getattr(self, name)}")
@@ -179,7 +183,8 @@ class VertebraDataModule(L.LightningDataModule):
             elif c.source == "verse":
                 self._listing = verse_records(c.root, lists, c.val_fraction, c.test_fraction, c.split_seed)
             else:
-                self._listing = folder_records(c.root, lists, c.val_fraction, c.test_fraction, c.split_seed)
+                self._listing = folder_records(c.root, lists, c.val_fraction, c.test_fraction, c.split_seed,
+                                               c.mask_labels)
         return self._listing.records
 
     def prepare_data(self) -> None:

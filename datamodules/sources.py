@@ -46,7 +46,8 @@ class CaseRecord:
     split: str  # "train", "val" or "test"
     image_path: str | None = None  # a file or a DICOM folder
     centroids_path: str | None = None
-    mask_path: str | None = None  # VerSe-numbered vertebra label mask, used when there is no centroid file
+    mask_path: str | None = None  # vertebra label mask, used when there is no centroid file
+    mask_labels: str = "verse"  # the mask's numbering (datamodules.label_maps)
     phantom_seed: int | None = None
     phantom_index: int | None = None
     phantom_overrides: tuple[tuple[str, Any], ...] = ()
@@ -71,6 +72,8 @@ class CaseRecord:
         for role, path in (("image", self.image_path), ("centroids", self.centroids_path), ("mask", self.mask_path)):
             if path is not None:
                 files[role] = _stat_fingerprint(Path(path))
+        if self.mask_path is not None and self.centroids_path is None and self.mask_labels != "verse":
+            files["mask_labels"] = self.mask_labels  # the centroids depend on it (VerSe keys stay as before)
         return files
 
 
@@ -134,7 +137,7 @@ def load_case(record: CaseRecord) -> RawCase:
         mask, mask_geometry = read_image(record.mask_path)
         if mask_geometry != geometry:
             raise InputError(f"{record.mask_path}: mask grid differs from its image {record.image_path}")
-        centroids = centroids_from_mask(mask, mask_geometry, source=record.mask_path)
+        centroids = centroids_from_mask(mask, mask_geometry, source=record.mask_path, labels=record.mask_labels)
     else:
         raise InputError(f"{record.image_path}: no centroid file or label mask found for this image")
     if len(centroids) == 0:
@@ -323,7 +326,8 @@ def verse_records(root, split_lists=None, val_fraction=0.0, test_fraction=0.2, s
     return SourceListing(records, extra["missing"], extra["unlisted"])
 
 
-def folder_records(root, split_lists=None, val_fraction=0.0, test_fraction=0.2, seed=0) -> SourceListing:
+def folder_records(root, split_lists=None, val_fraction=0.0, test_fraction=0.2, seed=0,
+                   mask_labels: str = "verse") -> SourceListing:  # fmt: skip
     """Any folder of volumes; annotation = centroid file or vertebra mask with the same case key."""
     from datamodules.ct_io import image_suffix
 
@@ -348,7 +352,8 @@ def folder_records(root, split_lists=None, val_fraction=0.0, test_fraction=0.2, 
         ctd, mask = annotations.get((image.parent.name, key), (None, None))
         if ctd is None and mask is None:
             ctd, mask = annotations.get(("", key), (None, None))
-        records.append(CaseRecord(key, "folder", splits[key], str(image), _opt(ctd), _opt(mask)))
+        records.append(CaseRecord(key, "folder", splits[key], str(image), _opt(ctd), _opt(mask),
+                                  mask_labels=mask_labels))
     return SourceListing(records, extra["missing"], extra["unlisted"])
 
 

@@ -201,3 +201,44 @@ def test_verse_numbered_drops_only_s2_which_verse_json_cannot_hold(tmp_path):
     assert full.verse_numbered().names == ("L5", "S1")
     write_centroids(tmp_path / "ok.json", full.verse_numbered(), fmt="verse", geometry=geometry)
     assert read_centroids(tmp_path / "ok.json", geometry).allclose(full.verse_numbered(), atol_mm=1e-6)
+
+
+def _boxes(values: dict[int, tuple[slice, slice, slice]]):
+    geometry = Geometry((20, 12, 12), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    mask = np.zeros(geometry.shape, np.int16)
+    for value, box in values.items():
+        mask[box] = value
+    return mask, geometry
+
+
+@pytest.mark.parametrize("labels, values, names", [
+    ("totalsegmentator", {27: (slice(1, 4),) * 3, 31: (slice(6, 9), slice(1, 4), slice(1, 4)), 90: (slice(12, 14),) * 3},
+     ["L1", "L5"]),
+    ("totalsegmentator-v1", {18: (slice(1, 4),) * 3, 41: (slice(6, 9), slice(1, 4), slice(1, 4)), 92: (slice(12, 14),) * 3},
+     ["C1", "L5"]),
+    ("spineps", {20: (slice(1, 4),) * 3, 120: (slice(6, 9), slice(1, 4), slice(1, 4)), 220: (slice(12, 14),) * 3},
+     ["L1"]),
+])
+def test_masks_of_other_tools_by_their_own_numbering(labels, values, names):
+    mask, geometry = _boxes(values)
+    centroids = centroids_from_mask(mask, geometry, source="m.nii.gz", labels=labels)
+    assert sorted(centroids.names) == names  # organs, discs and endplates are not vertebrae
+    with pytest.raises(InputError, match=r"m\.nii\.gz: mask values .* are not verse labels.*totalsegmentator"):
+        centroids_from_mask(mask, geometry, source="m.nii.gz")  # read as VerSe, the values do not fit
+
+
+@pytest.mark.needs_shared
+def test_totalsegmentator_masks_give_the_centroids_of_their_source_table(shared_real):
+    """SOURCE.md's whole-vertebra centres of mass (RAS mm) from TotalSegmentator's v2 output; v1 agrees within
+    1.1 mm and has no S1."""
+    folder = shared_real / "totalsegmentator_tests"
+    expected_ras = {"S1": (0.2, 107.0, 221.6), "L5": (-1.3, 125.0, 246.0), "L3": (-3.7, 131.2, 314.9),
+                    "T12": (-4.1, 103.0, 414.1)}
+    v2 = centroids_from_mask(*read_image(folder / "example_seg_fast_force_split.nii.gz"), labels="totalsegmentator")
+    v1 = centroids_from_mask(*read_image(folder / "commit_2515ad45" / "example_seg.nii.gz"), labels="totalsegmentator-v1")
+    assert v2.names == ("T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1") and "S1" not in v1.names
+    for name, ras in expected_ras.items():
+        lps = np.array(ras) * [-1, -1, 1]
+        np.testing.assert_allclose(v2[name], lps, atol=0.1)
+        if name != "S1":
+            assert np.linalg.norm(v1[name] - v2[name]) < 1.2

@@ -9,6 +9,7 @@ from benchmark.commands import refuse_overwriting
 from datamodules.centroids import CENTROID_FORMATS, centroid_format, centroids_from_mask, write_centroids
 from datamodules.ct_io import read_image, silence_itk_warnings
 from datamodules.errors import InputError
+from datamodules.label_maps import MASK_LABEL_MAPS
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("mask", type=Path, help="vertebra label mask (NIfTI, NRRD, MHA/MHD or DICOM folder)")
     p.add_argument("--subregions", type=Path, default=None, help="subregion mask on the same grid")
     p.add_argument("--format", choices=CENTROID_FORMATS, default=None, help="default: from the --out suffix")
+    p.add_argument("--labels", choices=MASK_LABEL_MAPS, default="verse",
+                   help="the mask's numbering: verse (default), spineps, totalsegmentator (v2) or totalsegmentator-v1; "
+                   "other structures of the map (organs, discs) are ignored, unknown values are an error")
     p.add_argument("--out", type=Path, required=True, help="output file (.json VerSe, .csv, .lml)")
     p.set_defaults(func=run)
 
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         subregions, sub_geometry = read_image(args.subregions)
         if sub_geometry != geometry:
             raise InputError(f"{args.subregions}: grid (shape, spacing, origin, direction) differs from {args.mask}")
-    centroids = centroids_from_mask(mask, geometry, subregions, source=args.mask)
+    centroids = centroids_from_mask(mask, geometry, subregions, source=args.mask, labels=args.labels)
     write_centroids(args.out, centroids, fmt=fmt, geometry=geometry)
     print(f"wrote {len(centroids)} centroids ({', '.join(centroids.names)}) to {args.out}")
     return 0
