@@ -249,20 +249,24 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
         _write_detached(path, image, compress)
         return
     with atomic_path(path) as tmp:
-        if suffix not in (".nii", ".nii.gz"):
+        if suffix in (".nii", ".nii.gz"):
+            _write_nifti_checked(image, tmp, compress, path)
+        else:
             sitk.WriteImage(image, str(tmp), compress)
-            return
-        # ITK's NIfTI writer reports a short write (a full disk) on stderr and succeeds: its output is held back,
-        # the written file checked against its header, and the failure reported once, as an OSError naming path
-        with _stderr_held() as held:
-            sitk.WriteImage(image, str(tmp), compress)
-        try:
-            _check_nifti_complete(tmp)
-        except InputError:
-            raise OSError(errno.EIO, "the image could not be written completely (disk full or over a file-size "
-                          "limit?)", str(path)) from None
-        if held.text:
-            sys.stderr.write(held.text)  # a successful write's messages, if any, are not lost
+
+
+def _write_nifti_checked(image: sitk.Image, tmp: Path, compress: bool, path: Path) -> None:
+    """ITK's NIfTI writer reports a short write (a full disk) on stderr and succeeds: its output is held back,
+    the written file checked against its header, and a failure raised once, as an OSError naming ``path``."""
+    with _stderr_held() as held:
+        sitk.WriteImage(image, str(tmp), compress)
+    try:
+        _check_nifti_complete(tmp)
+    except InputError:
+        raise OSError(errno.EIO, "the image could not be written completely (disk full or over a file-size "
+                      "limit?)", str(path)) from None
+    if held.text:
+        sys.stderr.write(held.text)  # a successful write's messages, if any, are not lost
 
 
 class _Held:

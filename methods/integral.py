@@ -31,12 +31,13 @@ def expected_coordinates(probabilities: torch.Tensor) -> torch.Tensor:
     # two passes over the full maps: the (D, H) plane (summed over W) gives the D and H marginals
     plane = probabilities.sum(dim=-1)  # (..., D, H)
     marg_w = probabilities.sum(dim=(-3, -2))  # (..., W)
-    # products and sums, not matmuls: autocast would round a matmul to bf16 (0.5 voxel steps at 100 voxels)
-    coords = [
-        (plane.sum(-1) * torch.arange(d, device=dev, dtype=dt)).sum(-1),
-        (plane.sum(-2) * torch.arange(h, device=dev, dtype=dt)).sum(-1),
-        (marg_w * torch.arange(w, device=dev, dtype=dt)).sum(-1),
-    ]
+    # outside autocast: it would round these products to bf16 (0.5-voxel steps at 100 voxels)
+    with torch.autocast(dev.type, enabled=False):
+        coords = [
+            plane.sum(-1) @ torch.arange(d, device=dev, dtype=dt),
+            plane.sum(-2) @ torch.arange(h, device=dev, dtype=dt),
+            marg_w @ torch.arange(w, device=dev, dtype=dt),
+        ]
     return torch.stack(coords, dim=-1)
 
 
