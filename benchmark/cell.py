@@ -21,14 +21,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from benchmark.builders import (
+from spinebench.benchmark.builders import (
     _checkpoint_step, build_datamodule, build_method, build_trainer, label_names, load_weights, parameter_count,
     set_determinism,
 )  # fmt: skip
-from benchmark.callbacks import VAL_ID_RATE, PhaseTiming, PredictTiming, ValidationIdentification
-from benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
-from benchmark.memory import PeakMemory
-from datamodules.atomic import write_text_atomic
+from spinebench.benchmark.callbacks import VAL_ID_RATE, PhaseTiming, PredictTiming, ValidationIdentification
+from spinebench.benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
+from spinebench.benchmark.memory import PeakMemory
+from spinebench.datamodules.atomic import write_text_atomic
 
 RESULT_FILE = "result.json"
 CELL_RECORDS = "records.csv"
@@ -217,8 +217,8 @@ def evaluate_and_write(
     rank_zero = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     records_path = None
     if rank_zero:
-        from benchmark.records import write_records
-        from benchmark.results import test_metrics, write_projections
+        from spinebench.benchmark.records import write_records
+        from spinebench.benchmark.results import test_metrics, write_projections
 
         predictions = eval_info.pop("_predictions")
         used_datamodule = eval_info.pop("_datamodule")
@@ -284,7 +284,7 @@ def evaluate_checkpoint(
     rows: list[dict] = []
     predictions: dict[str, Any] = {}
     seen: set[str] = set()
-    from benchmark.records import case_rows
+    from spinebench.benchmark.records import case_rows
 
     for case_id, pred, seconds in gathered:
         if case_id in seen:  # defensive: a padded sampler would duplicate cases

@@ -15,9 +15,9 @@ import sys
 # faults were 40 % of DI2IN's whole-volume inference time here (perf/bench_di2in.py). A user's own value wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from benchmark import __version__
-from datamodules.errors import InputError
-from leaderboard.errors import LeaderboardInputError
+from spinebench import __version__
+from spinebench.datamodules.errors import InputError
+from spinebench.leaderboard.errors import LeaderboardInputError
 
 # Subcommand modules in ``benchmark.commands``, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("centroids", "convert", "phantom", "list", "run", "evaluate", "tune", "predict", "leaderboard")
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spinebench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"benchmark.commands.{name}").add_parser(sub)
+        importlib.import_module(f"spinebench.benchmark.commands.{name}").add_parser(sub)
     return parser
 
 

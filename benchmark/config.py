@@ -10,7 +10,7 @@ An experiment file::
       resml_cls: {}
     seeds: [0]
     trainer: {max_epochs: 2, devices: 1, strategy: auto, precision: 32-true, accelerator: cpu}
-    tracking: {enabled: true, tracking_uri: null, experiment: spinebench}
+    tracking: {enabled: true, tracking_uri: null, experiment: null, log_model: true}
     output: {dir: null}
 
 ``methods`` may also be written as a list of names or of ``{name, overrides, trainer}`` mappings; it is
@@ -23,20 +23,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from benchmark.config_types import ConfigError, _check_keys, _coerce, _plain, build_typed
-from datamodules.errors import InputError
+from spinebench.benchmark.config_types import ConfigError, _check_keys, _coerce, _plain, build_typed
+from spinebench.datamodules.errors import InputError
 
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# The shipped configs: package data of ``spinebench.configs`` (the repository's ``configs/`` folder).
+SHIPPED_CONFIGS = "spinebench.configs"
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp")
@@ -84,8 +88,9 @@ class MethodEntry:
 @dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
-    tracking_uri: str | None = None  # default sqlite:///<out>/mlflow.db
-    experiment: str = "spinebench"
+    tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder
+    experiment: str | None = None  # default: the config's name
+    log_model: bool = True  # each cell's best checkpoint as an MLflow model (mlflow.pytorch)
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ class ExperimentConfig:
 
     def method_config(self, entry: MethodEntry):
         """The method's resolved config dataclass (its ``num_vertebrae`` follows the label set)."""
-        from methods.registry import method_config
+        from spinebench.methods.registry import method_config
 
         return method_config(entry.name, **_method_overrides(self, entry))
 
@@ -164,18 +169,23 @@ _TOP_KEYS = ("name", "description", "data", "methods", "seeds", "trainer", "trac
 
 
 # --- loading ------------------------------------------------------------------------------------
-def resolve_config_path(config: str | Path) -> Path:
+def shipped_config_names() -> list[str]:
+    """Names of the YAML configs installed with the package (``default``, ``smoke``, ``tune_di2in``...)."""
+    folder = importlib.resources.files(SHIPPED_CONFIGS)
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def resolve_config_path(config: str | Path) -> Path | Traversable:
     """A path, or the name of a shipped config (``default``, ``ablation_di2in``...)."""
     path = Path(config)
     if path.is_file():
         return path
     if path.suffix == "" and "/" not in str(config):
-        for folder in (REPO_CONFIG_DIR, PACKAGE_CONFIG_DIR):
-            candidate = folder / f"{config}.yaml"
-            if candidate.is_file():
-                return candidate
-    shipped = sorted(p.stem for p in REPO_CONFIG_DIR.glob("*.yaml")) if REPO_CONFIG_DIR.is_dir() else []
-    raise ConfigError(f"config {str(config)!r} not found; give a YAML path or a shipped name: {', '.join(shipped)}")
+        candidate = importlib.resources.files(SHIPPED_CONFIGS) / f"{config}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config {str(config)!r} not found; give a YAML path or a shipped name: "
+                      f"{', '.join(shipped_config_names())}")
 
 
 def read_raw(config: str | Path) -> dict[str, Any]:
@@ -188,7 +198,7 @@ def read_raw(config: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(_TOP_KEYS)}), got {type(raw).__name__}")
-    raw.setdefault("name", path.stem)
+    raw.setdefault("name", Path(path.name).stem)
     return raw
 
 
@@ -322,13 +332,13 @@ def resolve(raw: Mapping[str, Any], *, check_devices: bool = True) -> Experiment
 
 # --- sections -----------------------------------------------------------------------------------
 def _registered() -> str:
-    from methods.registry import list_methods
+    from spinebench.methods.registry import list_methods
 
     return ", ".join(list_methods()) or "(none)"
 
 
 def _resolve_method(name: str, body: Any) -> MethodEntry:
-    from methods.registry import MethodRegistryError, get_method_spec
+    from spinebench.methods.registry import MethodRegistryError, get_method_spec
 
     key = f"methods.{name}"
     try:
@@ -348,7 +358,7 @@ def _resolve_method(name: str, body: Any) -> MethodEntry:
 
 
 def _method_overrides(cfg: ExperimentConfig, entry: MethodEntry) -> dict[str, Any]:
-    from methods.registry import get_method_spec
+    from spinebench.methods.registry import get_method_spec
 
     spec = get_method_spec(entry.name)
     fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
@@ -376,13 +386,13 @@ def _num_vertebrae(data: Any) -> int | None:
     label_set = getattr(data, "label_set", None)
     if label_set is None:
         return None
-    from datamodules.labels import get_label_set
+    from spinebench.datamodules.labels import get_label_set
 
     return len(get_label_set(label_set).names)
 
 
 def _resolve_data(raw: Any):
-    from datamodules.datamodule import DataConfig
+    from spinebench.datamodules.datamodule import DataConfig
 
     if not isinstance(raw, Mapping):
         raise ConfigError(f"data: expected a mapping of data options, got {raw!r}")
@@ -393,7 +403,7 @@ def _resolve_data(raw: Any):
         if sources and source not in sources:
             raise ConfigError(f"data.source: unknown data source {source!r}; valid sources: {', '.join(sources)}")
     if "label_set" in raw:
-        from datamodules.labels import get_label_set
+        from spinebench.datamodules.labels import get_label_set
 
         try:
             get_label_set(raw["label_set"])
@@ -401,14 +411,14 @@ def _resolve_data(raw: Any):
             raise ConfigError(f"data.label_set: {exc}") from None
     phantom = raw.get("phantom")
     if phantom:
-        from datamodules.phantom import PhantomConfig
+        from spinebench.datamodules.phantom import PhantomConfig
 
         build_typed(PhantomConfig, phantom, "data.phantom")  # unknown or bad phantom options fail here, by name
     return build_typed(DataConfig, raw, "data")
 
 
 def _data_sources() -> tuple[str, ...]:
-    import datamodules.datamodule as dm
+    import spinebench.datamodules.datamodule as dm
 
     for name in ("SOURCE_KINDS", "DATA_SOURCES", "SOURCES"):
         sources = getattr(dm, name, None)

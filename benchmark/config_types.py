@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
 
 class ConfigError(InputError):

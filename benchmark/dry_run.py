@@ -12,24 +12,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.config import ExperimentConfig
-from benchmark.runner import check_out_dir, checked_case_ids
-from benchmark.schedule import plan_units, process_count
-from datamodules.resources import available_memory, human
+from spinebench.benchmark.config import ExperimentConfig
+from spinebench.benchmark.runner import check_out_dir, checked_case_ids
+from spinebench.benchmark.schedule import plan_units, process_count
+from spinebench.datamodules.resources import available_memory, human
 
 MODEL_STATE_COPIES = 4  # weights, gradients, Adam's first and second moments (float32 each)
 
 
-def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False) -> str:
+def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, tracking_uri: str | None = None
+                   ) -> str:
     """Validate ``cfg`` as ``spinebench run`` would (raising the same errors) and describe the run."""
-    from benchmark.builders import build_method
-    from benchmark.threads import choose_threads
-    from benchmark.tracking import check_reachable, default_tracking_uri
+    from spinebench.benchmark.builders import build_method
+    from spinebench.benchmark.threads import choose_threads
+    from spinebench.benchmark.tracking import check_reachable, default_tracking_uri
 
     ids = checked_case_ids(cfg)  # the data source, its splits and the sizes it would generate
     check_out_dir(cfg, Path(out_dir), resume)
-    if cfg.tracking.enabled:
-        check_reachable(cfg.tracking.tracking_uri or default_tracking_uri(Path(out_dir)))
+    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri()
+    tracking = cfg.tracking.enabled or tracking_uri is not None  # as the runner decides
+    if tracking:
+        check_reachable(uri)
     units = plan_units(cfg)
     processes = process_count(cfg, len(units))
     threads = choose_threads(cfg.trainer.num_threads, processes) if cfg.trainer.accelerator in ("cpu", "auto") else None
@@ -42,6 +45,7 @@ def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False) -
         f"cells: {len(cfg.cells())} in {len(units)} trainings, {processes} process{'es' if processes > 1 else ''}"
         + (f" of {threads} torch thread{'s' if threads > 1 else ''} each" if threads else "")
         + f", on {cfg.trainer.accelerator} (devices {cfg.trainer.devices}, precision {cfg.trainer.precision})",
+        f"tracking: MLflow {uri}, experiment {cfg.tracking.experiment or cfg.name!r}" if tracking else "tracking: off",
     ]
     states = []
     for unit in units:
@@ -66,15 +70,15 @@ def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False) -
 def data_bytes(cfg: ExperimentConfig, ids: dict[str, list[str]]) -> tuple[float, float]:
     """(mean, largest) bytes of one preprocessed case (float32 at ``data.spacing_mm``), from what is known without
     reading voxels."""
-    from datamodules.datamodule import VertebraDataModule
+    from spinebench.datamodules.datamodule import VertebraDataModule
 
     spacing = cfg.data.spacing_mm
     if cfg.data.source == "phantom":
-        from datamodules.phantom import PhantomConfig, case_voxels
+        from spinebench.datamodules.phantom import PhantomConfig, case_voxels
 
         voxels = case_voxels(PhantomConfig(**{**dict(cfg.data.phantom or {}), "spacing_mm": spacing}))
         return 4 * voxels, 4 * voxels
-    from datamodules.ct_io import read_geometry
+    from spinebench.datamodules.ct_io import read_geometry
 
     sizes = []
     for record in VertebraDataModule(cfg.data).records():

@@ -17,13 +17,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from datamodules.atomic import write_text_atomic
+from spinebench.datamodules.atomic import write_text_atomic
 
 PACKAGES = (
     "spinebench", "torch", "lightning", "torchmetrics", "numpy", "scipy", "scikit-learn", "SimpleITK",
     "mlflow", "optuna", "optuna-integration", "matplotlib", "PyYAML", "rich",
 )  # fmt: skip
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout of an editable install; site-packages/spinebench else
 
 
 def package_versions() -> dict[str, str]:
@@ -37,7 +37,10 @@ def package_versions() -> dict[str, str]:
 
 
 def git_revision(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """Commit and dirty flag of the source tree, or ``{"commit": None}`` outside a git checkout."""
+    """Commit and dirty flag of the source tree, or ``{"commit": None}`` when it is not the root of a git checkout
+    (an installed wheel: never the commit of some repository that happens to hold the environment)."""
+    if not (Path(repo) / ".git").exists():
+        return {"commit": None, "dirty": None}
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True

@@ -47,11 +47,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.atomic import write_text_atomic
-from datamodules.errors import InputError
-from datamodules.labels import ALL_NAMES, REGION_OF, check_name
-from leaderboard.metrics import IDENTIFICATION_THRESHOLD_MM, identified, localization_distances_mm
-from leaderboard.schema import (
+from spinebench.datamodules.atomic import write_text_atomic
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.labels import ALL_NAMES, REGION_OF, check_name
+from spinebench.leaderboard.metrics import IDENTIFICATION_THRESHOLD_MM, identified, localization_distances_mm
+from spinebench.leaderboard.schema import (
     META_PREFIX,
     OPTIONAL_COLUMNS,
     RECORDS_FILENAME,

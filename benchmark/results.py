@@ -41,7 +41,7 @@ def test_metrics(rows: list[dict], names: tuple[str, ...]) -> dict[str, float]:
     """``test/<stat>`` for all vertebrae and ``test/<region>/<stat>`` per region (Glocker, 20 mm, pooled)."""
     import torch
 
-    from benchmark.metrics import LocalizationIdentification, MultiLabelMeanAP
+    from spinebench.benchmark.metrics import LocalizationIdentification, MultiLabelMeanAP
 
     arrays = rows_to_arrays(rows, names)
     metric = LocalizationIdentification(names, sync_on_compute=False)  # rank 0 holds every case already
@@ -56,8 +56,8 @@ def test_metrics(rows: list[dict], names: tuple[str, ...]) -> dict[str, float]:
 
 def write_run_records(out_dir: Path, cfg) -> Path | None:
     """Rebuild ``<out>/records.csv`` from the complete cells' files (atomic, sorted, byte-stable)."""
-    from benchmark.cell import cell_complete, cell_dir
-    from benchmark.records import _records_to_rows, read_records, write_records
+    from spinebench.benchmark.cell import cell_complete, cell_dir
+    from spinebench.benchmark.records import _records_to_rows, read_records, write_records
 
     rows: list[dict] = []
     for entry, seed in cfg.cells():
@@ -74,9 +74,9 @@ def write_projections(folder: Path, datamodule, predictions: dict[str, Any], cou
                       rows: list[dict]) -> list[Path]:
     """Projection files (``<folder>/<case>.npz``) of ``count`` test cases for the leaderboard figures, picked by
     result from the cell's records ``rows``: with 3, its best, median and worst case (``pick_by_result``)."""
-    from leaderboard.evaluate import pooled_case_results
-    from leaderboard.metrics import CaseStats
-    from leaderboard.projections import pick_by_result, write_case_projection
+    from spinebench.leaderboard.evaluate import pooled_case_results
+    from spinebench.leaderboard.metrics import CaseStats
+    from spinebench.leaderboard.projections import pick_by_result, write_case_projection
 
     names = tuple(datamodule.label_names)
     arrays = rows_to_arrays(rows, names)
@@ -103,7 +103,7 @@ def build_leaderboard(out_dir: Path, console=None) -> Path | None:
     if not records.is_file():
         return None
     board_dir = Path(out_dir) / "leaderboard"
-    from leaderboard.build import build_leaderboard as build
+    from spinebench.leaderboard.build import build_leaderboard as build
 
     outputs = build([records], board_dir, projections=[Path(out_dir) / "projections"])
     if console is not None:
@@ -114,7 +114,7 @@ def build_leaderboard(out_dir: Path, console=None) -> Path | None:
 def print_leaderboard(outputs, console) -> None:
     """The leaderboard's headline tables (best of each column in bold), each method's failure summary and the
     efficiency block, in the terminal (rich); the files hold the intervals and everything else."""
-    from leaderboard.tables import failure_overview_table
+    from spinebench.leaderboard.tables import failure_overview_table
 
     for table in outputs.headlines:
         console.print(rich_table(paired_headline(table)))
@@ -129,8 +129,8 @@ def print_leaderboard(outputs, console) -> None:
 def paired_headline(table):
     """The headline with each region's Id.Rate and mean error in one column ("84.7 / 7.3"), to fit a terminal;
     each half keeps its own best mark."""
-    from leaderboard.render import Table
-    from leaderboard.tables import HEADLINE_STATS, HEADLINE_TITLES
+    from spinebench.leaderboard.render import Table
+    from spinebench.leaderboard.tables import HEADLINE_STATS, HEADLINE_TITLES
 
     width = len(HEADLINE_STATS)
     suffix = " " + HEADLINE_TITLES[HEADLINE_STATS[0][0]]
@@ -147,7 +147,7 @@ def rich_table(table):
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    from leaderboard.render import Value
+    from spinebench.leaderboard.render import Value
 
     def text(cell) -> str:
         if isinstance(cell, tuple):

@@ -11,7 +11,7 @@ Output folder::
         projections/       a few test cases' projections for the leaderboard figures
         result.json        metrics of the cell; written last, it marks the cell complete
     leaderboard/           tables, plots and the HTML page
-    mlflow.db, mlartifacts/  the default MLflow store
+    mlflow_run.json        the run's MLflow parent run id (the store is shared: ``benchmark.tracking``)
 
 A completed cell is never recomputed on ``--resume``; an interrupted one restarts from its ``last.ckpt``.
 Under DDP every rank runs this loop; only rank 0 writes files and talks to MLflow.
@@ -20,20 +20,21 @@ Under DDP every rank runs this loop; only rank 0 writes files and talks to MLflo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmark.callbacks import duration
-from benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir
-from benchmark.schedule import TrainingUnit, plan_units, process_count
-from benchmark.threads import choose_threads
-from benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
-from benchmark.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
-from benchmark.results import build_leaderboard, write_run_records
-from datamodules.atomic import ensure_folder, write_text_atomic
+from spinebench.benchmark.callbacks import duration
+from spinebench.benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir
+from spinebench.benchmark.schedule import TrainingUnit, plan_units, process_count
+from spinebench.benchmark.threads import choose_threads
+from spinebench.benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
+from spinebench.benchmark.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
+from spinebench.benchmark.results import build_leaderboard, write_run_records
+from spinebench.datamodules.atomic import ensure_folder, write_text_atomic
 
 RUN_DIR_ENV = "SPINEBENCH_RUN_DIR"  # lets re-launched DDP ranks find the folder rank 0 resolved
 
@@ -96,14 +97,15 @@ def run_benchmark(
     """Run every cell of ``cfg`` into ``out_dir``; returns the folder. Rank 0 builds the leaderboard."""
     from rich.console import Console
 
-    from benchmark.manifest import build_manifest, write_manifest
-    from benchmark.tracking import Tracker, check_reachable, default_tracking_uri
+    from spinebench.benchmark.manifest import build_manifest, write_manifest
+    from spinebench.benchmark.tracking import Tracker, check_reachable, default_tracking_uri, restore_default_uri
 
     out_dir = Path(out_dir)
+    uri_before = os.environ.get("MLFLOW_TRACKING_URI")
     rank = global_rank(cfg.trainer)
     console = console or Console(stderr=False)
     is_zero = rank == 0
-    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(out_dir)
+    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri()
     tracking_on = cfg.tracking.enabled or tracking_uri is not None  # --tracking-uri asks for tracking
     if is_zero and tracking_on:
         check_reachable(uri)  # an unreachable server fails before anything is written or trained
@@ -114,18 +116,20 @@ def run_benchmark(
         if not (out_dir / "manifest.json").is_file():
             write_manifest(out_dir / "manifest.json", build_manifest(cfg, case_ids))
 
-    tracker = Tracker(uri, cfg.tracking.experiment, out_dir, enabled=tracking_on and is_zero)
+    experiment = cfg.tracking.experiment or cfg.name
+    tracker = Tracker(uri, experiment, out_dir, enabled=tracking_on and is_zero)
     params = cfg.to_dict()
-    tracker.start(run_name=f"{cfg.name}", params={k: params[k] for k in ("data", "seeds", "trainer")} | {
-        "methods": list(params["methods"]), "config_hash": cfg.config_hash()})
+    tags = run_tags(out_dir) if tracker.enabled else {}
+    tracker.start(run_name=out_dir.resolve().name, params={k: params[k] for k in ("data", "seeds", "trainer")} | {
+        "methods": list(params["methods"]), "config_hash": cfg.config_hash()}, tags=tags)
 
     units = plan_units(cfg)
     n_cells = len(cfg.cells())
     processes = process_count(cfg, len(units))
     order = [m.name for m in cfg.methods]
-    run_ids = _start_child_runs(tracker, cfg, units, out_dir)
+    run_ids = _start_child_runs(tracker, cfg, units, out_dir, tags)
     ctx = UnitContext(out_dir, out_dir.name, {name: order.index(name) for name in order}, run_ids,
-                      tracker.uri if tracker.enabled else None, cfg.tracking.experiment, progress=processes == 1,
+                      tracker.uri if tracker.enabled else None, experiment, progress=processes == 1,
                       processes=processes)
     numbers = {(m.name, s): i for i, (m, s) in enumerate(cfg.cells(), start=1)}
     started: dict[int, float] = {}
@@ -150,7 +154,7 @@ def run_benchmark(
         done_units.append(time.monotonic() - started[id(unit)])
         if not is_zero:
             return
-        _log_unit(tracker, run_ids, unit, unit_results, out_dir)
+        _log_unit(tracker, cfg, run_ids, unit, unit_results, out_dir)
         rate = unit_results[0].metrics.get("test/id_rate", float("nan"))
         left = len(units) - len(done_units)
         # the trainings still to run, at the mean time of those done, shared among the processes
@@ -166,7 +170,7 @@ def run_benchmark(
             console.print(f"{len(units)} trainings for {n_cells} cells in {processes} parallel processes, "
                           f"{threads} torch thread{'s' if threads > 1 else ''} each")
         if processes > 1:
-            from datamodules.datamodule import VertebraDataModule
+            from spinebench.datamodules.datamodule import VertebraDataModule
 
             VertebraDataModule(cfg.data).prepare_data()  # fill the cache once, before the workers read it
             for unit, unit_results in run_units_parallel(cfg, units, ctx, processes, on_start=announce):
@@ -177,7 +181,7 @@ def run_benchmark(
                 finished(unit, run_unit(cfg, unit, ctx))
         if is_zero:
             write_run_records(out_dir, cfg)
-            from leaderboard.curves import draw_curves
+            from spinebench.leaderboard.curves import draw_curves
 
             curves = draw_curves(out_dir, [(u.seed, [m.name for m in u.members]) for u in units])
             if curves is not None:
@@ -185,7 +189,7 @@ def run_benchmark(
             board = build_leaderboard(out_dir, console=console)
             tracker.log_artifacts(tracker.parent_run_id, [p for p in (out_dir / "records.csv", out_dir / "config.yaml",
                                                                         out_dir / "manifest.json", board, curves) if p])
-            tracker.log_metrics(tracker.parent_run_id, _summary_metrics(results))
+            tracker.log_metrics(tracker.parent_run_id, summary_metrics(results))
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -193,10 +197,24 @@ def run_benchmark(
     finally:
         tracker.end(tracker.parent_run_id, status)
         os.environ.pop(RUN_DIR_ENV, None)
+        restore_default_uri(uri_before)
     return out_dir
 
 
-def _start_child_runs(tracker, cfg: ExperimentConfig, units: list[TrainingUnit], out_dir: Path) -> dict[str, str | None]:
+def run_tags(out_dir: Path) -> dict[str, str]:
+    """The MLflow tags of a run's parent and child runs: source, git commit, config and split hashes (from the
+    run's manifest), and the run folder."""
+    from spinebench.benchmark.tracking import source_tags
+
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = {}
+    return source_tags(manifest) | {"spinebench.run_dir": str(out_dir.resolve())}
+
+
+def _start_child_runs(tracker, cfg: ExperimentConfig, units: list[TrainingUnit], out_dir: Path,
+                      tags: dict[str, str]) -> dict[str, str | None]:
     """The MLflow child run of every incomplete cell (reused on resume), created before any training starts."""
     run_ids: dict[str, str | None] = {}
     for unit in units:
@@ -205,7 +223,7 @@ def _start_child_runs(tracker, cfg: ExperimentConfig, units: list[TrainingUnit],
             if cell_complete(folder):
                 continue
             key = cell_key(member.name, unit.seed)
-            run_ids[key] = tracker.start_cell(folder, key, {
+            run_ids[key] = tracker.start_cell(folder, key, tags | {"spinebench.method": member.name}, {
                 "method": member.name, "seed": unit.seed,
                 "method_config": dataclasses.asdict(cfg.method_config(member)),
                 "trainer": dataclasses.asdict(cfg.trainer_for(member)),
@@ -213,9 +231,10 @@ def _start_child_runs(tracker, cfg: ExperimentConfig, units: list[TrainingUnit],
     return run_ids
 
 
-def _log_unit(tracker, run_ids: dict[str, str | None], unit: TrainingUnit, results: list[CellResult],
-              out_dir: Path) -> None:
-    """A finished unit's metrics and files into its cells' child runs (the trainer's also gets the checkpoint)."""
+def _log_unit(tracker, cfg: ExperimentConfig, run_ids: dict[str, str | None], unit: TrainingUnit,
+              results: list[CellResult], out_dir: Path) -> None:
+    """A finished unit's metrics and files into its cells' child runs, and each cell's best checkpoint as an
+    MLflow model (the trainer's run also gets the checkpoint file)."""
     for member, result in zip(unit.members, results, strict=True):
         run_id = run_ids.get(cell_key(member.name, unit.seed))
         if run_id is None:
@@ -225,12 +244,14 @@ def _log_unit(tracker, run_ids: dict[str, str | None], unit: TrainingUnit, resul
         tracker.log_artifacts(run_id, [p for p in (result.records_path, folder / RESULT_FILE) if p])
         if member is unit.trainer and result.best_checkpoint:
             tracker.log_artifacts(run_id, [result.best_checkpoint])
+        if result.best_checkpoint and cfg.tracking.log_model:
+            log_cell_model(tracker, run_id, cfg, member, result, out_dir)
         tracker.end(run_id)
 
 
 def listed_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
     """Case ids per split as the data source lists them (cheap: nothing is read or generated)."""
-    from datamodules.datamodule import VertebraDataModule
+    from spinebench.datamodules.datamodule import VertebraDataModule
 
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for record in VertebraDataModule(cfg.data).records():
@@ -266,11 +287,42 @@ def _prepare_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None
     write_text_atomic(out_dir / "config.yaml", cfg.to_yaml())
 
 
-def _summary_metrics(results: list[CellResult]) -> dict[str, float]:
-    out: dict[str, float] = {}
+def log_cell_model(tracker, run_id: str | None, cfg: ExperimentConfig, member, result: CellResult,
+                   out_dir: Path) -> None:
+    """The cell's best checkpoint, loaded into its method, as the MLflow model of its child run, with the run's
+    config and the cell's result beside it."""
+    if not tracker.enabled or run_id is None:
+        return
+    from spinebench.benchmark.builders import build_method, load_weights
+
+    folder = cell_dir(out_dir, member, result.seed)
+    model = build_method(cfg, member)
+    load_weights(model, result.best_checkpoint)
+    model.eval()
+    metadata = {"method": member.name, "seed": result.seed, "config_hash": cfg.config_hash(),
+                "label_set": cfg.data.label_set, "preprocess": dataclasses.asdict(cfg.data.preprocess_params),
+                "input": "predict_volume((1, 1, D, H, W) CT preprocessed as `preprocess`) -> VolumePrediction"}
+    tracker.log_model(run_id, model, metadata=metadata, files=[out_dir / "config.yaml", folder / RESULT_FILE])
+
+
+# the figures of a cell that the parent run summarises, per method (mean over the method's seeds)
+SUMMARY_KEYS = ("test/id_rate", "test/mean_mm", "test/median_mm", "test/map", "test/cervical/id_rate",
+                "test/thoracic/id_rate", "test/lumbar/id_rate", "test/sacral/id_rate")
+
+
+def summary_metrics(results: list[CellResult]) -> dict[str, float]:
+    """``<method>/<key>``: the mean over the method's seeds of each of ``SUMMARY_KEYS`` (the child runs hold every
+    figure of every cell), and ``<method>/seeds``."""
+    by_method: dict[str, list[CellResult]] = {}
     for r in results:
-        for key, value in r.metrics.items():
-            out[f"{r.method}/seed{r.seed}/{key}"] = value
+        by_method.setdefault(r.method, []).append(r)
+    out: dict[str, float] = {}
+    for method, cells in by_method.items():
+        out[f"{method}/seeds"] = float(len(cells))
+        for key in SUMMARY_KEYS:
+            values = [c.metrics[key] for c in cells if key in c.metrics]
+            if values:
+                out[f"{method}/{key}"] = sum(values) / len(values)
     return out
 
 

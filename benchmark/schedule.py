@@ -17,8 +17,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from benchmark.config import ExperimentConfig, MethodEntry
-from benchmark.threads import auto_processes
+from spinebench.benchmark.config import ExperimentConfig, MethodEntry
+from spinebench.benchmark.threads import auto_processes
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class TrainingUnit:
 
 def training_key(cfg: ExperimentConfig, entry: MethodEntry) -> str:
     """What determines the trained weights of ``entry``: family class, training config fields, trainer."""
-    from methods.registry import get_method_spec
+    from spinebench.methods.registry import get_method_spec
 
     spec = get_method_spec(entry.name)
     config = cfg.method_config(entry)

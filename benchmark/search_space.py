@@ -28,8 +28,8 @@ from typing import Any
 
 import optuna
 
-from benchmark.config import set_dotted
-from datamodules.errors import InputError
+from spinebench.benchmark.config import set_dotted
+from spinebench.datamodules.errors import InputError
 
 _NUMERIC_KEYS = {"type", "low", "high", "log", "step"}
 _CATEGORICAL_KEYS = {"type", "choices"}
@@ -132,7 +132,7 @@ def parse_search_space(
     ``methods``: the experiment's method names (the space may only tune those); ``trainer_keys``: the
     runner's valid trainer keys. Method parameters are checked against the method's config dataclass.
     """
-    from methods.registry import MethodRegistryError, get_method_spec
+    from spinebench.methods.registry import MethodRegistryError, get_method_spec
 
     if not isinstance(raw, Mapping) or not raw:
         raise SearchSpaceError(f"{where}: expected a mapping with 'methods' and/or 'trainer', got {raw!r}")

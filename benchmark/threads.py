@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
 
 def usable_cores() -> int:

@@ -11,7 +11,7 @@ storage, Optuna's heartbeat marks the RUNNING trials of a killed worker FAIL; wi
 FAIL the RUNNING trials of dead processes on its own host.
 
 DDP. A trial whose trainer runs several processes (``devices`` > 1 or ``num_nodes`` > 1) runs in a child
-process, ``python -m benchmark.tuning_trial TRIAL.json``, so that Lightning's launcher re-runs that command
+process, ``python -m spinebench.benchmark.tuning_trial TRIAL.json``, so that Lightning's launcher re-runs that command
 (with the trial id) for the other ranks instead of the whole study. Every rank attaches to the same trial; Optuna's
 ``PyTorchLightningPruningCallback`` reports only on global rank 0 and broadcasts its prune decision, so all ranks
 stop at the same epoch; rank 0 then writes the outcome for the study process. This needs an RDB storage.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -32,13 +33,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from benchmark.search_space import SearchSpace, apply_overrides
-from benchmark.tuning_outputs import BASELINE_ATTR, baseline_trial, write_outputs
-from benchmark.tuning_storage import (
+from spinebench.benchmark.search_space import SearchSpace, apply_overrides
+from spinebench.benchmark.tuning_outputs import BASELINE_ATTR, baseline_trial, write_outputs
+from spinebench.benchmark.tuning_storage import (
     WORKER_ATTR, StudyLock, check_storage_url, default_storage, fail_dead_local_trials, is_rdb_url, open_storage,
 )
-from datamodules.atomic import ensure_folder
-from datamodules.errors import InputError
+from spinebench.datamodules.atomic import ensure_folder
+from spinebench.datamodules.errors import InputError
 
 DEFAULT_METRIC = "val/id_rate"
 PRUNERS = ("median", "hyperband", "threshold", "none")
@@ -256,9 +257,9 @@ def prepare_tuning(
     tracking_uri: str | None = None,
 ) -> TuneJob:
     """Read and validate everything (experiment, search space, objective, pruner, storage) before any training."""
-    from benchmark.config import TRAINER_KEYS, apply_sets, load_experiment, read_raw
-    from benchmark.search_space import parse_search_space
-    from benchmark.tuning_trial import cell_of, is_distributed
+    from spinebench.benchmark.config import TRAINER_KEYS, apply_sets, load_experiment, read_raw
+    from spinebench.benchmark.search_space import parse_search_space
+    from spinebench.benchmark.tuning_trial import cell_of, is_distributed
 
     raw = apply_sets(read_raw(config), sets)
     tune = raw.pop("tune", None)
@@ -303,9 +304,9 @@ def prepare_tuning(
     if distributed and not is_rdb_url(storage_url):
         raise TuneError(f"--storage {storage_url}: DDP trials need an RDB storage (sqlite:///, postgresql://); "
                         "Optuna's Lightning pruning callback does not support journal files under DDP")
-    from benchmark.tracking import default_tracking_uri
+    from spinebench.benchmark.tracking import default_tracking_uri
 
-    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri(out_dir)
+    uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri()
     settings = TuneSettings(study_name, storage_url, out_dir, n, None if timeout is None else float(timeout), metric,
                             direction, dict(tune.get("pruner") or {}), dict(tune.get("sampler") or {}), uri)
     return TuneJob(settings, raw, space, cfg, distributed, _baseline(tune, space, cfg))
@@ -339,16 +340,26 @@ def _check_space_values(raw: Mapping[str, Any], space: SearchSpace, load_experim
             load_experiment(apply_overrides(raw, overrides))
 
 
+def study_tags(cfg) -> dict[str, str]:
+    """The study's MLflow tags: source, git commit, the tuned experiment's config hash."""
+    from spinebench.benchmark.manifest import git_revision
+    from spinebench.benchmark.tracking import source_tags
+
+    return source_tags({"command": sys.argv, "git": git_revision(), "config_hash": cfg.config_hash()})
+
+
 def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna.Study, dict[str, Path]]:
     """Open (or continue) the study, run this worker's trials, write the outputs; returns the study and files."""
-    from benchmark.tuning_trial import StudyTracker
+    from spinebench.benchmark.tracking import restore_default_uri
+    from spinebench.benchmark.tuning_trial import StudyTracker
 
+    uri_before = os.environ.get("MLFLOW_TRACKING_URI")
     settings = job.settings
     check_storage_url(settings.storage)  # a bad URL leaves no folder behind
     ensure_folder(settings.out_dir)
     lock = StudyLock(settings.storage, settings.study_name)
-    tracker = StudyTracker(settings.tracking_uri, job.cfg.tracking.experiment, settings.out_dir,
-                           enabled=job.cfg.tracking.enabled)
+    experiment = job.cfg.tracking.experiment or job.cfg.name
+    tracker = StudyTracker(settings.tracking_uri, experiment, settings.out_dir, enabled=job.cfg.tracking.enabled)
     with lock.held():  # first workers to arrive create the database, the study and the MLflow parent run in turn
         study = load_study(settings, open_storage(settings.storage))
         _check_same_space(study, job.space, settings)
@@ -357,14 +368,15 @@ def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna
         tracker.start_study(study, {"study": settings.study_name, "metric": settings.metric,
                                     "direction": settings.direction, "n_trials": settings.n_trials,
                                     "pruner": dict(settings.pruner), "sampler": dict(settings.sampler),
-                                    "space": {p.name: _describe(p) for p in job.space.params}})
+                                    "space": {p.name: _describe(p) for p in job.space.params}},
+                            tags=study_tags(job.cfg))
         _fail_dead_trials(study, settings)  # before counting: a killed worker's trial does not count
     done = len(counted_trials(study))
     log(f"study {settings.study_name!r} ({_redact(settings.storage)}): {done}/{settings.n_trials} trials so far, "
         f"objective {settings.metric} ({settings.direction})")
     status = "FAILED"
     try:
-        train = make_cell_trainer(settings, tracker, job.distributed, job.cfg.tracking.experiment)
+        train = make_cell_trainer(settings, tracker, job.distributed, experiment)
         run_workers_loop(settings, study, lock, job.experiment, job.space, train, tracker, log)
         outputs = write_outputs(study, settings.out_dir, settings.metric, settings.direction, settings.storage,
                                 settings.study_name, job.experiment, job.space)
@@ -381,6 +393,7 @@ def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna
             if status == "FINISHED":
                 _log_study_summary(tracker, study, settings, outputs)
             tracker.end(tracker.parent_run_id, status)
+        restore_default_uri(uri_before)
     return study, outputs
 
 
@@ -431,7 +444,7 @@ def _log_study_summary(tracker, study: optuna.Study, settings: TuneSettings, out
 
 def make_cell_trainer(settings: TuneSettings, tracker: Any, distributed: bool, tracking_experiment: str) -> CellTrainer:
     """Train a trial's cell in this process, or (DDP) in a child process that Lightning re-launches per rank."""
-    from benchmark import tuning_trial
+    from spinebench.benchmark import tuning_trial
 
     uri = tracker.uri if tracker is not None and tracker.enabled else None
 

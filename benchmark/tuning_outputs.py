@@ -16,8 +16,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from benchmark.search_space import SearchSpace, apply_overrides
-from datamodules.atomic import atomic_path, write_text_atomic
+from spinebench.benchmark.search_space import SearchSpace, apply_overrides
+from spinebench.datamodules.atomic import atomic_path, write_text_atomic
 
 BASELINE_ATTR = "baseline"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
 WORKER_ATTR = "spinebench:worker"  # "host:pid" of the process running a trial
 

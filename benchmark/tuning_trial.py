@@ -23,9 +23,9 @@ from typing import Any
 import lightning as L
 import optuna
 
-from benchmark.tracking import Tracker, check_reachable
-from datamodules.atomic import write_text_atomic
-from datamodules.errors import InputError
+from spinebench.benchmark.tracking import Tracker, check_reachable
+from spinebench.datamodules.atomic import write_text_atomic
+from spinebench.datamodules.errors import InputError
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -62,35 +62,24 @@ class MetricHistory(L.Callback):
 class StudyTracker(Tracker):
     """The runner's ``Tracker`` with the parent run shared by a whole study instead of one output folder."""
 
-    def start_study(self, study: optuna.Study, params: Mapping[str, Any]) -> None:
-        """Create or reuse the experiment and the study's parent run. Call it under the study lock."""
+    source: dict[str, str] = {}  # the study's source tags (``start_study``), repeated on each trial run
+
+    def start_study(self, study: optuna.Study, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+                    ) -> None:
+        """Create or reuse the experiment and the study's parent run (``tags`` go on it and on this worker's
+        trial runs). Call it under the study lock."""
+        self.source = dict(tags or {})
         if not self.enabled:
             return
         check_reachable(self.uri)
-        from mlflow.tracking import MlflowClient
-
-        from benchmark.tracking import TrackingError, default_tracking_uri
-
-        try:
-            self.client = MlflowClient(tracking_uri=self.uri)
-            experiment = self.client.get_experiment_by_name(self.experiment_name)
-            if experiment is None:
-                location = None
-                if self.uri == default_tracking_uri(self.out_dir):
-                    location = (self.out_dir.resolve() / "mlartifacts").as_uri()
-                self.experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
-            else:
-                self.experiment_id = experiment.experiment_id
-        except Exception as exc:  # MLflow raises many types for a bad store: one line at start-up
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise TrackingError(f"MLflow tracking URI {self.uri!r} cannot be used: {first}") from None
+        self.open_experiment()
         known = study.user_attrs.get(PARENT_RUN_ATTR, {})
         if isinstance(known, dict) and known.get(self.uri):
             self.parent_run_id = known[self.uri]
             self.client.update_run(self.parent_run_id, status="RUNNING")
             return
         run = self.client.create_run(self.experiment_id, run_name=f"tune:{study.study_name}",
-                                     tags={"optuna.study": study.study_name})
+                                     tags={**(tags or {}), "optuna.study": study.study_name})
         self.parent_run_id = run.info.run_id
         self.log_params(self.parent_run_id, params)
         study.set_user_attr(PARENT_RUN_ATTR, {**(known if isinstance(known, dict) else {}), self.uri: run.info.run_id})
@@ -98,7 +87,7 @@ class StudyTracker(Tracker):
     def start_trial(self, trial: optuna.Trial, overrides: Mapping[str, Any]) -> str | None:
         if not self.enabled:
             return None
-        tags = {"mlflow.parentRunId": self.parent_run_id, "optuna.study": trial.study.study_name,
+        tags = {**self.source, "mlflow.parentRunId": self.parent_run_id, "optuna.study": trial.study.study_name,
                 "optuna.trial": str(trial.number)}
         run = self.client.create_run(self.experiment_id, run_name=f"trial-{trial.number:04d}", tags=tags)
         self.log_params(run.info.run_id, {**trial.params, "trial": trial.number, "overrides": dict(overrides)})
@@ -146,8 +135,8 @@ def train_cell(
     """
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from benchmark.cell import train_and_evaluate_cell
-    from benchmark.config import load_experiment
+    from spinebench.benchmark.cell import train_and_evaluate_cell
+    from spinebench.benchmark.config import load_experiment
 
     cfg = load_experiment(dict(experiment))
     entry, seed = cell_of(cfg)
@@ -167,7 +156,7 @@ def train_cell(
 
 
 def is_global_zero() -> bool:
-    from benchmark.runner import global_rank
+    from spinebench.benchmark.runner import global_rank
 
     return global_rank() == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
@@ -176,13 +165,13 @@ def is_global_zero() -> bool:
 
 
 def run_trial_in_subprocess(job: Mapping[str, Any], trial_dir: Path, timeout_s: float | None = None) -> float:
-    """Run one trial as ``python -m benchmark.tuning_trial JOB.json`` (Lightning re-runs it for the other ranks)."""
+    """Run one trial as ``python -m spinebench.benchmark.tuning_trial JOB.json`` (Lightning re-runs it for the other ranks)."""
     trial_dir.mkdir(parents=True, exist_ok=True)
     job_path, result_path = trial_dir / "trial_job.json", trial_dir / "trial_result.json"
     result_path.unlink(missing_ok=True)
     write_text_atomic(job_path, json.dumps(dict(job), indent=1))
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, "-m", "benchmark.tuning_trial", str(job_path)], env=env, timeout=timeout_s)
+    proc = subprocess.run([sys.executable, "-m", "spinebench.benchmark.tuning_trial", str(job_path)], env=env, timeout=timeout_s)
     if not result_path.is_file():
         raise RuntimeError(f"trial process exited with status {proc.returncode} and no result ({result_path})")
     result = json.loads(result_path.read_text())
@@ -195,7 +184,7 @@ def run_trial_in_subprocess(job: Mapping[str, Any], trial_dir: Path, timeout_s: 
 
 def _trial_process_main(job_path: str) -> int:
     """Every rank of a DDP trial: attach to the trial, train the cell; rank 0 writes the outcome."""
-    from benchmark.tuning import make_pruner
+    from spinebench.benchmark.tuning import make_pruner
 
     job = json.loads(Path(job_path).read_text())
     # the pruner lives in the process, not in the storage: every rank builds the study's own

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from benchmark.builders import (
+from spinebench.benchmark.builders import (
     build_datamodule, build_method, load_weights, quiet_lightning, read_checkpoint, set_determinism,
 )
-from benchmark.cell import (
+from spinebench.benchmark.cell import (
     TRAIN_PEAK, CellResult, cell_complete, cell_dir, evaluate_and_write, prepare_for_test, train_and_evaluate_cell,
 )  # fmt: skip
-from benchmark.config import ExperimentConfig
-from benchmark.schedule import TrainingUnit
-from datamodules.atomic import atomic_path
+from spinebench.benchmark.config import ExperimentConfig
+from spinebench.benchmark.schedule import TrainingUnit
+from spinebench.datamodules.atomic import atomic_path
 
 
 @dataclass(frozen=True)

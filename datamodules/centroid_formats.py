@@ -21,10 +21,10 @@ import os
 
 import numpy as np
 
-from datamodules.ct_io import orientation_code, reoriented_geometry
-from datamodules.errors import InputError
-from datamodules.geometry import Geometry
-from datamodules.labels import check_name, lml_id, name_from_lml_id, name_from_verse_id, verse_id
+from spinebench.datamodules.ct_io import orientation_code, reoriented_geometry
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.labels import check_name, lml_id, name_from_lml_id, name_from_verse_id, verse_id
 
 # Digits kept when writing: 1e-4 mm / 1e-6 voxel, far below any annotation's precision.
 _MM_DECIMALS = 4
@@ -33,7 +33,7 @@ _VOX_DECIMALS = 6
 
 def parse(text: str, fmt: str, geometry: Geometry | None, source: str | os.PathLike):
     """Parse ``text`` in ``fmt`` -> Centroids (LPS mm). Errors name ``source``."""
-    from datamodules.centroids import Centroids
+    from spinebench.datamodules.centroids import Centroids
 
     if fmt == "verse":
         pairs = _parse_verse(text, geometry, source)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import InputError
-from datamodules.geometry import Geometry
-from datamodules.label_maps import MASK_LABEL_MAPS, is_other_structure, vertebra_names
-from datamodules.labels import ALL_NAMES, VERSE_ID_OF, LabelSet, check_name
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.label_maps import MASK_LABEL_MAPS, is_other_structure, vertebra_names
+from spinebench.datamodules.labels import ALL_NAMES, VERSE_ID_OF, LabelSet, check_name
 
 # VerSe/SPINEPS subregion labels of the vertebral body: 49 corpus border, 50 corpus.
 BODY_SUBREGION_LABELS: tuple[int, ...] = (49, 50)
@@ -217,7 +217,7 @@ def centroid_format(path: str | os.PathLike, fmt: str | None = None) -> str:
 def read_centroids(path: str | os.PathLike, geometry: Geometry | None = None, fmt: str | None = None) -> Centroids:
     """Read a centroid file. VerSe json needs the image ``geometry``; with a geometry every centroid must lie
     inside the image."""
-    from datamodules import centroid_formats
+    from spinebench.datamodules import centroid_formats
 
     path = Path(path)
     fmt = centroid_format(path, fmt)
@@ -242,8 +242,8 @@ def write_centroids(
 ) -> None:
     """Write atomically. VerSe json needs ``geometry`` (voxel indices in ``orientation``, default the image's own);
     with a geometry every centroid must lie inside the image."""
-    from datamodules import centroid_formats
-    from datamodules.atomic import write_text_atomic
+    from spinebench.datamodules import centroid_formats
+    from spinebench.datamodules.atomic import write_text_atomic
 
     fmt = centroid_format(path, fmt)
     if geometry is not None:

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from datamodules.atomic import atomic_path
-from datamodules.errors import InputError
-from datamodules.geometry import Geometry
+from spinebench.datamodules.atomic import atomic_path
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.geometry import Geometry
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Formats whose header names a separate data file (written beside it).

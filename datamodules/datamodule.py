@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.cache_root import cache_root
-from datamodules.errors import InputError
-from datamodules.label_maps import MASK_LABEL_MAPS
-from datamodules.labels import get_label_set
-from datamodules.preprocess import CacheEntry, PreprocessParams, ensure_entry, remove_stale_parts
-from datamodules.samples import Augmentation, CropDataset, ShardedEvalSampler, VolumeDataset, pad_collate
-from datamodules.sources import (
+from spinebench.datamodules.cache_root import cache_root
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.label_maps import MASK_LABEL_MAPS
+from spinebench.datamodules.labels import get_label_set
+from spinebench.datamodules.preprocess import CacheEntry, PreprocessParams, ensure_entry, remove_stale_parts
+from spinebench.datamodules.samples import Augmentation, CropDataset, ShardedEvalSampler, VolumeDataset, pad_collate
+from spinebench.datamodules.sources import (
     SPLITS, CaseRecord, SourceListing, csi2014_records, folder_records, phantom_records, verse_records,
 )
 

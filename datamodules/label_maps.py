@@ -13,8 +13,8 @@ A mask value that a map neither names as a vertebra nor knows as another structu
 
 from __future__ import annotations
 
-from datamodules.errors import InputError
-from datamodules.labels import NAME_OF_VERSE_ID
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.labels import NAME_OF_VERSE_ID
 
 MASK_LABEL_MAPS: tuple[str, ...] = ("verse", "spineps", "totalsegmentator", "totalsegmentator-v1")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from datamodules.errors import UnknownLabelError
+from spinebench.datamodules.errors import UnknownLabelError
 
 CERVICAL = tuple(f"C{i}" for i in range(1, 8))
 THORACIC = tuple(f"T{i}" for i in range(1, 13))

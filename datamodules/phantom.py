@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from datamodules import phantom_anatomy as anat
-from datamodules import phantom_artifacts as art
-from datamodules.centroids import Centroids
-from datamodules.errors import InputError
-from datamodules.geometry import Geometry, canonical_geometry
-from datamodules.labels import get_label_set
-from datamodules.resources import require_disk, require_memory
-from datamodules.shape_model import load_shape_model
+from spinebench.datamodules import phantom_anatomy as anat
+from spinebench.datamodules import phantom_artifacts as art
+from spinebench.datamodules.centroids import Centroids
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.geometry import Geometry, canonical_geometry
+from spinebench.datamodules.labels import get_label_set
+from spinebench.datamodules.resources import require_disk, require_memory
+from spinebench.datamodules.shape_model import load_shape_model
 
 GENERATOR_VERSION = 1
 MAX_SPACING_MM = 16.0  # coarser than a cervical vertebra is tall (about 15 mm): neighbours would share voxels

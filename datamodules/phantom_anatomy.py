@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datamodules.labels import DEFAULT_NAMES, VERSE_ID_OF
+from spinebench.datamodules.labels import DEFAULT_NAMES, VERSE_ID_OF
 
 # Mask labels: VerSe ids (1-7 C, 8-19 T, 20-25 L incl. L6, 26 S1, 28 T13); S2, which VerSe folds into the
 # sacrum, gets 29 (unused by VerSe).

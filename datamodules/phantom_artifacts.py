@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, size
+from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, size
 
 
 def paint_capsule(canvas: Canvas, a_mm: np.ndarray, b_mm: np.ndarray, radius_mm: float, hu: float) -> None:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.atomic import atomic_path, write_text_atomic
-from datamodules.errors import InputError
-from datamodules.geometry import Geometry
-from datamodules.resources import require_memory
-from datamodules.sources import CaseRecord, load_case
+from spinebench.datamodules.atomic import atomic_path, write_text_atomic
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.resources import require_memory
+from spinebench.datamodules.sources import CaseRecord, load_case
 
 PREPROCESS_VERSION = 2  # bump when the pipeline changes in a way the parameters do not capture
 HU_AIR = -1000.0  # lower clip: nothing is less dense than air; scanner padding (-2048, -3024) becomes air
@@ -103,7 +103,7 @@ def preprocess_volume(ct_hu, geometry: Geometry, params: PreprocessParams,
     after clipping at air, is refused (``InputError`` naming ``source``): no method can find anything there."""
     import SimpleITK as sitk
 
-    from datamodules.ct_io import isotropic_grid, reorient_canonical, reoriented_geometry, resample_to
+    from spinebench.datamodules.ct_io import isotropic_grid, reorient_canonical, reoriented_geometry, resample_to
 
     if not isinstance(ct_hu, sitk.Image):
         ct_hu = np.asarray(ct_hu)

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
 # Share of the available memory one request may plan to use: the rest is the process's own and its neighbours'.
 MEMORY_SHARE = 0.8

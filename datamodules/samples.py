@@ -19,8 +19,8 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset, DistributedSampler
 
-from datamodules.preprocess import AIR_VALUE, CacheEntry
-from datamodules.targets import gaussian_heatmaps
+from spinebench.datamodules.preprocess import AIR_VALUE, CacheEntry
+from spinebench.datamodules.targets import gaussian_heatmaps
 
 
 @dataclass(frozen=True)

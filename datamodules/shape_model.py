@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.labels import DEFAULT_NAMES
+from spinebench.datamodules.labels import DEFAULT_NAMES
 
 MODEL_PATH = Path(__file__).resolve().parent / "data" / "spine_shape_model.npz"
 

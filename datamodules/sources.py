@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -127,8 +127,8 @@ def load_case(record: CaseRecord) -> RawCase:
     """Read (or generate) one case. Raises ``InputError`` with the reason when the case cannot be used."""
     if record.image_path is None:
         return _load_phantom(record)
-    from datamodules.centroids import centroids_from_mask, read_centroids
-    from datamodules.ct_io import read_image, read_sitk_image
+    from spinebench.datamodules.centroids import centroids_from_mask, read_centroids
+    from spinebench.datamodules.ct_io import read_image, read_sitk_image
 
     ct_hu, geometry = read_sitk_image(record.image_path)
     if record.centroids_path is not None:
@@ -148,7 +148,7 @@ def load_case(record: CaseRecord) -> RawCase:
 
 
 def _load_phantom(record: CaseRecord) -> RawCase:
-    from datamodules import phantom
+    from spinebench.datamodules import phantom
 
     config = phantom.PhantomConfig(**dict(record.phantom_overrides))
     case = phantom.generate_case(record.phantom_seed, record.phantom_index, config)
@@ -250,7 +250,7 @@ class SourceListing:
 
 def phantom_records(n_train: int, n_val: int, n_test: int, seed: int, overrides: dict | None = None) -> SourceListing:
     items = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in (overrides or {}).items()))
-    from datamodules import phantom
+    from spinebench.datamodules import phantom
 
     try:
         config = phantom.PhantomConfig(**dict(items))  # fail at start-up, naming the bad key
@@ -329,7 +329,7 @@ def verse_records(root, split_lists=None, val_fraction=0.0, test_fraction=0.2, s
 def folder_records(root, split_lists=None, val_fraction=0.0, test_fraction=0.2, seed=0,
                    mask_labels: str = "verse") -> SourceListing:  # fmt: skip
     """Any folder of volumes; annotation = centroid file or vertebra mask with the same case key."""
-    from datamodules.ct_io import image_suffix
+    from spinebench.datamodules.ct_io import image_suffix
 
     root = _existing_dir(root, "folder")
     annotations = _annotation_index(root)
@@ -374,7 +374,7 @@ def _opt(path: Path | None) -> str | None:
 
 
 def _strip_image_suffix(name: str) -> str | None:
-    from datamodules.ct_io import image_suffix
+    from spinebench.datamodules.ct_io import image_suffix
 
     suffix = image_suffix(name)
     return None if suffix is None else name[: -len(suffix)]

@@ -14,18 +14,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from datamodules.atomic import write_bytes_atomic, write_text_atomic
-from leaderboard import evaluate as E
-from leaderboard.curves import CURVES_FILE
-from leaderboard.failures import CLASSES, FailureSummary
-from leaderboard.html import Figure, Section, page_html
-from leaderboard.metrics import REGION_COLUMNS
-from leaderboard.plots import id_rate_by_condition_png, id_rate_per_region_png, per_vertebra_error_png
-from leaderboard.projections import find_projections, pick_by_result, projection_identity, projection_png
-from leaderboard.published import reported_rows
-from leaderboard.render import Table, escape_latex, escape_markdown, fmt, to_latex, to_markdown
-from leaderboard.schema import Records, read_records, resolve_inputs, validate
-from leaderboard.tables import (
+from spinebench.datamodules.atomic import write_bytes_atomic, write_text_atomic
+from spinebench.leaderboard import evaluate as E
+from spinebench.leaderboard.curves import CURVES_FILE
+from spinebench.leaderboard.failures import CLASSES, FailureSummary
+from spinebench.leaderboard.html import Figure, Section, page_html
+from spinebench.leaderboard.metrics import REGION_COLUMNS
+from spinebench.leaderboard.plots import id_rate_by_condition_png, id_rate_per_region_png, per_vertebra_error_png
+from spinebench.leaderboard.projections import find_projections, pick_by_result, projection_identity, projection_png
+from spinebench.leaderboard.published import reported_rows
+from spinebench.leaderboard.render import Table, escape_latex, escape_markdown, fmt, to_latex, to_markdown
+from spinebench.leaderboard.schema import Records, read_records, resolve_inputs, validate
+from spinebench.leaderboard.tables import (
     efficiency_table, failure_table, full_table, headline_table, reported_table, scan_failure_table, shown_regions,
 )  # fmt: skip
 

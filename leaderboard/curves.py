@@ -16,8 +16,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from datamodules.atomic import write_bytes_atomic
-from leaderboard.plots import figure_png, plot_text
+from spinebench.datamodules.atomic import write_bytes_atomic
+from spinebench.leaderboard.plots import figure_png, plot_text
 
 CURVES_FILE = "curves.png"
 TRAIN_LOSS, VAL_ID_RATE, VAL_ERROR = "train/loss", "val/id_rate", "val/mean_error_mm"

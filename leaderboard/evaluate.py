@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from datamodules.labels import ALL_NAMES
-from datamodules.resources import require_memory
-from leaderboard import metrics as M
-from leaderboard import stats as S
-from leaderboard.errors import LeaderboardInputError
-from leaderboard.failures import FailureSummary, summarize_failures
-from leaderboard.schema import COORD_COLUMNS, META_PREFIX, Records
+from spinebench.datamodules.labels import ALL_NAMES
+from spinebench.datamodules.resources import require_memory
+from spinebench.leaderboard import metrics as M
+from spinebench.leaderboard import stats as S
+from spinebench.leaderboard.errors import LeaderboardInputError
+from spinebench.leaderboard.failures import FailureSummary, summarize_failures
+from spinebench.leaderboard.schema import COORD_COLUMNS, META_PREFIX, Records
 
 EFFICIENCY_COLUMNS = ("seconds_per_case", "params", "train_peak_memory_mb", "peak_memory_mb")
 MAX_CONDITION_VALUES = 8

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datamodules.labels import TRANSITIONAL
-from leaderboard.metrics import IDENTIFICATION_THRESHOLD_MM, identified, region_masks
+from spinebench.datamodules.labels import TRANSITIONAL
+from spinebench.leaderboard.metrics import IDENTIFICATION_THRESHOLD_MM, identified, region_masks
 
 CLASSES: tuple[str, ...] = ("identified", "shift_1", "shift_more", "ambiguous", "mislocalised", "missed")
 SHIFT_RATIO = 0.5  # a shift sits at least 1 / SHIFT_RATIO times closer to the other level's centroid than to its own

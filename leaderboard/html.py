@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-from leaderboard.render import Table, escape_html, to_html
+from spinebench.leaderboard.render import Table, escape_html, to_html
 
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; max-width: 1600px; }

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datamodules.labels import REGION_OF, REGIONS
+from spinebench.datamodules.labels import REGION_OF, REGIONS
 
 IDENTIFICATION_THRESHOLD_MM = 20.0
 SEARCH_RULES: tuple[str, ...] = ("glocker", "verse")

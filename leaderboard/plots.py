@@ -9,9 +9,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from datamodules.labels import ALL_NAMES
-from leaderboard.evaluate import ConditionRow, MethodSummary
-from leaderboard.metrics import REGION_COLUMNS
+from spinebench.datamodules.labels import ALL_NAMES
+from spinebench.leaderboard.evaluate import ConditionRow, MethodSummary
+from spinebench.leaderboard.metrics import REGION_COLUMNS
 
 DPI = 80
 # PNG metadata written by matplotlib: drop the software version so the bytes do not depend on it.

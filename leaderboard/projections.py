@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from datamodules.atomic import write_bytes_atomic
-from datamodules.labels import ALL_NAMES, DEFAULT_NAMES
-from leaderboard.errors import LeaderboardInputError
-from leaderboard.plots import figure_png, plot_text
+from spinebench.datamodules.atomic import write_bytes_atomic
+from spinebench.datamodules.labels import ALL_NAMES, DEFAULT_NAMES
+from spinebench.leaderboard.errors import LeaderboardInputError
+from spinebench.leaderboard.plots import figure_png, plot_text
 
 PROJECTIONS_DIRNAME = "projections"
 PICKS_PER_METHOD = 3  # the leaderboard shows each method's best, median and worst case

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.labels import REGION_OF
-from leaderboard.errors import LeaderboardInputError
+from spinebench.datamodules.labels import REGION_OF
+from spinebench.leaderboard.errors import LeaderboardInputError
 
 RECORDS_FILENAME = "records.csv"
 COORD_COLUMNS = ("true_x_mm", "true_y_mm", "true_z_mm", "pred_x_mm", "pred_y_mm", "pred_z_mm")

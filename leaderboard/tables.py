@@ -10,11 +10,11 @@ import math
 
 import numpy as np
 
-from leaderboard.evaluate import MethodSummary
-from leaderboard.failures import CLASS_TITLES, CLASSES, FailureSummary
-from leaderboard.metrics import REGION_COLUMNS
-from leaderboard.published import ReportedRow
-from leaderboard.render import DASH, Cell, Table, Value, fmt, fmt_p, fmt_reported
+from spinebench.leaderboard.evaluate import MethodSummary
+from spinebench.leaderboard.failures import CLASS_TITLES, CLASSES, FailureSummary
+from spinebench.leaderboard.metrics import REGION_COLUMNS
+from spinebench.leaderboard.published import ReportedRow
+from spinebench.leaderboard.render import DASH, Cell, Table, Value, fmt, fmt_p, fmt_reported
 
 REGION_TITLES = {"all": "All", "cervical": "Cervical", "thoracic": "Thoracic", "lumbar": "Lumbar", "sacral": "Sacral"}
 # (statistic, higher is better, scale, digits) of the headline, per region, in column order.

@@ -39,7 +39,7 @@ import torch
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
-from methods.base import VolumePrediction
+from spinebench.methods.base import VolumePrediction
 
 # crops (n, 1, d, h, w) -> (coordinates (n, K, 3) crop-local voxels, classifier scores (n, K) or None)
 CropPredictor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]

@@ -18,15 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.errors import InputError
-from methods.base import DataRequirements, VertebraMethod, VolumePrediction
-from methods.blocks import argmax_subvoxel, conv_relu_stack, pad_to_multiple, pointwise, upsample_to
-from methods.heatmap_loss import branch_sse, dense_sse, dense_target, gaussian_factors
-from methods.message_passing import ChainMessagePassing
-from methods.registry import register_method
-from methods.schedules import SCHEDULES, cosine_schedule, total_training_steps
-from methods.shape_sparsity import ShapeDictionary
-from methods.sliding_window import sliding_window_inference
+from spinebench.datamodules.errors import InputError
+from spinebench.methods.base import DataRequirements, VertebraMethod, VolumePrediction
+from spinebench.methods.blocks import argmax_subvoxel, conv_relu_stack, pad_to_multiple, pointwise, upsample_to
+from spinebench.methods.heatmap_loss import branch_sse, dense_sse, dense_target, gaussian_factors
+from spinebench.methods.message_passing import ChainMessagePassing
+from spinebench.methods.registry import register_method
+from spinebench.methods.schedules import SCHEDULES, cosine_schedule, total_training_steps
+from spinebench.methods.shape_sparsity import ShapeDictionary
+from spinebench.methods.sliding_window import sliding_window_inference
 
 # preset -> (base_width, depth, convs_per_level); widths double per level: base_width · 2^level.
 PRESETS: dict[str, tuple[int, int, int]] = {"small": (8, 3, 1), "paper": (32, 4, 2)}

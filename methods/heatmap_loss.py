@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from methods.blocks import linear_weights
+from spinebench.methods.blocks import linear_weights
 
 
 def gaussian_factors(centroids_vox: torch.Tensor, present: torch.Tensor, shape: tuple[int, int, int],

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scipy.fft import next_fast_len
 from torch import nn
 
-from datamodules.targets import gaussian_heatmaps
+from spinebench.datamodules.targets import gaussian_heatmaps
 
 # Kernels with at most this many taps are applied as a direct grouped convolution, larger ones via FFT.
 _DIRECT_MAX_TAPS = 125

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
 ENTRY_POINT_GROUP = "spinebench.methods"
 
 # Built-in method families, imported on first use of the registry.
-_BUILTIN_MODULES: tuple[str, ...] = ("methods.di2in", "methods.resml")
+_BUILTIN_MODULES: tuple[str, ...] = ("spinebench.methods.di2in", "spinebench.methods.resml")
 
 
 class MethodRegistryError(InputError):

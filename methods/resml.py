@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.errors import InputError
-from methods.base import DataRequirements, VertebraMethod, VolumePrediction
-from methods.blocks import Conv3d, max_pool2, upsample_to
-from methods.crop_inference import predict_volume_tiled
-from methods.integral import soft_argmax_3d
-from methods.registry import register_method
-from methods.schedules import SCHEDULES, cosine_schedule, total_training_steps
+from spinebench.datamodules.errors import InputError
+from spinebench.methods.base import DataRequirements, VertebraMethod, VolumePrediction
+from spinebench.methods.blocks import Conv3d, max_pool2, upsample_to
+from spinebench.methods.crop_inference import predict_volume_tiled
+from spinebench.methods.integral import soft_argmax_3d
+from spinebench.methods.registry import register_method
+from spinebench.methods.schedules import SCHEDULES, cosine_schedule, total_training_steps
 
 
 # preset -> network size; any of these fields set explicitly wins over the preset.

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from methods.blocks import pad_to_multiple
+from spinebench.methods.blocks import pad_to_multiple
 
 
 def tile_shape(shape: tuple[int, int, int], multiple: int, max_voxels: int) -> tuple[int, int, int]:

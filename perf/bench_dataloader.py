@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from common import write_fragment  # noqa: E402
-from datamodules.datamodule import DataConfig, VertebraDataModule  # noqa: E402
+from spinebench.datamodules.datamodule import DataConfig, VertebraDataModule  # noqa: E402
 
 
 class TinyUNet3D(nn.Module):

@@ -24,8 +24,8 @@ from common import achievable_gflops, flops, timed, write_fragment  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from datamodules.targets import gaussian_heatmaps  # noqa: E402
-from methods.registry import create_method  # noqa: E402
+from spinebench.datamodules.targets import gaussian_heatmaps  # noqa: E402
+from spinebench.methods.registry import create_method  # noqa: E402
 
 VOLUME_VOX = (160, 112, 112)
 TRAIN_VOX = (80, 32, 32)  # the default run's 8 mm whole-volume batches: 2 volumes, padded to a multiple of 8
@@ -41,8 +41,8 @@ def training_centroids() -> tuple[np.ndarray, str]:
             rows[parts[0]] = np.array(parts[1:], dtype=np.float64).reshape(26, 3)
         ids = (CSI / "train_all.txt").read_text().split()
         return np.stack([rows[i] for i in ids])[..., ::-1] / 2.0, "CSI-2014 train_all (242 spines)"
-    from datamodules.labels import get_label_set
-    from datamodules.phantom import PhantomConfig, generate_case
+    from spinebench.datamodules.labels import get_label_set
+    from spinebench.datamodules.phantom import PhantomConfig, generate_case
 
     out = []
     for i in range(20):

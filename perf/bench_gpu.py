@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(REPO_ROOT))
 
-from methods.registry import create_method  # noqa: E402
+from spinebench.methods.registry import create_method  # noqa: E402
 
 VOLUMES = {"partial spine": (160, 112, 112), "whole spine": (288, 160, 160)}
 SMOKE_VOLUMES = {"partial spine": (40, 32, 32)}
@@ -189,8 +189,8 @@ def ddp_fit(preset: str, small: bool, steps: int) -> list[dict]:
     device)."""
     from torch.utils.data import DataLoader
 
-    from benchmark.builders import build_trainer
-    from benchmark.config import TrainerConfig
+    from spinebench.benchmark.builders import build_trainer
+    from spinebench.benchmark.config import TrainerConfig
 
     cuda = torch.cuda.is_available()
     devices = torch.cuda.device_count() if cuda else 1

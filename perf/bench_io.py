@@ -18,12 +18,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import timed, write_fragment  # noqa: E402
 
-from datamodules.centroids import centroids_from_mask  # noqa: E402
-from datamodules.ct_io import (  # noqa: E402
+from spinebench.datamodules.centroids import centroids_from_mask  # noqa: E402
+from spinebench.datamodules.ct_io import (  # noqa: E402
     isotropic_grid, read_image, read_sitk_image, reorient_canonical, reoriented_geometry, resample_isotropic, write_image,
 )  # fmt: skip
-from datamodules.preprocess import PreprocessParams, preprocess_volume  # noqa: E402
-from datamodules.geometry import Geometry  # noqa: E402
+from spinebench.datamodules.preprocess import PreprocessParams, preprocess_volume  # noqa: E402
+from spinebench.datamodules.geometry import Geometry  # noqa: E402
 
 SHAPE = (300, 512, 512)  # numpy (z, y, x): 300 slices of 512 x 512
 SPACING_MM = (1.0, 0.78125, 0.78125)

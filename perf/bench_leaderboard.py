@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmark.metrics import LocalizationIdentification  # noqa: E402
-from benchmark.records import case_rows, write_records  # noqa: E402
+from spinebench.benchmark.metrics import LocalizationIdentification  # noqa: E402
+from spinebench.benchmark.records import case_rows, write_records  # noqa: E402
 from common import timed, write_fragment  # noqa: E402
-from datamodules.labels import get_label_set  # noqa: E402
-from leaderboard.build import build_leaderboard  # noqa: E402
-from leaderboard.evaluate import Conventions  # noqa: E402
-from leaderboard.schema import read_records  # noqa: E402
+from spinebench.datamodules.labels import get_label_set  # noqa: E402
+from spinebench.leaderboard.build import build_leaderboard  # noqa: E402
+from spinebench.leaderboard.evaluate import Conventions  # noqa: E402
+from spinebench.leaderboard.schema import read_records  # noqa: E402
 
 METHODS, SEEDS, CASES = 5, 3, 60
 NAMES = get_label_set("default").names

@@ -19,9 +19,9 @@ import numpy as np
 from common import REPO_ROOT, newest_run, write_fragment
 
 sys.path.insert(0, str(REPO_ROOT))
-from leaderboard.evaluate import group_scans  # noqa: E402
-from leaderboard.failures import class_counts, classify_vertebrae  # noqa: E402
-from leaderboard.schema import read_records  # noqa: E402
+from spinebench.leaderboard.evaluate import group_scans  # noqa: E402
+from spinebench.leaderboard.failures import class_counts, classify_vertebrae  # noqa: E402
+from spinebench.leaderboard.schema import read_records  # noqa: E402
 
 VARIANTS = ("di2in", "di2in_mp", "di2in_mp_sparsity")
 

@@ -18,7 +18,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import timed, write_fragment  # noqa: E402
 
-from datamodules.phantom import PhantomConfig, generate_case  # noqa: E402
+from spinebench.datamodules.phantom import PhantomConfig, generate_case  # noqa: E402
 
 OFF = dict(limited_fov_rate=0.0, scoliosis_rate=0.0, kyphosis_rate=0.0, metal_rate=0.0, anisotropic_rate=0.0)
 N_DEFAULT = 20

@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(REPO_ROOT))
 
-from methods.crop_inference import aggregate_crops, crop_votes, run_crops  # noqa: E402
-from methods.registry import create_method  # noqa: E402
+from spinebench.methods.crop_inference import aggregate_crops, crop_votes, run_crops  # noqa: E402
+from spinebench.methods.registry import create_method  # noqa: E402
 
 VOLUME_VOX = (160, 112, 112)
 

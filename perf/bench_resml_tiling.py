@@ -34,12 +34,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from benchmark.builders import build_method, label_names, quiet_lightning
-    from benchmark.cell import RESULT_FILE, CellResult, cell_dir, evaluate_checkpoint
-    from benchmark.config import load_experiment
-    from benchmark.results import test_metrics
-    from methods.crop_inference import tile_origins
-    from methods.registry import get_method_spec
+    from spinebench.benchmark.builders import build_method, label_names, quiet_lightning
+    from spinebench.benchmark.cell import RESULT_FILE, CellResult, cell_dir, evaluate_checkpoint
+    from spinebench.benchmark.config import load_experiment
+    from spinebench.benchmark.results import test_metrics
+    from spinebench.methods.crop_inference import tile_origins
+    from spinebench.methods.registry import get_method_spec
 
     quiet_lightning()
     cfg = load_experiment(run / "config.yaml")

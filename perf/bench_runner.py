@@ -71,8 +71,8 @@ def logging_call_ms(tmp: Path, calls: int = 60) -> float:
 def smoke_seconds(tmp: Path) -> list[tuple[str, float]]:
     from rich.console import Console
 
-    from benchmark.config import load_experiment
-    from benchmark.runner import run_benchmark
+    from spinebench.benchmark.config import load_experiment
+    from spinebench.benchmark.runner import run_benchmark
 
     base = ["methods=[di2in]", f"data.cache_dir={tmp / 'cache'}"]
     run_benchmark(load_experiment("smoke", base + ["tracking.enabled=false"]), tmp / "warm", console=Console(quiet=True))
@@ -89,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         help_s = cli_seconds("--help")
-        imports = {m: fresh_seconds(f"import {m}") for m in ("torch", "lightning", "mlflow", "benchmark.runner")}
+        imports = {m: fresh_seconds(f"import {m}") for m in ("torch", "lightning", "mlflow", "spinebench.benchmark.runner")}
         created, copied = store_seconds(tmp)
         call_ms = logging_call_ms(tmp)
         smoke = smoke_seconds(tmp)
@@ -103,7 +103,7 @@ def main() -> None:
            "", "Both open the store in a fresh interpreter with MLflow imported, as a run's first tracking call does "
            "(SQLAlchemy's first use included)."]
 
-    from benchmark.config import load_experiment
+    from spinebench.benchmark.config import load_experiment
 
     cfg = load_experiment("default", ["tracking.enabled=false"])
     steps = {m.name: cfg.trainer_for(m).max_steps for m in cfg.methods}

@@ -25,7 +25,7 @@ import numpy as np
 from common import REPO_ROOT, write_fragment
 
 sys.path.insert(0, str(REPO_ROOT))
-from methods.shape_sparsity import ShapeDictionary  # noqa: E402
+from spinebench.methods.shape_sparsity import ShapeDictionary  # noqa: E402
 
 REAL = REPO_ROOT.parent / "shared" / "data" / "real"
 UNIT_MM = 2.0

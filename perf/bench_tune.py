@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
-from benchmark.search_space import parse_search_space  # noqa: E402
-from benchmark.tuning import TuneSettings, load_study, run_workers_loop  # noqa: E402
-from benchmark.tuning_storage import StudyLock, default_storage, open_storage  # noqa: E402
-from benchmark.tuning_trial import StudyTracker  # noqa: E402
+from spinebench.benchmark.search_space import parse_search_space  # noqa: E402
+from spinebench.benchmark.tuning import TuneSettings, load_study, run_workers_loop  # noqa: E402
+from spinebench.benchmark.tuning_storage import StudyLock, default_storage, open_storage  # noqa: E402
+from spinebench.benchmark.tuning_trial import StudyTracker  # noqa: E402
 
 N_TRIALS = 30
 SPACE = {"trainer": {"max_epochs": {"type": "int", "low": 1, "high": 9},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,28 @@ def shared_real() -> Path:
     if not SHARED_REAL.is_dir():
         pytest.skip(f"real test data not found at {SHARED_REAL} (only present beside the project checkout, e.g. in CI)")
     return SHARED_REAL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory):
+    """One throw-away MLflow store for the session's tracking runs, subprocesses included (without it they would
+    write to ``MLFLOW_TRACKING_URI`` or to ``mlflow.db`` in the checkout). Tests of the default store unset it."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_default(mlflow_store):
+    """Lightning's MLFlowLogger sets MLflow's global tracking URI (and the variable); a test that drives one
+    directly must not change the store the next test's runs default to."""
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != mlflow_store:
+        import mlflow
+
+        mlflow.set_tracking_uri(mlflow_store)

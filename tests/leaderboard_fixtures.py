@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.records import case_rows, write_records
-from datamodules.labels import get_label_set
+from spinebench.benchmark.records import case_rows, write_records
+from spinebench.datamodules.labels import get_label_set
 
 EVIL = "<b>x_&{}%$#"
 NAMES = get_label_set("default").names

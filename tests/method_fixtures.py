@@ -14,10 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.labels import get_label_set
-from datamodules.phantom import PhantomConfig, generate_case
-from datamodules.targets import gaussian_heatmaps
-from methods import create_method, get_method_spec
+from spinebench.datamodules.labels import get_label_set
+from spinebench.datamodules.phantom import PhantomConfig, generate_case
+from spinebench.datamodules.targets import gaussian_heatmaps
+from spinebench.methods import create_method, get_method_spec
 
 NUM_VERTEBRAE = 26
 SMALL_SEEDS = (2, 4, 7)  # phantom seeds whose volumes are small (cervical), for fast tests

@@ -8,10 +8,10 @@ import stat
 import numpy as np
 import pytest
 
-from benchmark.cli import main
-from datamodules.atomic import atomic_path, new_file_mode, write_text_atomic
-from datamodules.ct_io import write_image
-from datamodules.geometry import Geometry
+from spinebench.benchmark.cli import main
+from spinebench.datamodules.atomic import atomic_path, new_file_mode, write_text_atomic
+from spinebench.datamodules.ct_io import write_image
+from spinebench.datamodules.geometry import Geometry
 
 
 @pytest.fixture(params=[0o022, 0o027])

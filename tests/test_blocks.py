@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.blocks import max_pool2, upsample_to
+from spinebench.methods.blocks import max_pool2, upsample_to
 
 
 @pytest.mark.parametrize("src, dst", [((3, 4, 5), (6, 8, 10)), ((9, 3, 4), (72, 24, 32)), ((5, 6, 7), (5, 13, 7)),
@@ -32,7 +32,7 @@ def test_float32_channels_last_input_and_identity():
 
 @pytest.mark.parametrize("shape, cout", [((1, 1, 9, 8, 7), 4), ((1, 6, 5, 6, 7), 8), ((2, 3, 4, 4, 4), 5)])
 def test_conv3d_equals_torch_conv_values_and_gradients(shape, cout):
-    from methods.blocks import Conv3d
+    from spinebench.methods.blocks import Conv3d
 
     torch.manual_seed(0)
     conv = Conv3d(shape[1], cout, 3, padding=1)
@@ -47,7 +47,7 @@ def test_conv3d_equals_torch_conv_values_and_gradients(shape, cout):
 
 
 def test_pointwise_equals_a_1x1x1_conv_and_keeps_channels_last():
-    from methods.blocks import pointwise
+    from spinebench.methods.blocks import pointwise
 
     torch.manual_seed(0)
     x = torch.randn(2, 6, 4, 5, 3).contiguous(memory_format=torch.channels_last_3d)

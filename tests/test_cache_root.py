@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.config import load_experiment
-from datamodules.cache_root import cache_root
-from datamodules.datamodule import DataConfig
+from spinebench.benchmark.config import load_experiment
+from spinebench.datamodules.cache_root import cache_root
+from spinebench.datamodules.datamodule import DataConfig
 
 
 def test_cache_root_follows_spinebench_cache_then_xdg(monkeypatch, tmp_path):

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from datamodules.centroids import Centroids, centroids_from_mask, read_centroids, write_centroids
-from datamodules.ct_io import read_image, resample_isotropic
-from datamodules.errors import InputError, UnknownLabelError
-from datamodules.geometry import Geometry
-from datamodules.labels import get_label_set
+from spinebench.datamodules.centroids import Centroids, centroids_from_mask, read_centroids, write_centroids
+from spinebench.datamodules.ct_io import read_image, resample_isotropic
+from spinebench.datamodules.errors import InputError, UnknownLabelError
+from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.labels import get_label_set
 
 PIR_DIRECTION = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])  # numpy axes (z, y, x) -> (R, I, P)
 
@@ -149,7 +149,7 @@ def test_after_2mm_resampling_every_centroid_is_inside_its_own_label(shared_real
     those the labelled voxel nearest to it must be its own vertebra, within 5 mm."""
     from scipy import ndimage
 
-    from datamodules.labels import verse_id
+    from spinebench.datamodules.labels import verse_id
 
     folder = shared_real / "tptbox_sample_ct"
     mask, geometry = read_image(folder / "sub-ct_seg-vert_label-22_msk.nii.gz")
@@ -191,7 +191,7 @@ def test_tptbox_body_centroids_lie_anterior_of_whole_vertebra_centroids(shared_r
 
 
 def test_verse_numbered_drops_only_s2_which_verse_json_cannot_hold(tmp_path):
-    from datamodules.geometry import canonical_geometry
+    from spinebench.datamodules.geometry import canonical_geometry
 
     geometry = canonical_geometry((40, 20, 20), 2.0)
     full = Centroids({"L5": (20.0, 20.0, 20.0), "S1": (20.0, 20.0, 10.0), "S2": (20.0, 20.0, 2.0)})

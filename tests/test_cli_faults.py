@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from benchmark.cli import main
-from datamodules.ct_io import write_image
-from datamodules.geometry import Geometry
+from spinebench.benchmark.cli import main
+from spinebench.datamodules.ct_io import write_image
+from spinebench.datamodules.geometry import Geometry
 
 
 @pytest.fixture()
@@ -109,7 +109,7 @@ def _limit_file_size():
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path):
     """Files beyond 200 kB fail (EFBIG, as ENOSPC on a full disk): the phantom's 2 mm CT cannot be written."""
-    argv = [sys.executable, "-m", "benchmark", "phantom", "--n", "1", "--spacing", "2", "--out", str(tmp_path / "ph")]
+    argv = [sys.executable, "-m", "spinebench", "phantom", "--n", "1", "--spacing", "2", "--out", str(tmp_path / "ph")]
     done = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()  # ITK's own complaint about the short write is held back
@@ -158,8 +158,8 @@ def test_silently_accepted_inputs_are_errors_naming_the_file(inputs, capfd):
 
 @pytest.mark.parametrize("bad, reason", [(np.nan, "NaN or infinite"), (-2000.0, "constant image")])
 def test_a_ct_without_anatomy_is_refused(bad, reason):
-    from datamodules.errors import InputError
-    from datamodules.preprocess import PreprocessParams, preprocess_volume
+    from spinebench.datamodules.errors import InputError
+    from spinebench.datamodules.preprocess import PreprocessParams, preprocess_volume
 
     ct = np.full((10, 12, 14), bad, np.float32)
     geometry = Geometry(ct.shape, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
@@ -205,8 +205,8 @@ def test_absurd_sizes_are_refused_with_what_they_would_need(inputs, capfd, argv,
 
 
 def test_resource_checks_say_what_is_needed_and_what_there_is(tmp_path):
-    from datamodules.errors import InputError
-    from datamodules.resources import available_memory, free_disk, require_disk, require_memory
+    from spinebench.datamodules.errors import InputError
+    from spinebench.datamodules.resources import available_memory, free_disk, require_disk, require_memory
 
     assert available_memory() > 0 and free_disk(tmp_path / "not" / "yet") > 0
     require_memory(1024, "a small thing")  # fits
@@ -218,9 +218,9 @@ def test_resource_checks_say_what_is_needed_and_what_there_is(tmp_path):
 
 def test_the_prediction_preview_shows_the_ct_at_its_own_resolution(tmp_path):
     """``predict --preview`` draws the input CT in canonical orientation at its voxel size, not the run's grid."""
-    from benchmark.commands.predict import preview_volume, write_preview
-    from datamodules.centroids import Centroids
-    from datamodules.ct_io import read_sitk_image
+    from spinebench.benchmark.commands.predict import preview_volume, write_preview
+    from spinebench.datamodules.centroids import Centroids
+    from spinebench.datamodules.ct_io import read_sitk_image
 
     geometry = Geometry((30, 40, 50), (2.5, 0.7, 0.7), (0.0, 0.0, 0.0), np.diag([1.0, -1.0, 1.0]))
     ct = np.random.default_rng(0).integers(-1000, 1500, geometry.shape).astype(np.int16)

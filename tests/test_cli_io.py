@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from benchmark.cli import main
-from datamodules.centroids import Centroids, read_centroids, write_centroids
-from datamodules.ct_io import write_image
-from datamodules.geometry import Geometry
+from spinebench.benchmark.cli import main
+from spinebench.datamodules.centroids import Centroids, read_centroids, write_centroids
+from spinebench.datamodules.ct_io import write_image
+from spinebench.datamodules.geometry import Geometry
 
 PIR_DIRECTION = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
 
@@ -103,7 +103,7 @@ def test_console_script_reports_without_traceback(phantom_mask, tmp_path):
     (tmp_path / "nodir_ctd.json").write_text('[{"label": 19, "X": 7.5, "Y": 8.5, "Z": 5.5}]')
     argv = ["convert", str(tmp_path / "nodir_ctd.json"), "--image", str(mask_path), "--to", "csv",
             "--out", str(tmp_path / "o.csv")]
-    done = subprocess.run([sys.executable, "-m", "benchmark", *argv], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "spinebench", *argv], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "nodir_ctd.json" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.csv").exists()

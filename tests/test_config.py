@@ -8,17 +8,17 @@ import sys
 import pytest
 import yaml
 
-from benchmark.config import (
-    REPO_CONFIG_DIR,
+from spinebench.benchmark.config import (
     ConfigError,
     apply_sets,
     load_experiment,
     parse_set,
     resolve_config_path,
+    shipped_config_names,
 )
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
-SHIPPED = sorted(p.stem for p in REPO_CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("tune_"))
+SHIPPED = [name for name in shipped_config_names() if not name.startswith("tune_")]
 
 
 def _raw(**changes):
@@ -38,7 +38,7 @@ def test_shipped_configs_resolve(name):
 
 
 def test_default_config_runs_every_registered_variant():
-    from methods.registry import list_methods
+    from spinebench.methods.registry import list_methods
 
     cfg = load_experiment("default")
     assert [m.name for m in cfg.methods] == list_methods()
@@ -131,13 +131,13 @@ def test_apply_sets_normalises_list_form_methods():
 @pytest.mark.slow
 def test_cli_reports_config_error_in_one_line_exit_2(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "benchmark", "run", "--config", "smoke", "--set", "trainer.max_epoch=3",
+        [sys.executable, "-m", "spinebench", "run", "--config", "smoke", "--set", "trainer.max_epoch=3",
          "--out", str(tmp_path / "run")],
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "spinebench run: error: trainer.max_epoch: unknown key; valid keys: " + ", ".join(
-            __import__("benchmark.config", fromlist=["TRAINER_KEYS"]).TRAINER_KEYS)
+            __import__("spinebench.benchmark.config", fromlist=["TRAINER_KEYS"]).TRAINER_KEYS)
     ]
     assert not (tmp_path / "run").exists()  # nothing written before validation passed

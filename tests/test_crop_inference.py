@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods.crop_inference import (
+from spinebench.methods.crop_inference import (
     CropOutputs,
     aggregate_crops,
     crop_votes,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from datamodules.ct_io import (
+from spinebench.datamodules.ct_io import (
     orientation_code,
     read_geometry,
     read_image,
@@ -14,8 +14,8 @@ from datamodules.ct_io import (
     resample_isotropic,
     write_image,
 )
-from datamodules.errors import InputError
-from datamodules.geometry import CANONICAL_DIRECTION, Geometry, canonical_geometry
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.geometry import CANONICAL_DIRECTION, Geometry, canonical_geometry
 
 # A P-I-R geometry like the VerSe files: file x -> P, y -> I, z -> R; numpy axes (z, y, x) -> (R, I, P).
 PIR_DIRECTION = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
@@ -118,7 +118,7 @@ OBLIQUE = np.linalg.qr(np.array([[0.1, 0.98, 0.05], [0.02, -0.06, 1.0], [-0.99, 
 def test_one_pass_preprocessing_equals_reorienting_then_resampling(tmp_path, direction):
     """Straight onto the canonical isotropic grid, from a numpy array or from the SimpleITK image a file was read
     into (no full-resolution copies), gives what reorienting first and then resampling gives."""
-    from datamodules.preprocess import PreprocessParams, preprocess_volume
+    from spinebench.datamodules.preprocess import PreprocessParams, preprocess_volume
 
     geometry = Geometry((23, 17, 30), (2.5, 0.9, 0.7), (5.0, -3.0, 100.0), direction)
     ct = np.random.default_rng(1).integers(-1024, 1500, geometry.shape).astype(np.int16)

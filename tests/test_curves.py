@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leaderboard.curves import draw_curves, read_curves
+from spinebench.leaderboard.curves import draw_curves, read_curves
 
 CSV = """epoch,step,train/loss,val/id_rate,val/mean_error_mm
 0,9,2.5,,

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from datamodules.centroids import Centroids, write_centroids
-from datamodules.ct_io import write_image
-from datamodules.datamodule import DataConfig, ShardedEvalSampler, SkippedCaseWarning, VertebraDataModule
-from datamodules.geometry import Geometry
-from datamodules.labels import get_label_set
-from datamodules.preprocess import AIR_VALUE, HU_MEAN, HU_STD
-from datamodules.samples import Augmentation, CropDataset, VolumeDataset, pad_collate
+from spinebench.datamodules.centroids import Centroids, write_centroids
+from spinebench.datamodules.ct_io import write_image
+from spinebench.datamodules.datamodule import DataConfig, ShardedEvalSampler, SkippedCaseWarning, VertebraDataModule
+from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.labels import get_label_set
+from spinebench.datamodules.preprocess import AIR_VALUE, HU_MEAN, HU_STD
+from spinebench.datamodules.samples import Augmentation, CropDataset, VolumeDataset, pad_collate
 
 NAMES = get_label_set("default").names
 PIR = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])  # numpy axes grow (R, I, P): reoriented on load
@@ -146,7 +146,7 @@ def test_collate_pads_to_the_largest_volume(data_root, tmp_path):
 
 
 def test_datamodule_loaders_and_runner_accessors(data_root, tmp_path):
-    from methods.base import DataRequirements
+    from spinebench.methods.base import DataRequirements
 
     dm = _dm(data_root, tmp_path)
     assert dm.data_report["cases"] == {"train": 2, "val": 0, "test": 1} and dm.data_report["n_skipped"] == 0
@@ -223,7 +223,7 @@ def test_eval_loader_shards_by_rank(data_root, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_phantom_source_with_worker_processes_is_deterministic(tmp_path):
-    pytest.importorskip("datamodules.phantom")
+    pytest.importorskip("spinebench.datamodules.phantom")
     phantom = {"fov_vertebrae": [4, 5], "spacing_mm": 4.0, "metal_rate": 0.0, "anisotropic_rate": 0.0}
     kw = {"source": "phantom", "phantom_train": 2, "phantom_val": 0, "phantom_test": 1, "phantom_seed": 5,
           "phantom": phantom, "spacing_mm": 4.0, "num_workers": 2, "crop_size_vox": (16, 16, 16)}
@@ -245,7 +245,7 @@ def test_phantom_source_with_worker_processes_is_deterministic(tmp_path):
 
 
 def test_runner_kwargs_apply_requirements_and_seed_the_shuffle(data_root, tmp_path):
-    from methods.base import DataRequirements
+    from spinebench.methods.base import DataRequirements
 
     base = DataConfig(source="folder", root=str(data_root), cache_dir=str(tmp_path / "cache"), test_fraction=0.0,
                       batch_size=1)
@@ -267,7 +267,7 @@ sys.path.insert(0, {repo!r})
 
 def run(rank):
     from torch.utils.data import DataLoader
-    from datamodules.samples import ShardedEvalSampler
+    from spinebench.datamodules.samples import ShardedEvalSampler
     dist.init_process_group("gloo", init_method="file://{store}", rank=rank, world_size=2)
     cases = {cases!r}
     # built like the datamodule's eval loaders without a Trainer: the sampler asks the process group

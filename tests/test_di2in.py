@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from datamodules.errors import InputError
-from datamodules.targets import gaussian_heatmaps
-from methods import create_method, method_config
-from methods.blocks import argmax_subvoxel
-from methods.di2in import DI2IN, DI2INNet
-from methods.registry import MethodRegistryError
-from methods.sliding_window import sliding_window_inference, tile_shape
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.targets import gaussian_heatmaps
+from spinebench.methods import create_method, method_config
+from spinebench.methods.blocks import argmax_subvoxel
+from spinebench.methods.di2in import DI2IN, DI2INNet
+from spinebench.methods.registry import MethodRegistryError
+from spinebench.methods.sliding_window import sliding_window_inference, tile_shape
 from tests.method_fixtures import SMALL_SEEDS, tiny_batch, tiny_case, tiny_method, train_centroids
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import yaml
 
-from benchmark.cli import main
-from benchmark.config import load_experiment
+from spinebench.benchmark.cli import main
+from spinebench.benchmark.config import load_experiment
 
 
 def test_print_config_is_the_resolved_config_and_runs_again(tmp_path, capsys):
@@ -26,7 +26,16 @@ def test_dry_run_shows_cells_data_and_memory_and_writes_nothing(tmp_path, capsys
     assert "nothing was written" in out and "3 in 2 trainings" in out
     assert "di2in_mp seed 0: evaluated on the training of di2in" in out and "resml_cls seed 0: trains" in out
     assert "data: phantom at 8 mm, 4 train, 2 val, 2 test cases" in out and "model state up to" in out
+    assert "tracking: off" in out  # the smoke config does not track
     assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_names_the_shared_store_and_the_experiment(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--config", "smoke", "--set", "tracking.enabled=true", "--dry-run"]) == 0
+    assert f"tracking: MLflow sqlite:///{tmp_path.resolve() / 'mlflow.db'}, experiment 'smoke'" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # the store is not created by a dry run
 
 
 def test_dry_run_refuses_what_the_run_would_refuse(tmp_path, capfd):

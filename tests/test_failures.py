@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.labels import ALL_NAMES, DEFAULT_NAMES
-from leaderboard.failures import CLASSES, class_counts, classify_vertebrae, scan_failures, summarize_failures
+from spinebench.datamodules.labels import ALL_NAMES, DEFAULT_NAMES
+from spinebench.leaderboard.failures import CLASSES, class_counts, classify_vertebrae, scan_failures, summarize_failures
 
 
 def _spine(levels: int = 6, step: float = 30.0, k: int = 8) -> np.ndarray:

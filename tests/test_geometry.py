@@ -1,7 +1,7 @@
 import numpy as np
 import SimpleITK as sitk
 
-from datamodules.geometry import Geometry
+from spinebench.datamodules.geometry import Geometry
 
 
 def test_sitk_round_trip_matches_itk_point_transform():

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.targets import gaussian_heatmaps
-from methods.heatmap_loss import branch_sse, dense_sse, dense_target, gaussian_factors
+from spinebench.datamodules.targets import gaussian_heatmaps
+from spinebench.methods.heatmap_loss import branch_sse, dense_sse, dense_target, gaussian_factors
 
 
 def _case(shape=(12, 10, 14), k=4, seed=0):

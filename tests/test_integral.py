@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules.targets import gaussian_heatmaps
-from methods.integral import expected_coordinates, soft_argmax_3d, softmax_3d
+from spinebench.datamodules.targets import gaussian_heatmaps
+from spinebench.methods.integral import expected_coordinates, soft_argmax_3d, softmax_3d
 
 SHAPE = (20, 24, 28)
 

@@ -1,7 +1,7 @@
 import pytest
 
-from datamodules import labels
-from datamodules.errors import UnknownLabelError
+from spinebench.datamodules import labels
+from spinebench.datamodules.errors import UnknownLabelError
 
 
 def test_default_label_set_is_c1_to_s2():

@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from benchmark.cli import main as cli_main
-from benchmark.records import write_records
-from leaderboard.build import build_leaderboard
-from leaderboard.evaluate import Conventions
-from leaderboard.projections import projection_png, write_projection
-from leaderboard.schema import read_records
-from leaderboard.stats import holm, paired_bootstrap_p, weighted_median
+from spinebench.benchmark.cli import main as cli_main
+from spinebench.benchmark.records import write_records
+from spinebench.leaderboard.build import build_leaderboard
+from spinebench.leaderboard.evaluate import Conventions
+from spinebench.leaderboard.projections import projection_png, write_projection
+from spinebench.leaderboard.schema import read_records
+from spinebench.leaderboard.stats import holm, paired_bootstrap_p, weighted_median
 from tests.leaderboard_fixtures import EVIL, synthetic_rows, write_run
 
 FAST = Conventions(n_boot=100)
@@ -180,8 +180,9 @@ def test_cli_writes_outputs_and_reports_bad_input_in_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_leaderboard_imports_no_torch_and_nothing_of_benchmark():
-    code = ("import sys, leaderboard.build, leaderboard.schema, leaderboard.projections; "
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'benchmark', 'methods'))]; "
+    code = ("import sys, spinebench.leaderboard.build, spinebench.leaderboard.schema, "
+            "spinebench.leaderboard.projections; bad = [m for m in sys.modules if m == 'torch' or "
+            "m.startswith(('torch.', 'spinebench.benchmark', 'spinebench.methods'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leaderboard.build import build_leaderboard
-from leaderboard.evaluate import Conventions
-from leaderboard.projections import write_projection
+from spinebench.leaderboard.build import build_leaderboard
+from spinebench.leaderboard.evaluate import Conventions
+from spinebench.leaderboard.projections import write_projection
 from tests.leaderboard_fixtures import EVIL, write_run
 
 pytestmark = pytest.mark.slow

@@ -12,14 +12,14 @@ import pytest
 from matplotlib.figure import Figure
 from rich.console import Console
 
-from benchmark.records import write_records
-from benchmark.results import print_leaderboard
-from leaderboard.build import build_leaderboard
-from leaderboard.evaluate import Conventions, group_scans
-from leaderboard.failures import CLASSES, summarize_failures
-from leaderboard.plots import figure_png
-from leaderboard.projections import outside_view, pick_by_result, rank_cases, write_projection
-from leaderboard.schema import read_records
+from spinebench.benchmark.records import write_records
+from spinebench.benchmark.results import print_leaderboard
+from spinebench.leaderboard.build import build_leaderboard
+from spinebench.leaderboard.evaluate import Conventions, group_scans
+from spinebench.leaderboard.failures import CLASSES, summarize_failures
+from spinebench.leaderboard.plots import figure_png
+from spinebench.leaderboard.projections import outside_view, pick_by_result, rank_cases, write_projection
+from spinebench.leaderboard.schema import read_records
 from tests.leaderboard_fixtures import EVIL, synthetic_rows, write_run
 
 FAST = Conventions(n_boot=60)

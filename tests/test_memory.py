@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from benchmark.memory import PeakMemory
+from spinebench.benchmark.memory import PeakMemory
 
 
 def test_each_phase_reports_its_own_peak():

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.targets import gaussian_heatmaps
-from methods import create_method
-from methods.message_passing import (
+from spinebench.datamodules.targets import gaussian_heatmaps
+from spinebench.methods import create_method
+from spinebench.methods.message_passing import (
     ChainMessagePassing,
     _convolve,
     fit_offset_gaussians,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods import DataRequirements, VolumePrediction, list_methods
+from spinebench.methods import DataRequirements, VolumePrediction, list_methods
 from tests.method_fixtures import NUM_VERTEBRAE, SMALL_SEEDS, tiny_batch, tiny_case, tiny_method, train_centroids
 
 METHODS = list_methods()

@@ -7,9 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from benchmark.metrics import LocalizationIdentification, MultiLabelMeanAP
-from benchmark.metrics import functional as F
-from leaderboard import metrics as M
+from spinebench.benchmark.metrics import LocalizationIdentification, MultiLabelMeanAP
+from spinebench.benchmark.metrics import functional as F
+from spinebench.leaderboard import metrics as M
 
 NAN3 = [np.nan, np.nan, np.nan]
 ALL, CERV, THOR, LUMB, SACR = range(5)

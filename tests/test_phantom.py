@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from datamodules.errors import InputError
-from datamodules.phantom import METAL_THRESHOLD_HU, PhantomConfig, generate_case
-from datamodules.phantom_anatomy import PHANTOM_MASK_ID
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.phantom import METAL_THRESHOLD_HU, PhantomConfig, generate_case
+from spinebench.datamodules.phantom_anatomy import PHANTOM_MASK_ID
 
 # 4 mm and no random difficulties: each test switches on only what it checks.
 PLAIN = dict(spacing_mm=4.0, limited_fov_rate=0.0, scoliosis_rate=0.0, kyphosis_rate=0.0, metal_rate=0.0,
@@ -175,9 +175,9 @@ def test_bad_config_values_raise():
 
 
 def test_cli_writes_nifti_verse_json_meta_and_preview(tmp_path):
-    from benchmark.cli import main
-    from datamodules.centroids import read_centroids
-    from datamodules.ct_io import read_image
+    from spinebench.benchmark.cli import main
+    from spinebench.datamodules.centroids import read_centroids
+    from spinebench.datamodules.ct_io import read_image
 
     rc = main(["phantom", "--n", "2", "--out", str(tmp_path), "--seed", "3", "--spacing", "4", "--preview",
                "--set", "fov_vertebrae=[5,7]", "--set", "metal_rate=0"])
@@ -201,7 +201,7 @@ def test_cli_writes_nifti_verse_json_meta_and_preview(tmp_path):
 
 
 def test_cli_rejects_unknown_config_key(tmp_path, capsys):
-    from benchmark.cli import main
+    from spinebench.benchmark.cli import main
 
     assert main(["phantom", "--n", "1", "--out", str(tmp_path), "--set", "metal=1"]) == 2
     assert "metal_rate" in capsys.readouterr().err

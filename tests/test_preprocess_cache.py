@@ -13,20 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import datamodules.preprocess as pp
-from datamodules.geometry import Geometry
-from datamodules.preprocess import (
+import spinebench.datamodules.preprocess as pp
+from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.preprocess import (
     AIR_VALUE, HU_MEAN, HU_STD, PreprocessParams, ensure_entry, preprocess_volume, read_entry, remove_stale_parts,
 )
-from datamodules.sources import folder_records
+from spinebench.datamodules.sources import folder_records
 
 REPO = Path(__file__).resolve().parents[1]
 PIR = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
 
 
 def _case(tmp_path, name="a"):
-    from datamodules.centroids import Centroids, write_centroids
-    from datamodules.ct_io import write_image
+    from spinebench.datamodules.centroids import Centroids, write_centroids
+    from spinebench.datamodules.ct_io import write_image
 
     g = Geometry((10, 24, 12), (3.0, 1.0, 2.0), (5.0, -7.0, 11.0), PIR)
     ct = np.full(g.shape, -3024, np.int16)  # scanner padding below air
@@ -102,8 +102,8 @@ def test_write_killed_midway_leaves_no_entry_that_is_read(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time, numpy as np
         sys.path.insert(0, {str(REPO)!r})
-        import datamodules.preprocess as pp
-        from datamodules.sources import folder_records
+        import spinebench.datamodules.preprocess as pp
+        from spinebench.datamodules.sources import folder_records
         real_save = np.save
         def slow_save(path, array):  # write half the bytes, then hang until killed
             real_save(path, array)

@@ -7,7 +7,7 @@ import io
 import lightning as L
 import torch
 
-from benchmark.callbacks import ProgressLines, duration
+from spinebench.benchmark.callbacks import ProgressLines, duration
 
 
 class _Tiny(L.LightningModule):

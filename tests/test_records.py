@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark.records import append_records, case_rows, read_rows, write_records
-from datamodules.errors import InputError
-from leaderboard.errors import LeaderboardInputError
-from leaderboard.schema import REQUIRED_COLUMNS, read_records
+from spinebench.benchmark.records import append_records, case_rows, read_rows, write_records
+from spinebench.datamodules.errors import InputError
+from spinebench.leaderboard.errors import LeaderboardInputError
+from spinebench.leaderboard.schema import REQUIRED_COLUMNS, read_records
 
 NAMES = ["T12", "L1", "L2", "L3"]
 NAN3 = [np.nan] * 3

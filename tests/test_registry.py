@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.errors import InputError
-from methods import create_method, get_method_spec, list_methods, method_config, register_method
-from methods import registry
-from methods.di2in import DI2IN, DI2INConfig
-from methods.registry import MethodRegistryError
+from spinebench.datamodules.errors import InputError
+from spinebench.methods import create_method, get_method_spec, list_methods, method_config, register_method
+from spinebench.methods import registry
+from spinebench.methods.di2in import DI2IN, DI2INConfig
+from spinebench.methods.registry import MethodRegistryError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_unknown_names_and_keys_list_the_valid_ones():
 
 
 def test_cli_list_prints_name_family_description_and_rejects_unknown_pattern(capsys):
-    from benchmark.cli import main
+    from spinebench.benchmark.cli import main
 
     assert main(["list", "di2in*"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

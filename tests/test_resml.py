@@ -8,10 +8,10 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules.errors import InputError
-from methods.base import VolumePrediction
-from methods.registry import MethodRegistryError, create_method, get_method_spec, method_config
-from methods.resml import RESML_PRESETS, ResidualModule, ResidualMultiLabel, ResMLConfig
+from spinebench.datamodules.errors import InputError
+from spinebench.methods.base import VolumePrediction
+from spinebench.methods.registry import MethodRegistryError, create_method, get_method_spec, method_config
+from spinebench.methods.resml import RESML_PRESETS, ResidualModule, ResidualMultiLabel, ResMLConfig
 
 TINY = dict(widths=(8, 8, 8, 16), cls_channels=4, lstm_hidden=8, crop_size_vox=(32, 16, 16), num_vertebrae=5)
 VARIANTS = ["resml_loc", "resml_cls", "resml_cls_bilstm"]

@@ -1,7 +1,7 @@
 """``spinebench run`` end to end on a tiny phantom: outputs, determinism, resume after kill -9, DDP, predict.
 
 One tiny di2in run (``smoke`` config, 8 mm phantoms of 6-10 vertebrae, a few steps) is trained once per module
-and shared. Subprocess tests use ``python -m benchmark`` like a user would.
+and shared. Subprocess tests use ``python -m spinebench`` like a user would.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.config import load_experiment
-from benchmark.runner import run_benchmark
+from spinebench.benchmark.config import load_experiment
+from spinebench.benchmark.runner import run_benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def _records(path: Path, drop=TIMING_COLUMNS) -> list[dict]:
 
 
 def _cli(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, env=env, **kw)
+    return subprocess.run([sys.executable, "-m", "spinebench", *args], capture_output=True, text=True, env=env, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_resume_after_kill_keeps_complete_cells_and_continues(tmp_path, cache_di
     sets = _sets(cache_dir, "seeds=[0, 1]", "trainer.max_epochs=3", "trainer.limit_train_batches=2",
                  "trainer.checkpoint_every_n_steps=1", "tracking.enabled=true", "execution.processes=1")
     args = ["run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark", *args], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "spinebench", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     second_last = out / "cells" / "di2in" / "seed1" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 400
@@ -127,12 +127,15 @@ def test_resume_after_kill_keeps_complete_cells_and_continues(tmp_path, cache_di
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("spinebench")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    state = json.loads((out / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=state["uri"])  # the session's shared store
+    experiment = client.get_experiment_by_name("smoke")
+    tagged = client.search_runs([experiment.experiment_id], filter_string=f"tags.`spinebench.run_dir` = '{out}'")
+    parents = [r for r in tagged if "mlflow.parentRunId" not in r.data.tags]
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{state['parent_run_id']}'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the resumed run reuses its parent
+    assert parents[0].info.run_id == state["parent_run_id"]
     assert sorted(r.data.params["seed"] for r in children) == ["0", "1"]
     assert all(r.info.status == "FINISHED" and "test/id_rate" in r.data.metrics for r in children)
     assert parents[0].data.params["config_hash"] == json.loads((out / "manifest.json").read_text())["config_hash"]
@@ -147,8 +150,8 @@ def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, cache_dir):
     assert len(ddp_rows) == 3 * 26 and len({r["case"] for r in ddp_rows}) == 3  # 3 cases on 2 ranks, no padding
 
     # The same checkpoint evaluated by one process gives the same records.
-    from benchmark.cell import CellResult, evaluate_checkpoint
-    from benchmark.records import write_records
+    from spinebench.benchmark.cell import CellResult, evaluate_checkpoint
+    from spinebench.benchmark.records import write_records
 
     cfg = load_experiment(out / "config.yaml", ["trainer.devices=1", "trainer.strategy=auto"])
     best = CellResult.read(out / "cells" / "di2in" / "seed0").best_checkpoint
@@ -170,8 +173,8 @@ def test_predict_on_a_real_ct(trained_run, shared_real, tmp_path):
     csv_out = tmp_path / "pred.csv"
     res = _cli("predict", str(ct), "--run", str(trained_run), "--method", "di2in", "--out", str(csv_out))
     assert res.returncode == 0, res.stderr[-3000:]
-    from datamodules.centroids import read_centroids
-    from datamodules.ct_io import read_geometry
+    from spinebench.datamodules.centroids import read_centroids
+    from spinebench.datamodules.ct_io import read_geometry
 
     geometry = read_geometry(ct)
     for name, mm in read_centroids(csv_out).items():  # every written centroid lies inside the CT
@@ -185,8 +188,8 @@ def test_a_run_folder_is_not_trusted_beyond_itself(trained_run, tmp_path):
     """A copied run uses its own checkpoints or none: never the original's; checkpoints load as plain data."""
     import shutil
 
-    from benchmark.builders import read_checkpoint
-    from datamodules.errors import InputError
+    from spinebench.benchmark.builders import read_checkpoint
+    from spinebench.datamodules.errors import InputError
 
     ct = tmp_path / "ph" / "phantom-s0-0000_ct.nii.gz"
     assert _cli("phantom", "--n", "1", "--spacing", "8", "--out", str(tmp_path / "ph")).returncode == 0
@@ -221,7 +224,7 @@ def test_concurrent_runs_share_a_cache_and_concurrent_predictions_share_a_folder
     the same, valid results as one alone (writes are atomic: the last rename wins with identical content)."""
     cache = tmp_path / "cache"
     sets = sum((["--set", s] for s in _sets(cache, "execution.processes=1", "trainer.num_threads=1")), [])
-    runs = [subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--config", "smoke", *sets, "--out",
+    runs = [subprocess.Popen([sys.executable, "-m", "spinebench", "run", "--config", "smoke", *sets, "--out",
                               str(tmp_path / name / "smoke")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True) for name in ("a", "b")]  # fmt: skip
     errors = [p.communicate(timeout=600)[1] for p in runs]
@@ -236,7 +239,7 @@ def test_concurrent_runs_share_a_cache_and_concurrent_predictions_share_a_folder
     assert _cli("phantom", "--n", "1", "--spacing", "8", "--out", str(tmp_path / "ph")).returncode == 0
     ct = tmp_path / "ph" / "phantom-s0-0000_ct.nii.gz"
     out = tmp_path / "pred"
-    cmds = [[sys.executable, "-m", "benchmark", "predict", str(ct), "--run", str(trained_run), "--out", str(out / f)]
+    cmds = [[sys.executable, "-m", "spinebench", "predict", str(ct), "--run", str(trained_run), "--out", str(out / f)]
             for f in ("same.csv", "same.csv", "other.json")]
     procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for c in cmds]
     errors = [p.communicate(timeout=300)[1] for p in procs]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.config import load_experiment
-from benchmark.runner import run_benchmark
-from benchmark.schedule import plan_units, process_count
+from spinebench.benchmark.config import load_experiment
+from spinebench.benchmark.runner import run_benchmark
+from spinebench.benchmark.schedule import plan_units, process_count
 
 # the run name is the folder's; timings and memory vary
 DROP = ("run", "seconds_per_case", "train_peak_memory_mb", "peak_memory_mb")

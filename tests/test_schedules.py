@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 import torch
 
-from methods.di2in import DI2INConfig
-from methods.resml import ResMLConfig
-from methods.schedules import cosine_schedule, warmup_cosine_factor
+from spinebench.methods.di2in import DI2INConfig
+from spinebench.methods.resml import ResMLConfig
+from spinebench.methods.schedules import cosine_schedule, warmup_cosine_factor
 
 
 def test_warmup_then_cosine_to_zero():
@@ -55,7 +55,7 @@ class _Tiny(L.LightningModule):
         return (self.w * batch[0]).sum() ** 2
 
     def configure_optimizers(self):
-        from methods.schedules import total_training_steps
+        from spinebench.methods.schedules import total_training_steps
 
         opt = torch.optim.SGD(self.parameters(), lr=1.0)
         return {"optimizer": opt, "lr_scheduler": cosine_schedule(opt, total_training_steps(self), 2)}

@@ -8,9 +8,9 @@ import optuna
 import pytest
 import yaml
 
-from benchmark.search_space import SearchSpaceError, apply_overrides, parse_search_space
-from methods import registry
-from methods.base import VertebraMethod
+from spinebench.benchmark.search_space import SearchSpaceError, apply_overrides, parse_search_space
+from spinebench.methods import registry
+from spinebench.methods.base import VertebraMethod
 
 TRAINER_KEYS = ("max_epochs", "max_steps", "precision")
 

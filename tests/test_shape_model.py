@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from datamodules.labels import DEFAULT_NAMES
-from datamodules.shape_model import MODEL_PATH, load_shape_model
+from spinebench.datamodules.labels import DEFAULT_NAMES
+from spinebench.datamodules.shape_model import MODEL_PATH, load_shape_model
 
 
 def _distances(curve: dict, a: str, b: str) -> np.ndarray:

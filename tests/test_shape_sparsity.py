@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from methods.shape_sparsity import (
+from spinebench.methods.shape_sparsity import (
     ShapeDictionary,
     impute_missing_levels,
     longest_decreasing_subsequence,

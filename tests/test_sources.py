@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datamodules.centroids import Centroids, write_centroids
-from datamodules.ct_io import write_image
-from datamodules.errors import InputError
-from datamodules.geometry import Geometry
-from datamodules.labels import VERSE_ID_OF
-from datamodules.sources import (
+from spinebench.datamodules.centroids import Centroids, write_centroids
+from spinebench.datamodules.ct_io import write_image
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.labels import VERSE_ID_OF
+from spinebench.datamodules.sources import (
     DATA_DIR, PHANTOM_INDEX_OFFSET, assign_splits, csi2014_records, folder_records, load_case, phantom_records,
     read_id_list, verse_records,
 )
@@ -167,7 +167,7 @@ def test_assign_splits_fractions_are_seeded_disjoint_and_complete():
 
 
 def test_phantom_records_test_cases_do_not_depend_on_training_size():
-    pytest.importorskip("datamodules.phantom")
+    pytest.importorskip("spinebench.datamodules.phantom")
     small = phantom_records(2, 1, 3, seed=7)
     large = phantom_records(50, 0, 3, seed=7)
     test_ids = [r.case_id for r in small.records if r.split == "test"]

@@ -8,10 +8,10 @@ import pytest
 
 import torch
 
-from benchmark.builders import set_determinism
-from benchmark.config import TrainerConfig
-from benchmark.threads import auto_processes, busy_cores, choose_threads, usable_cores
-from datamodules.errors import InputError
+from spinebench.benchmark.builders import set_determinism
+from spinebench.benchmark.config import TrainerConfig
+from spinebench.benchmark.threads import auto_processes, busy_cores, choose_threads, usable_cores
+from spinebench.datamodules.errors import InputError
 
 
 def test_explicit_count_wins_up_to_the_usable_cores_and_bad_counts_are_input_errors():

@@ -14,8 +14,8 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from benchmark.cli import main
-from benchmark.tuning import TuneError, prepare_tuning
+from spinebench.benchmark.cli import main
+from spinebench.benchmark.tuning import TuneError, prepare_tuning
 
 TINY = """
 name: tiny
@@ -76,12 +76,20 @@ def tiny_study(tmp_path_factory, cache):
 
 
 def _mlflow_runs(out: Path, study: str):
+    """The study's parent run and its trial runs, in the session's shared MLflow store (the study records which
+    parent run is its own: other tests' studies of the same name share the store)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("spinebench")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    return [r for r in runs if r.data.tags.get("optuna.study") == study]
+    from spinebench.benchmark.tuning_trial import PARENT_RUN_ATTR
+
+    (uri, parent_id), = optuna.load_study(study_name=study, storage=f"sqlite:///{out / 'optuna.db'}"
+                                          ).user_attrs[PARENT_RUN_ATTR].items()
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_id)
+    assert client.get_experiment(parent.info.experiment_id).name == "tiny"  # named after the tuning config
+    children = client.search_runs([parent.info.experiment_id], max_results=100,
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return [parent, *children]
 
 
 @pytest.mark.slow
@@ -171,7 +179,7 @@ def test_pruned_trial_is_recorded_as_pruned_in_optuna_and_mlflow(tiny_study):
 def test_two_workers_on_one_journal_file_run_exactly_n_trials(tmp_path, cache):
     config = _write_config(tmp_path, cache, tracking=False)
     journal = tmp_path / "study.log"
-    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(config), "--out", str(tmp_path / "out"),
+    cmd = [sys.executable, "-m", "spinebench", "tune", "--config", str(config), "--out", str(tmp_path / "out"),
            "--storage", str(journal), "--n-trials", "4",
            "--set", "tune.space.trainer.max_epochs={type: categorical, choices: [1]}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -195,10 +203,10 @@ def test_two_workers_on_one_journal_file_run_exactly_n_trials(tmp_path, cache):
 
 @pytest.mark.slow
 def test_ddp_trial_on_two_cpu_processes_stops_all_ranks_when_pruned(tmp_path, cache):
-    """devices=2 on CPU (gloo): the trial runs as ``python -m benchmark.tuning JOB`` re-launched per rank."""
+    """devices=2 on CPU (gloo): the trial runs as ``python -m spinebench.tuning JOB`` re-launched per rank."""
     config, out = _write_config(tmp_path, cache, tracking=False), tmp_path / "out"
     # epoch 0 is warm-up, epoch 1 is pruned (id rate < 2); a rank that kept training would hang in epoch 2
-    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(config), "--out", str(out), "--n-trials", "1",
+    cmd = [sys.executable, "-m", "spinebench", "tune", "--config", str(config), "--out", str(out), "--n-trials", "1",
            "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp",
            "--set", "tune.space.trainer.max_epochs={type: categorical, choices: [3]}",
            "--set", "tune.pruner={type: threshold, lower: 2.0, n_warmup_steps: 1}"]
@@ -221,7 +229,7 @@ def test_shipped_tuning_configs_validate(name, tmp_path):
 
 
 def test_journal_worker_fails_running_trials_of_dead_processes_on_its_host(tmp_path):
-    from benchmark.tuning_storage import WORKER_ATTR, fail_dead_local_trials, open_storage
+    from spinebench.benchmark.tuning_storage import WORKER_ATTR, fail_dead_local_trials, open_storage
 
     study = optuna.create_study(storage=open_storage(str(tmp_path / "study.log")), study_name="s")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -284,7 +292,7 @@ def test_cli_reports_a_bad_space_in_one_line(tmp_path, cache, capsys):
 def test_each_trial_number_gets_its_own_seed_and_one_seed_repeats():
     from optuna.distributions import FloatDistribution
 
-    from benchmark.tuning import trial_sampler
+    from spinebench.benchmark.tuning import trial_sampler
 
     def first_draw(index: int, seed: int | None = 0) -> float:
         study = optuna.create_study(sampler=trial_sampler({"type": "tpe", "seed": seed}, index))
@@ -311,7 +319,7 @@ def test_three_workers_on_postgresql_one_killed(tmp_path, cache):
         pytest.skip(reason)
     name, n = f"pg{os.getpid()}x{int(time.time())}", 4
     config = _write_config(tmp_path, cache, tracking=False)
-    cmd = [sys.executable, "-m", "benchmark", "tune", "--config", str(config), "--out", str(tmp_path / "out"),
+    cmd = [sys.executable, "-m", "spinebench", "tune", "--config", str(config), "--out", str(tmp_path / "out"),
            "--storage", POSTGRES, "--study", name, "--n-trials", str(n),
            "--set", "tune.space.trainer.max_epochs={type: categorical, choices: [1]}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

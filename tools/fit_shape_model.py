@@ -28,8 +28,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from datamodules.atomic import atomic_path  # noqa: E402
-from datamodules.labels import DEFAULT_NAMES  # noqa: E402
+from spinebench.datamodules.atomic import atomic_path  # noqa: E402
+from spinebench.datamodules.labels import DEFAULT_NAMES  # noqa: E402
 
 RANK = 8  # principal modes kept; the first 8 explain most of the posture variance (see SHAPE_MODEL.md)
 EM_ITERATIONS = 100

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
 
 def _number(kind: type, text: str) -> int | float:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmark.commands import refuse_overwriting
-from datamodules.centroids import CENTROID_FORMATS, centroid_format, centroids_from_mask, write_centroids
-from datamodules.ct_io import read_image, silence_itk_warnings
-from datamodules.errors import InputError
-from datamodules.label_maps import MASK_LABEL_MAPS
+from spinebench.benchmark.commands import refuse_overwriting
+from spinebench.datamodules.centroids import CENTROID_FORMATS, centroid_format, centroids_from_mask, write_centroids
+from spinebench.datamodules.ct_io import read_image, silence_itk_warnings
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.label_maps import MASK_LABEL_MAPS
 
 
 def add_parser(subparsers) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmark.commands import refuse_overwriting
-from datamodules.centroids import CENTROID_FORMATS, centroid_format, read_centroids, write_centroids
-from datamodules.ct_io import read_geometry, silence_itk_warnings
+from spinebench.benchmark.commands import refuse_overwriting
+from spinebench.datamodules.centroids import CENTROID_FORMATS, centroid_format, read_centroids, write_centroids
+from spinebench.datamodules.ct_io import read_geometry, silence_itk_warnings
 
 
 def add_parser(subparsers) -> None:

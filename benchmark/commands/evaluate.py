@@ -13,7 +13,7 @@ import argparse
 import re
 from pathlib import Path
 
-from datamodules.errors import InputError
+from spinebench.datamodules.errors import InputError
 
 
 def add_parser(subparsers) -> None:
@@ -36,14 +36,14 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from benchmark.builders import build_datamodule, build_method, load_weights, set_determinism
-    from benchmark.cell import RESULT_FILE, cell_dir, evaluate_checkpoint
-    from benchmark.config import ConfigError, load_experiment
-    from benchmark.records import write_records
-    from benchmark.results import print_leaderboard
-    from benchmark.runner import listed_case_ids
-    from datamodules.atomic import ensure_folder
-    from leaderboard.build import build_leaderboard
+    from spinebench.benchmark.builders import build_datamodule, build_method, load_weights, set_determinism
+    from spinebench.benchmark.cell import RESULT_FILE, cell_dir, evaluate_checkpoint
+    from spinebench.benchmark.config import ConfigError, load_experiment
+    from spinebench.benchmark.records import write_records
+    from spinebench.benchmark.results import print_leaderboard
+    from spinebench.benchmark.runner import listed_case_ids
+    from spinebench.datamodules.atomic import ensure_folder
+    from spinebench.leaderboard.build import build_leaderboard
 
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").is_file():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmark.commands import bounded, non_negative, positive
-from leaderboard.evaluate import Conventions
-from leaderboard.metrics import AVERAGES, DENOMINATORS, IDENTIFICATION_THRESHOLD_MM, SEARCH_RULES
-from leaderboard.stats import DEFAULT_BOOTSTRAP_SAMPLES, DEFAULT_BOOTSTRAP_SEED
+from spinebench.benchmark.commands import bounded, non_negative, positive
+from spinebench.leaderboard.evaluate import Conventions
+from spinebench.leaderboard.metrics import AVERAGES, DENOMINATORS, IDENTIFICATION_THRESHOLD_MM, SEARCH_RULES
+from spinebench.leaderboard.stats import DEFAULT_BOOTSTRAP_SAMPLES, DEFAULT_BOOTSTRAP_SEED
 
 
 def add_parser(subparsers) -> None:
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from leaderboard.build import build_leaderboard
+    from spinebench.leaderboard.build import build_leaderboard
 
     conv = Conventions(search=args.search, denominator=args.denominator, average=args.average,
                        threshold_mm=args.threshold_mm, n_boot=args.bootstrap, seed=args.bootstrap_seed)
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         from rich.console import Console
 
-        from benchmark.results import print_leaderboard
+        from spinebench.benchmark.results import print_leaderboard
 
         print_leaderboard(out, Console(width=max(120, Console().width)))  # the tables need the room in logs
     print(f"wrote {out.markdown}, {out.csv.name}, {out.latex.name}, {out.html.name} and {len(out.plots)} plots")

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from methods.registry import MethodRegistryError, get_method_spec, list_methods
+    from spinebench.methods.registry import MethodRegistryError, get_method_spec, list_methods
 
     names = list_methods(args.pattern)
     if not names:

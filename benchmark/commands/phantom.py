@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.commands import bounded, non_negative, positive
-from benchmark.config_types import build_typed
-from datamodules.atomic import atomic_path, ensure_folder, write_text_atomic
-from datamodules.centroids import write_centroids
-from datamodules.ct_io import write_image
-from datamodules.errors import InputError
-from datamodules.phantom import MAX_SPACING_MM
+from spinebench.benchmark.commands import bounded, non_negative, positive
+from spinebench.benchmark.config_types import build_typed
+from spinebench.datamodules.atomic import atomic_path, ensure_folder, write_text_atomic
+from spinebench.datamodules.centroids import write_centroids
+from spinebench.datamodules.ct_io import write_image
+from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.phantom import MAX_SPACING_MM
 
 
 def add_parser(subparsers) -> None:
@@ -42,7 +42,7 @@ def _config(args: argparse.Namespace):
     ``data.phantom`` section of a run config is)."""
     from dataclasses import fields
 
-    from datamodules.phantom import PhantomConfig
+    from spinebench.datamodules.phantom import PhantomConfig
 
     known = {f.name for f in fields(PhantomConfig)}
     overrides: dict = {"spacing_mm": args.spacing}
@@ -58,7 +58,7 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamodules.phantom import check_resources, generate_case
+    from spinebench.datamodules.phantom import check_resources, generate_case
 
     config = _config(args)
     check_resources(config, args.n, args.out)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmark.commands import non_negative, positive, refuse_overwriting
-from datamodules.errors import InputError
+from spinebench.benchmark.commands import non_negative, positive, refuse_overwriting
+from spinebench.datamodules.errors import InputError
 
 
 def add_parser(subparsers) -> None:
@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 
 def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
-    from benchmark.cell import RESULT_FILE, CellResult, cell_dir
+    from spinebench.benchmark.cell import RESULT_FILE, CellResult, cell_dir
 
     entries = {m.name: m for m in cfg.methods}
     if method is not None and method not in entries:
@@ -82,9 +82,9 @@ class Predictor:
                  threads: int | None = None) -> None:
         import torch
 
-        from benchmark.builders import build_method, load_weights
-        from benchmark.config import ConfigError, load_experiment
-        from benchmark.threads import choose_threads
+        from spinebench.benchmark.builders import build_method, load_weights
+        from spinebench.benchmark.config import ConfigError, load_experiment
+        from spinebench.benchmark.threads import choose_threads
 
         torch.set_num_threads(choose_threads(threads))
         run_dir = Path(run_dir)
@@ -100,10 +100,10 @@ class Predictor:
     def __call__(self, ct: Path):
         import torch
 
-        from datamodules.centroids import Centroids
-        from datamodules.ct_io import read_sitk_image
-        from datamodules.labels import get_label_set
-        from datamodules.preprocess import preprocess_volume
+        from spinebench.datamodules.centroids import Centroids
+        from spinebench.datamodules.ct_io import read_sitk_image
+        from spinebench.datamodules.labels import get_label_set
+        from spinebench.datamodules.preprocess import preprocess_volume
 
         original, geometry = read_sitk_image(ct)
         image, pre_geometry = preprocess_volume(original, geometry, self.cfg.data.preprocess_params, str(ct))
@@ -118,21 +118,21 @@ class Predictor:
 
 def ct_files(folder: Path) -> list[Path]:
     """The CT files of a folder (a folder holding a DICOM series is one CT, not a folder of CTs)."""
-    from datamodules.ct_io import image_suffix
+    from spinebench.datamodules.ct_io import image_suffix
 
     return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) is not None)
 
 
 def output_name(ct: Path, fmt: str) -> str:
     """``sub-01_ct.nii.gz`` -> ``sub-01_ctd.json`` (VerSe's naming), ``scan.mha`` -> ``scan_ctd.csv``."""
-    from datamodules.ct_io import image_suffix
+    from spinebench.datamodules.ct_io import image_suffix
 
     stem = ct.name[: -len(image_suffix(ct))].removesuffix("_ct")
     return f"{stem}_ctd.{'json' if fmt == 'verse' else 'csv'}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from datamodules.centroids import centroid_format
+    from spinebench.datamodules.centroids import centroid_format
 
     if (args.ct is None) == (args.input is None):
         raise InputError("give the CT either as the argument or with -i/--input (one of them)")
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _predict_one(predictor: Predictor, ct: Path, out: Path, fmt: str, preview: bool) -> None:
-    from datamodules.centroids import write_centroids
+    from spinebench.datamodules.centroids import write_centroids
 
     centroids, geometry, original = predictor(ct)
     written = centroids.verse_numbered() if fmt == "verse" else centroids
@@ -169,7 +169,7 @@ def _run_folder(args: argparse.Namespace, folder: Path) -> int:
     on (what was written stays); exit 2 when any failed."""
     import sys
 
-    from datamodules.atomic import ensure_folder
+    from spinebench.datamodules.atomic import ensure_folder
 
     cts = ct_files(folder)
     if args.out.exists() and not args.out.is_dir():
@@ -193,7 +193,7 @@ def preview_volume(original, geometry):
     preview draws (not the run's network grid, on which a spine at 8 mm cannot be recognised)."""
     import SimpleITK as sitk
 
-    from datamodules.ct_io import reorient_canonical
+    from spinebench.datamodules.ct_io import reorient_canonical
 
     return reorient_canonical(sitk.GetArrayViewFromImage(original), geometry)
 
@@ -207,7 +207,7 @@ def write_preview(path: Path, image, geometry, centroids, title: str = "") -> No
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from datamodules.atomic import atomic_path
+    from spinebench.datamodules.atomic import atomic_path
 
     vox = {n: geometry.world_to_vox(c) for n, c in centroids.items()}
     sp = geometry.spacing_mm

@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR (complete cells are kept)")
     p.add_argument(
         "--tracking-uri", default=None, metavar="URI",
-        help="MLflow tracking URI (server http://host:5000, sqlite:///path.db, ...); default sqlite:///<out>/mlflow.db",
+        help="MLflow tracking URI (server http://host:5000, sqlite:///path.db, ...); default MLFLOW_TRACKING_URI, "
+             "else sqlite:///mlflow.db in the working folder",
     )  # fmt: skip
     p.add_argument("--print-config", action="store_true",
                    help="print the fully resolved config (YAML, runs again as --config) and exit; writes nothing")
@@ -40,8 +41,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from benchmark.config import ConfigError
-    from benchmark.runner import load_for_run, resolve_out_dir, run_benchmark
+    from spinebench.benchmark.config import ConfigError
+    from spinebench.benchmark.runner import load_for_run, resolve_out_dir, run_benchmark
 
     if args.resume and args.out and args.out != args.resume:
         raise ConfigError("--resume DIR continues DIR; leave out --out (or give the same folder)")
@@ -51,13 +52,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out_dir = resolve_out_dir(cfg, args.out, args.resume)
     if args.dry_run:
-        from benchmark.dry_run import dry_run_report
+        from spinebench.benchmark.dry_run import dry_run_report
 
-        print(dry_run_report(cfg, out_dir))
+        print(dry_run_report(cfg, out_dir, tracking_uri=args.tracking_uri))
         return 0
     console = Console(width=max(120, Console().width))  # the leaderboard table needs the room in logs too
     run_benchmark(cfg, out_dir, resume=bool(args.resume), tracking_uri=args.tracking_uri, console=console)
-    from benchmark.runner import global_rank
+    from spinebench.benchmark.runner import global_rank
 
     if global_rank(cfg.trainer) == 0:
         console.print(f"results: {out_dir}/records.csv, leaderboard: {out_dir}/leaderboard/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmark.commands import positive
+from spinebench.benchmark.commands import positive
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the file, e.g. --set trainer.max_epochs=4 --set tune.pruner.type=none")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
-                   help="MLflow tracking URI (default sqlite:///<out>/mlflow.db)")
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the "
+                        "working folder)")
     p.set_defaults(func=tune)
 
 
@@ -40,7 +41,7 @@ def tune(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from benchmark.tuning import TrialsFailingError, prepare_tuning, run_tuning
+    from spinebench.benchmark.tuning import TrialsFailingError, prepare_tuning, run_tuning
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed instead
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)

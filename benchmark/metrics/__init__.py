@@ -1,5 +1,5 @@
 """Shared metrics: torch functional layer and torchmetrics classes (conventions: ``leaderboard.metrics``)."""
 
-from benchmark.metrics.modules import LocalizationIdentification, MultiLabelMeanAP
+from spinebench.benchmark.metrics.modules import LocalizationIdentification, MultiLabelMeanAP
 
 __all__ = ["LocalizationIdentification", "MultiLabelMeanAP"]

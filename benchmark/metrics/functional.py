@@ -13,14 +13,14 @@ import torch
 from sklearn.metrics import average_precision_score
 from torch import Tensor
 
-from leaderboard.metrics import (
+from spinebench.leaderboard.metrics import (
     AVERAGES,
     DENOMINATORS,
     IDENTIFICATION_THRESHOLD_MM,
     REGION_COLUMNS,
     SEARCH_RULES,
 )
-from leaderboard.metrics import region_masks as _region_masks_np
+from spinebench.leaderboard.metrics import region_masks as _region_masks_np
 
 # Per-scan, per-region counts that every statistic is computed from (order of ``case_counts``' last axis).
 COUNT_NAMES: tuple[str, ...] = (

@@ -12,8 +12,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from benchmark.metrics import functional as F
-from leaderboard.metrics import AVERAGES, DENOMINATORS, IDENTIFICATION_THRESHOLD_MM, REGION_COLUMNS, SEARCH_RULES
+from spinebench.benchmark.metrics import functional as F
+from spinebench.leaderboard.metrics import AVERAGES, DENOMINATORS, IDENTIFICATION_THRESHOLD_MM, REGION_COLUMNS, SEARCH_RULES
 
 
 class LocalizationIdentification(Metric):

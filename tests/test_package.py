@@ -1,0 +1,83 @@
+"""The installed namespace: every folder of the repository's packages is in ``pyproject.toml``, the shipped
+configs are package data, and imports run the way the design notes say (checked on the source, so a
+function-level import cannot hide a wrong direction)."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from spinebench.benchmark.config import shipped_config_names
+
+REPO = Path(__file__).resolve().parents[1]
+SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+PACKAGE_DIR: dict[str, str] = SETUPTOOLS["package-dir"]
+# What each of our packages may import of ours (design notes, "Direction of imports"). The leaderboard reads
+# the label schema and shares the torch-free file helpers (atomic writes, resource checks) with the datamodules.
+ALLOWED = {
+    "benchmark": {"benchmark", "methods", "datamodules", "leaderboard", "configs", ""},
+    "methods": {"methods", "datamodules", ""},
+    "datamodules": {"datamodules", ""},
+    "leaderboard": {"leaderboard", "datamodules.labels", "datamodules.atomic", "datamodules.resources", ""},
+}
+PACKAGES = ("benchmark", "methods", "datamodules", "leaderboard", "configs")
+
+
+def _folder_packages() -> set[str]:
+    found = set()
+    for name, folder in PACKAGE_DIR.items():
+        for init in (REPO / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((name, *rel)))
+    return found
+
+
+def test_every_package_folder_is_installed():
+    """A new subfolder with an ``__init__.py`` that is not listed would be missing from the wheel."""
+    assert set(SETUPTOOLS["packages"]) == _folder_packages()
+
+
+def test_shipped_configs_are_package_data():
+    assert shipped_config_names() == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert "default" in shipped_config_names() and "smoke" in shipped_config_names()
+    assert SETUPTOOLS["package-data"]["spinebench.configs"] == ["*.yaml"]
+
+
+def _our_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, package of ours) for every import of ``spinebench.*`` in the file, at any depth: the subpackage
+    (``methods``), or ``datamodules.<module>`` for the datamodules' modules, or "" for the root package."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = ([f"spinebench.{a.name}" for a in node.names] if node.module == "spinebench" else [node.module])
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "spinebench":
+                package = parts[1] if len(parts) > 1 and parts[1] in PACKAGES else ""
+                if package == "datamodules" and len(parts) > 2:
+                    package = f"datamodules.{parts[2]}"
+                out.append((node.lineno, package))
+            assert parts[0] not in PACKAGES, f"{path}:{node.lineno}: import {name} (use spinebench.{name})"
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_imports_run_one_way(package):
+    files = sorted((REPO / package).rglob("*.py"))
+    assert files
+    wrong = [f"{path.relative_to(REPO)}:{line}: imports spinebench.{target}"
+             for path in files for line, target in _our_imports(path)
+             if target not in ALLOWED[package] and target.partition(".")[0] not in ALLOWED[package]]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_tests_and_scripts_use_the_installed_names():
+    for folder in ("tests", "perf", "tools"):
+        for path in (REPO / folder).rglob("*.py"):
+            _our_imports(path)  # asserts that no file imports a bare top-level folder name
