@@ -35,7 +35,7 @@ def build_method(cfg: ExperimentConfig, entry: MethodEntry):
     return get_method_spec(entry.name).module_cls(cfg.method_config(entry))
 
 
-def build_datamodule(cfg: ExperimentConfig, method, seed: int):
+def build_datamodule(cfg: ExperimentConfig, method):
     """The shared datamodule, configured from the method's data requirements."""
     from spinebench.datamodules.datamodule import VertebraDataModule
 

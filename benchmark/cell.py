@@ -8,17 +8,12 @@ rank 0 gathers them, so every case is evaluated exactly once.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
 from spinebench.benchmark.builders import (
@@ -27,66 +22,13 @@ from spinebench.benchmark.builders import (
 )  # fmt: skip
 from spinebench.benchmark.callbacks import VAL_ID_RATE, PhaseTiming, PredictTiming, ValidationIdentification
 from spinebench.benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
+from spinebench.benchmark.layout import CURVES_DIR, RECORDS_FILENAME, RESULT_FILE, CellResult
 from spinebench.benchmark.memory import PeakMemory
+from spinebench.benchmark.records import case_rows, write_records
+from spinebench.benchmark.results import test_metrics, write_projections
 from spinebench.datamodules.atomic import write_text_atomic
 
-RESULT_FILE = "result.json"
-CELL_RECORDS = "records.csv"
-CURVES_DIR = "curves"  # <cell>/curves/metrics.csv: Lightning's CSVLogger of the training
 TRAIN_PEAK = "train_peak_memory_mb"  # metric: peak memory of the cell's training (benchmark.memory)
-
-
-@dataclass
-class CellResult:
-    method: str
-    seed: int
-    metrics: dict[str, float]
-    records_path: Path | None = None
-    best_checkpoint: Path | None = None
-    resumed_from_step: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self, folder: Path) -> str:
-        """The result as written to ``<folder>/result.json``: paths relative to the cell ``folder``, so a copied or
-        moved run folder points at its own files, never at the original's."""
-        d = dataclasses.asdict(self)
-        for key in ("records_path", "best_checkpoint"):
-            value = getattr(self, key)
-            d[key] = os.path.relpath(Path(value).absolute(), Path(folder).absolute()) if value else None
-        return json.dumps(d, indent=2, sort_keys=True, default=_json_default) + "\n"
-
-    @classmethod
-    def read(cls, folder: Path) -> CellResult:
-        """``<folder>/result.json`` with its paths resolved against ``folder``. Runs written before the paths were
-        relative hold absolute or working-folder-relative paths: those are kept when that is where the file is."""
-        d = json.loads((Path(folder) / RESULT_FILE).read_text())
-
-        def path(key: str) -> Path | None:
-            if not d.get(key):
-                return None
-            inside = Path(folder) / d[key]
-            return inside if inside.exists() or not Path(d[key]).exists() else Path(d[key])
-
-        return cls(d["method"], d["seed"], d["metrics"], path("records_path"), path("best_checkpoint"),
-                   d.get("resumed_from_step"), d.get("extra", {}))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {value!r}")
-
-
-def cell_dir(out_dir: Path, entry: MethodEntry, seed: int) -> Path:
-    """``<out>/cells/<method>/seed<k>``."""
-    return Path(out_dir) / "cells" / entry.name / f"seed{seed}"
-
-
-def cell_complete(folder: Path) -> bool:
-    """A cell is complete once its ``result.json`` exists (written last)."""
-    return (Path(folder) / RESULT_FILE).is_file()
 
 
 # --- the cell --------------------------------------------------------------------------------------
@@ -121,7 +63,7 @@ def train_and_evaluate_cell(
     trainer_cfg = cfg.trainer_for(entry)
     set_determinism(seed, trainer_cfg, processes)
     method = build_method(cfg, entry)
-    datamodule = build_datamodule(cfg, method, seed)
+    datamodule = build_datamodule(cfg, method)
     names = label_names(cfg)
     ckpt_dir = folder / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -217,12 +159,10 @@ def evaluate_and_write(
     rank_zero = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     records_path = None
     if rank_zero:
-        from spinebench.benchmark.records import write_records
-        from spinebench.benchmark.results import test_metrics, write_projections
 
         predictions = eval_info.pop("_predictions")
         used_datamodule = eval_info.pop("_datamodule")
-        records_path = write_records(folder / CELL_RECORDS, rows)
+        records_path = write_records(folder / RECORDS_FILENAME, rows)
         metrics.update(test_metrics(rows, label_names(cfg)))
         metrics.update(eval_info)
         if projections_dir is not None and projection_cases > 0:
@@ -261,7 +201,7 @@ def evaluate_checkpoint(
         set_determinism(seed, trainer_cfg)
         method = build_method(cfg, entry)
     if datamodule is None:
-        datamodule = build_datamodule(cfg, method, seed)
+        datamodule = build_datamodule(cfg, method)
     prepare_for_test(datamodule)
     if fit_prior:
         method.fit_shape_prior(datamodule.train_centroids_vox())
@@ -284,7 +224,6 @@ def evaluate_checkpoint(
     rows: list[dict] = []
     predictions: dict[str, Any] = {}
     seen: set[str] = set()
-    from spinebench.benchmark.records import case_rows
 
     for case_id, pred, seconds in gathered:
         if case_id in seen:  # defensive: a padded sampler would duplicate cases

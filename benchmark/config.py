@@ -6,7 +6,7 @@ An experiment file::
     data:            # the datamodule's DataConfig, field for field (source, label_set, spacing_mm, ...)
       source: phantom
     methods:         # method name -> {overrides: {...}, trainer: {...}}; order = leaderboard order
-      di2in: {overrides: {base_channels: 8}}
+      di2in: {overrides: {base_width: 8}}
       resml_cls: {}
     seeds: [0]
     trainer: {max_epochs: 2, devices: 1, strategy: auto, precision: 32-true, accelerator: cpu}
@@ -14,7 +14,7 @@ An experiment file::
     output: {dir: null}
 
 ``methods`` may also be written as a list of names or of ``{name, overrides, trainer}`` mappings; it is
-normalised to the mapping form (the form ``--set methods.di2in.overrides.base_channels=16`` addresses).
+normalised to the mapping form (the form ``--set methods.di2in.overrides.base_width=16`` addresses).
 ``--set key=value`` takes dotted keys and YAML-typed values. Every unknown key, method, data source or device
 setting raises ``ConfigError`` (one line, names the key, lists the valid ones).
 """
@@ -338,11 +338,11 @@ def _registered() -> str:
 
 
 def _resolve_method(name: str, body: Any) -> MethodEntry:
-    from spinebench.methods.registry import MethodRegistryError, get_method_spec
+    from spinebench.methods.registry import MethodRegistryError, get_method_spec, rename_options
 
     key = f"methods.{name}"
     try:
-        get_method_spec(name)
+        spec = get_method_spec(name)
     except MethodRegistryError as exc:
         raise ConfigError(f"{key}: {exc}") from None
     if not isinstance(body, Mapping):
@@ -354,6 +354,10 @@ def _resolve_method(name: str, body: Any) -> MethodEntry:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}.{sub}: expected a mapping, got {value!r}")
     _check_keys(trainer, TRAINER_KEYS, f"{key}.trainer")
+    try:
+        overrides = rename_options(spec.config_cls, overrides, f"{key}.overrides.")
+    except MethodRegistryError as exc:
+        raise ConfigError(str(exc)) from None
     return MethodEntry(name, dict(overrides), dict(trainer))
 
 

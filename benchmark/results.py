@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-CELL_RECORDS = "records.csv"
+from spinebench.benchmark.layout import RECORDS_FILENAME, cell_complete, cell_dir
+
 
 
 def rows_to_arrays(rows: list[dict], names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -56,18 +57,17 @@ def test_metrics(rows: list[dict], names: tuple[str, ...]) -> dict[str, float]:
 
 def write_run_records(out_dir: Path, cfg) -> Path | None:
     """Rebuild ``<out>/records.csv`` from the complete cells' files (atomic, sorted, byte-stable)."""
-    from spinebench.benchmark.cell import cell_complete, cell_dir
     from spinebench.benchmark.records import _records_to_rows, read_records, write_records
 
     rows: list[dict] = []
     for entry, seed in cfg.cells():
         folder = cell_dir(out_dir, entry, seed)
-        path = folder / CELL_RECORDS
+        path = folder / RECORDS_FILENAME
         if cell_complete(folder) and path.is_file():
             rows += _records_to_rows(read_records(path))
     if not rows:
         return None
-    return write_records(Path(out_dir) / "records.csv", rows)
+    return write_records(Path(out_dir) / RECORDS_FILENAME, rows)
 
 
 def write_projections(folder: Path, datamodule, predictions: dict[str, Any], count: int, method: str,
@@ -99,7 +99,7 @@ def write_projections(folder: Path, datamodule, predictions: dict[str, Any], cou
 
 def build_leaderboard(out_dir: Path, console=None) -> Path | None:
     """Build ``<out>/leaderboard`` from ``records.csv`` and print its headline, failure summary and efficiency."""
-    records = Path(out_dir) / "records.csv"
+    records = Path(out_dir) / RECORDS_FILENAME
     if not records.is_file():
         return None
     board_dir = Path(out_dir) / "leaderboard"

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from spinebench.benchmark.callbacks import duration
-from spinebench.benchmark.cell import RESULT_FILE, CellResult, cell_complete, cell_dir
+from spinebench.benchmark.layout import RECORDS_FILENAME, RESULT_FILE, CellResult, cell_complete, cell_dir
 from spinebench.benchmark.schedule import TrainingUnit, plan_units, process_count
 from spinebench.benchmark.threads import choose_threads
 from spinebench.benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
@@ -187,7 +187,7 @@ def run_benchmark(
             if curves is not None:
                 console.print(f"learning curves: {curves}")
             board = build_leaderboard(out_dir, console=console)
-            tracker.log_artifacts(tracker.parent_run_id, [p for p in (out_dir / "records.csv", out_dir / "config.yaml",
+            tracker.log_artifacts(tracker.parent_run_id, [p for p in (out_dir / RECORDS_FILENAME, out_dir / "config.yaml",
                                                                         out_dir / "manifest.json", board, curves) if p])
             tracker.log_metrics(tracker.parent_run_id, summary_metrics(results))
         status = "FINISHED"

@@ -132,7 +132,7 @@ def parse_search_space(
     ``methods``: the experiment's method names (the space may only tune those); ``trainer_keys``: the
     runner's valid trainer keys. Method parameters are checked against the method's config dataclass.
     """
-    from spinebench.methods.registry import MethodRegistryError, get_method_spec
+    from spinebench.methods.registry import MethodRegistryError, get_method_spec, rename_options
 
     if not isinstance(raw, Mapping) or not raw:
         raise SearchSpaceError(f"{where}: expected a mapping with 'methods' and/or 'trainer', got {raw!r}")
@@ -157,7 +157,11 @@ def parse_search_space(
             )
         fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
         hints = typing.get_type_hints(spec.config_cls)
-        for name, entry in _entries(entries, key):
+        try:
+            named = rename_options(spec.config_cls, dict(_entries(entries, key)), f"{key}.")
+        except MethodRegistryError as exc:
+            raise SearchSpaceError(str(exc)) from None
+        for name, entry in named.items():
             if name not in fields:
                 raise SearchSpaceError(
                     f"{key}.{name}: unknown parameter for method {method!r}; valid parameters: {', '.join(fields)}"

@@ -33,96 +33,27 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from spinebench.benchmark.search_space import SearchSpace, apply_overrides
+from spinebench.benchmark import tuning_trial
+from spinebench.benchmark.config import TRAINER_KEYS, apply_sets, load_experiment, read_raw
+from spinebench.benchmark.manifest import git_revision
+from spinebench.benchmark.search_space import SearchSpace, apply_overrides, parse_search_space
+from spinebench.benchmark.tracking import default_tracking_uri, restore_default_uri, source_tags
 from spinebench.benchmark.tuning_outputs import BASELINE_ATTR, baseline_trial, write_outputs
 from spinebench.benchmark.tuning_storage import (
     WORKER_ATTR, StudyLock, check_storage_url, default_storage, fail_dead_local_trials, is_rdb_url, open_storage,
 )
+from spinebench.benchmark.tuning_study import (
+    DEFAULT_METRIC, TuneError, TuneSettings, counted_trials, load_study, make_pruner, make_sampler, trial_sampler,
+)
+from spinebench.benchmark.tuning_trial import StudyTracker, cell_of, is_distributed
 from spinebench.datamodules.atomic import ensure_folder
 from spinebench.datamodules.errors import InputError
 
-DEFAULT_METRIC = "val/id_rate"
-PRUNERS = ("median", "hyperband", "threshold", "none")
-SAMPLERS = ("tpe", "random")
 _MAX_CONSECUTIVE_FAILURES = 3
-
-
-class TuneError(InputError):
-    """A tuning setting (storage, objective, pruner, sampler, budget) that cannot be used."""
 
 
 class TrialsFailingError(RuntimeError):
     """Several trials in a row failed: the worker stops instead of burning the budget."""
-
-
-@dataclass(frozen=True)
-class TuneSettings:
-    study_name: str
-    storage: str  # RDB URL (contains "://") or a journal file path
-    out_dir: Path
-    n_trials: int
-    timeout_s: float | None
-    metric: str
-    direction: str  # "maximize" | "minimize"
-    pruner: Mapping[str, Any]
-    sampler: Mapping[str, Any]
-    tracking_uri: str
-
-
-def make_pruner(raw: Mapping[str, Any] | None, where: str = "tune.pruner") -> optuna.pruners.BasePruner:
-    """``{type: median|hyperband|threshold|none, ...}``; the other keys are the pruner's own arguments."""
-    raw = dict(raw or {"type": "median"})
-    kind = raw.pop("type", "median")
-    classes = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-               "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
-    if kind not in classes:
-        raise TuneError(f"{where}.type: unknown pruner {kind!r}; valid pruners: {', '.join(PRUNERS)}")
-    try:
-        return classes[kind](**raw)
-    except (TypeError, ValueError) as exc:
-        raise TuneError(f"{where}: bad arguments for the {kind} pruner: {exc}") from None
-
-
-def make_sampler(raw: Mapping[str, Any] | None, where: str = "tune.sampler") -> optuna.samplers.BaseSampler:
-    raw = dict(raw or {"type": "tpe"})
-    kind = raw.pop("type", "tpe")
-    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-    if kind not in classes:
-        raise TuneError(f"{where}.type: unknown sampler {kind!r}; valid samplers: {', '.join(SAMPLERS)}")
-    try:
-        return classes[kind](**raw)
-    except (TypeError, ValueError) as exc:
-        raise TuneError(f"{where}: bad arguments for the {kind} sampler: {exc}") from None
-
-
-def trial_sampler(raw: Mapping[str, Any] | None, index: int) -> optuna.samplers.BaseSampler:
-    """The sampler for the study's trial number ``index``: a seeded sampler gets ``seed + index``, so parallel
-    workers (each creating a different trial number) draw different points, and one worker stays reproducible."""
-    raw = dict(raw or {"type": "tpe"})
-    if raw.get("seed") is not None:
-        raw["seed"] = int(raw["seed"]) + int(index)
-    return make_sampler(raw)
-
-
-def load_study(settings: TuneSettings, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
-    """Create the study or attach to it (``load_if_exists``); refuses one created with the other direction."""
-    study = optuna.create_study(
-        storage=storage or open_storage(settings.storage), study_name=settings.study_name,
-        direction=settings.direction, load_if_exists=True,
-        sampler=make_sampler(settings.sampler), pruner=make_pruner(settings.pruner),
-    )
-    if study.direction.name.lower() != settings.direction:
-        raise TuneError(
-            f"study {settings.study_name!r} in {settings.storage} was created to {study.direction.name.lower()}, "
-            f"not {settings.direction}; pick another --study name"
-        )
-    return study
-
-
-def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count towards ``n_trials``: all but FAIL and WAITING (enqueued, e.g. the baseline, not run
-    yet: the next worker runs it)."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state not in (TrialState.FAIL, TrialState.WAITING)]
 
 
 # A cell trainer: (experiment mapping, trial, trial folder, mlflow child run id or None) -> objective value.
@@ -257,10 +188,6 @@ def prepare_tuning(
     tracking_uri: str | None = None,
 ) -> TuneJob:
     """Read and validate everything (experiment, search space, objective, pruner, storage) before any training."""
-    from spinebench.benchmark.config import TRAINER_KEYS, apply_sets, load_experiment, read_raw
-    from spinebench.benchmark.search_space import parse_search_space
-    from spinebench.benchmark.tuning_trial import cell_of, is_distributed
-
     raw = apply_sets(read_raw(config), sets)
     tune = raw.pop("tune", None)
     if not isinstance(tune, Mapping) or "space" not in tune:
@@ -269,6 +196,8 @@ def prepare_tuning(
     if unknown:
         raise TuneError(f"tune.{unknown[0]}: unknown key; valid keys: {', '.join(TUNE_KEYS)}")
     cfg = load_experiment(raw)
+    # the methods as loaded (renamed options under their new names), so the space's values land beside them
+    raw["methods"] = {m.name: {"overrides": dict(m.overrides), "trainer": dict(m.trainer)} for m in cfg.methods}
     entry, _ = cell_of(cfg)
     space = parse_search_space(tune["space"], methods=[m.name for m in cfg.methods], trainer_keys=TRAINER_KEYS)
     for p in space.params:
@@ -304,8 +233,6 @@ def prepare_tuning(
     if distributed and not is_rdb_url(storage_url):
         raise TuneError(f"--storage {storage_url}: DDP trials need an RDB storage (sqlite:///, postgresql://); "
                         "Optuna's Lightning pruning callback does not support journal files under DDP")
-    from spinebench.benchmark.tracking import default_tracking_uri
-
     uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri()
     settings = TuneSettings(study_name, storage_url, out_dir, n, None if timeout is None else float(timeout), metric,
                             direction, dict(tune.get("pruner") or {}), dict(tune.get("sampler") or {}), uri)
@@ -342,16 +269,11 @@ def _check_space_values(raw: Mapping[str, Any], space: SearchSpace, load_experim
 
 def study_tags(cfg) -> dict[str, str]:
     """The study's MLflow tags: source, git commit, the tuned experiment's config hash."""
-    from spinebench.benchmark.manifest import git_revision
-    from spinebench.benchmark.tracking import source_tags
-
     return source_tags({"command": sys.argv, "git": git_revision(), "config_hash": cfg.config_hash()})
 
 
 def run_tuning(job: TuneJob, log: Callable[[str], None] = print) -> tuple[optuna.Study, dict[str, Path]]:
     """Open (or continue) the study, run this worker's trials, write the outputs; returns the study and files."""
-    from spinebench.benchmark.tracking import restore_default_uri
-    from spinebench.benchmark.tuning_trial import StudyTracker
 
     uri_before = os.environ.get("MLFLOW_TRACKING_URI")
     settings = job.settings
@@ -444,8 +366,6 @@ def _log_study_summary(tracker, study: optuna.Study, settings: TuneSettings, out
 
 def make_cell_trainer(settings: TuneSettings, tracker: Any, distributed: bool, tracking_experiment: str) -> CellTrainer:
     """Train a trial's cell in this process, or (DDP) in a child process that Lightning re-launches per rank."""
-    from spinebench.benchmark import tuning_trial
-
     uri = tracker.uri if tracker is not None and tracker.enabled else None
 
     def in_process(experiment: dict, trial: optuna.Trial, trial_dir: Path, run_id: str | None) -> float:

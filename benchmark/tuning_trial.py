@@ -23,7 +23,11 @@ from typing import Any
 import lightning as L
 import optuna
 
+from spinebench.benchmark.cell import train_and_evaluate_cell
+from spinebench.benchmark.config import load_experiment
+from spinebench.benchmark.runner import global_rank
 from spinebench.benchmark.tracking import Tracker, check_reachable
+from spinebench.benchmark.tuning_study import make_pruner
 from spinebench.datamodules.atomic import write_text_atomic
 from spinebench.datamodules.errors import InputError
 
@@ -135,9 +139,6 @@ def train_cell(
     """
     from optuna_integration import PyTorchLightningPruningCallback
 
-    from spinebench.benchmark.cell import train_and_evaluate_cell
-    from spinebench.benchmark.config import load_experiment
-
     cfg = load_experiment(dict(experiment))
     entry, seed = cell_of(cfg)
     history = MetricHistory(metric)
@@ -156,8 +157,6 @@ def train_cell(
 
 
 def is_global_zero() -> bool:
-    from spinebench.benchmark.runner import global_rank
-
     return global_rank() == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
@@ -184,7 +183,6 @@ def run_trial_in_subprocess(job: Mapping[str, Any], trial_dir: Path, timeout_s: 
 
 def _trial_process_main(job_path: str) -> int:
     """Every rank of a DDP trial: attach to the trial, train the cell; rank 0 writes the outcome."""
-    from spinebench.benchmark.tuning import make_pruner
 
     job = json.loads(Path(job_path).read_text())
     # the pruner lives in the process, not in the storage: every rank builds the study's own

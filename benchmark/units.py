@@ -19,9 +19,8 @@ import torch
 from spinebench.benchmark.builders import (
     build_datamodule, build_method, load_weights, quiet_lightning, read_checkpoint, set_determinism,
 )
-from spinebench.benchmark.cell import (
-    TRAIN_PEAK, CellResult, cell_complete, cell_dir, evaluate_and_write, prepare_for_test, train_and_evaluate_cell,
-)  # fmt: skip
+from spinebench.benchmark.cell import TRAIN_PEAK, evaluate_and_write, prepare_for_test, train_and_evaluate_cell
+from spinebench.benchmark.layout import CellResult, cell_complete, cell_dir
 from spinebench.benchmark.config import ExperimentConfig
 from spinebench.benchmark.schedule import TrainingUnit
 from spinebench.datamodules.atomic import atomic_path
@@ -77,7 +76,7 @@ def run_unit(cfg: ExperimentConfig, unit: TrainingUnit, ctx: UnitContext) -> lis
             continue
         set_determinism(seed, cfg.trainer_for(member), ctx.processes)
         method = build_method(cfg, member)
-        datamodule = captured[0] if captured else build_datamodule(cfg, method, seed)
+        datamodule = captured[0] if captured else build_datamodule(cfg, method)
         checkpoint = write_member_checkpoint(method, datamodule, trained.best_checkpoint, member_folder,
                                              cell_key(first.name, seed))
         shared = {k: trained.metrics[k] for k in ("train/steps", "train/seconds", "val/seconds", "params", TRAIN_PEAK) if k in trained.metrics}

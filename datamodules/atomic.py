@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -81,3 +82,21 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, value: object, *, indent: int = 2, sort_keys: bool = False) -> Path:
+    """``value`` as a JSON file (atomic), numpy scalars and arrays, tuples and paths written as plain values."""
+    return write_text_atomic(path, json.dumps(value, indent=indent, sort_keys=sort_keys, default=json_default) + "\n")
+
+
+def json_default(value: object) -> object:
+    """``json.dumps``'s ``default`` for the values spinebench writes: numpy scalars and arrays, tuples, paths."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy scalar, without importing numpy
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -31,22 +31,16 @@ _MM_DECIMALS = 4
 _VOX_DECIMALS = 6
 
 
-def parse(text: str, fmt: str, geometry: Geometry | None, source: str | os.PathLike):
-    """Parse ``text`` in ``fmt`` -> Centroids (LPS mm). Errors name ``source``."""
-    from spinebench.datamodules.centroids import Centroids
-
+def parse(text: str, fmt: str, geometry: Geometry | None, source: str | os.PathLike
+          ) -> list[tuple[str, tuple[float, float, float]]]:
+    """Parse ``text`` in ``fmt`` -> (vertebra name, LPS mm) pairs in file order. Errors name ``source``."""
     if fmt == "verse":
-        pairs = _parse_verse(text, geometry, source)
-    elif fmt == "lml":
-        pairs = _parse_lml(text, source)
-    elif fmt == "csv":
-        pairs = _parse_csv(text, source)
-    else:
-        raise InputError(f"{source}: unknown centroid format {fmt!r}")
-    try:
-        return Centroids(pairs)
-    except InputError as exc:
-        raise InputError(f"{source}: {exc}") from None
+        return _parse_verse(text, geometry, source)
+    if fmt == "lml":
+        return _parse_lml(text, source)
+    if fmt == "csv":
+        return _parse_csv(text, source)
+    raise InputError(f"{source}: unknown centroid format {fmt!r}")
 
 
 def format_text(centroids, fmt: str, geometry: Geometry | None, orientation: str | None, source) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spinebench.datamodules import centroid_formats
+from spinebench.datamodules.atomic import write_text_atomic
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import Geometry
 from spinebench.datamodules.label_maps import MASK_LABEL_MAPS, is_other_structure, vertebra_names
@@ -217,8 +219,6 @@ def centroid_format(path: str | os.PathLike, fmt: str | None = None) -> str:
 def read_centroids(path: str | os.PathLike, geometry: Geometry | None = None, fmt: str | None = None) -> Centroids:
     """Read a centroid file. VerSe json needs the image ``geometry``; with a geometry every centroid must lie
     inside the image."""
-    from spinebench.datamodules import centroid_formats
-
     path = Path(path)
     fmt = centroid_format(path, fmt)
     if not path.is_file():
@@ -227,7 +227,11 @@ def read_centroids(path: str | os.PathLike, geometry: Geometry | None = None, fm
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read text file ({exc})") from None
-    centroids = centroid_formats.parse(text, fmt, geometry, source=path)
+    try:
+        centroids = Centroids(centroid_formats.parse(text, fmt, geometry, source=path))
+    except InputError as exc:
+        message = str(exc)
+        raise InputError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
     if geometry is not None:
         check_inside(centroids, geometry, path)
     return centroids
@@ -242,9 +246,6 @@ def write_centroids(
 ) -> None:
     """Write atomically. VerSe json needs ``geometry`` (voxel indices in ``orientation``, default the image's own);
     with a geometry every centroid must lie inside the image."""
-    from spinebench.datamodules import centroid_formats
-    from spinebench.datamodules.atomic import write_text_atomic
-
     fmt = centroid_format(path, fmt)
     if geometry is not None:
         check_inside(centroids, geometry, path)

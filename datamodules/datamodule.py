@@ -17,7 +17,6 @@ a per-step collective (``self.log(..., sync_dist=True)`` in ``test_step``).
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -134,12 +133,6 @@ class CaseInfo:
     centroids_world_mm: np.ndarray
     patient: str  # scans of one patient share it (VerSe subject); the case id where nothing groups cases
     metadata: dict
-
-    def to_dict(self) -> dict:
-        """Plain mapping: case_id, dataset, split, geometry, original_geometry, true_mm, patient, metadata."""
-        return {"case_id": self.case_id, "dataset": self.dataset, "split": self.split, "geometry": self.geometry,
-                "original_geometry": self.original_geometry, "true_mm": self.centroids_world_mm,
-                "patient": self.patient, "metadata": dict(self.metadata)}
 
 
 def _build_one(args):
@@ -308,11 +301,4 @@ class VertebraDataModule(L.LightningDataModule):
         return f"{self.config.source} ({', '.join(parts)}; skipped {r.get('n_skipped', 0) if r else '?'})"
 
 
-def train_steps_per_epoch(dm: VertebraDataModule, world_size: int = 1) -> int:
-    """Optimizer steps of one epoch per rank (for schedulers that need it)."""
-    n = len(dm.entries["train"]) * (dm.config.crops_per_case if dm.config.sample_mode == "crop" else 1)
-    return math.ceil(math.ceil(n / world_size) / dm.config.batch_size)
-
-
-__all__ = ["DataConfig", "VertebraDataModule", "CaseInfo", "ShardedEvalSampler", "SkippedCaseWarning",
-           "train_steps_per_epoch"]
+__all__ = ["DataConfig", "VertebraDataModule", "CaseInfo", "ShardedEvalSampler", "SkippedCaseWarning"]

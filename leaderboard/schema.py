@@ -248,11 +248,3 @@ def resolve_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
         else:
             raise LeaderboardInputError(f"{p}: no such records file or run folder")
     return sorted(files)
-
-
-def load_records(inputs: list[str | os.PathLike]) -> Records:
-    """Read every input (files or run folders) into one table."""
-    parts = [read_records(p) for p in resolve_inputs(inputs)]
-    records = Records.concatenate(parts)
-    validate(records, "the combined records files", line_numbers=False)
-    return records

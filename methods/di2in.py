@@ -34,6 +34,10 @@ PRESETS: dict[str, tuple[int, int, int]] = {"small": (8, 3, 1), "paper": (32, 4,
 
 @dataclass(frozen=True)
 class DI2INConfig:
+    # Options renamed to the name the other family uses for the same idea (spinebench 0.1 -> 0.2): the old names
+    # still work in YAML files, search spaces and create_method, with a one-line deprecation message.
+    renamed_options: ClassVar[dict[str, str]] = {"lr": "learning_rate", "window_overlap": "tile_overlap"}
+
     num_vertebrae: int = 26
     preset: str = "small"  # "small" | "paper"; explicit width/depth/convs below override it
     base_width: int | None = None
@@ -60,12 +64,12 @@ class DI2INConfig:
     # (every level takes the fit).
     sparsity_residual_mm: float | None = 12.0
     max_window_voxels: int = 2_500_000  # whole-volume inference beyond this runs on blended tiles
-    window_overlap: float = 0.25
+    tile_overlap: float = 0.25  # overlap of the blended tiles (the name resml uses for its crops' overlap)
     # Squared-error weight of target voxels relative to background: w = 1 + (foreground_weight - 1) · target.
     # 1.0 is the paper's plain squared loss; with 26 sparse Gaussians in a mostly empty volume that loss is
     # first minimised by predicting zeros everywhere, which short (CPU) budgets never leave.
     foreground_weight: float = 1.0
-    lr: float = 1e-3
+    learning_rate: float = 1e-3  # Adam
     weight_decay: float = 0.0
     lr_schedule: str = "constant"  # "constant" | "cosine" (linear warm-up, then cosine decay to 0; methods.schedules)
     warmup_steps: int = 0
@@ -88,7 +92,7 @@ class DI2INConfig:
         checks = {"sigma_vox": self.sigma_vox > 0, "mp_iterations": self.mp_iterations >= 1,
                   "mp_stride": self.mp_stride >= 1, "sparsity_lambda": self.sparsity_lambda > 0,
                   "num_vertebrae": self.num_vertebrae >= 2, "foreground_weight": self.foreground_weight >= 1.0, "max_window_voxels": self.max_window_voxels > 0,
-                  "window_overlap": 0.0 <= self.window_overlap < 1.0, "warmup_steps": self.warmup_steps >= 0}  # fmt: skip
+                  "tile_overlap": 0.0 <= self.tile_overlap < 1.0, "warmup_steps": self.warmup_steps >= 0}  # fmt: skip
         for name, ok in checks.items():
             if not ok:
                 raise InputError(f"di2in option {name}: invalid value {getattr(self, name)!r}")
@@ -230,7 +234,7 @@ class DI2IN(VertebraMethod):
     # reading, tiling. With mp_mode "unrolled" message passing is part of the trained graph and stays out.
     _POST_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "sparsity", "sparsity_lambda", "sparsity_positive", "sparsity_min_trusted", "sparsity_residual_mm",
-        "presence_threshold", "subvoxel", "max_window_voxels", "window_overlap"})  # fmt: skip
+        "presence_threshold", "subvoxel", "max_window_voxels", "tile_overlap"})  # fmt: skip
     _POST_MP_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "message_passing", "mp_mode", "mp_alpha", "mp_iterations", "mp_stride", "mp_min_sigma_vox",
         "mp_loss_weight"})  # fmt: skip
@@ -304,7 +308,7 @@ class DI2IN(VertebraMethod):
         cfg = self.config
         fn = lambda x: self.net(x.contiguous(memory_format=torch.channels_last_3d) if cfg.channels_last else x,
                                 with_branches=False)["final"]  # fmt: skip
-        return sliding_window_inference(fn, image, 2**cfg.depth, cfg.max_window_voxels, cfg.window_overlap)[0]
+        return sliding_window_inference(fn, image, 2**cfg.depth, cfg.max_window_voxels, cfg.tile_overlap)[0]
 
     @torch.no_grad()
     def locate(self, heatmaps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -349,7 +353,7 @@ class DI2IN(VertebraMethod):
         return VolumePrediction(centroids, present, np.clip(scores, 0.0, 1.0))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
         if self.config.lr_schedule == "constant":
             return optimizer
         schedule = cosine_schedule(optimizer, total_training_steps(self), self.config.warmup_steps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import logging
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from spinebench.datamodules.errors import InputError
 
 ENTRY_POINT_GROUP = "spinebench.methods"
+_log = logging.getLogger("spinebench")
 
 # Built-in method families, imported on first use of the registry.
 _BUILTIN_MODULES: tuple[str, ...] = ("spinebench.methods.di2in", "spinebench.methods.resml")
@@ -43,12 +45,32 @@ class MethodSpec:
 
     def config(self, **overrides: Any):
         """The variant's config with ``overrides`` applied on top of the registered ones."""
+        overrides = rename_options(self.config_cls, overrides, f"method {self.name!r} option ")
         _check_keys(self, overrides)
         return self.config_cls(**{**self.overrides, **overrides})
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 _loaded = False
+
+
+def rename_options(config_cls: type, options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``options`` with the renamed ones under their new names (``config_cls.renamed_options``: old -> new), each
+    with a one-line deprecation message on stderr (``where``: what goes before an option's name in it, e.g.
+    ``methods.di2in.overrides.``). Giving both names of one option is an error."""
+    renamed = getattr(config_cls, "renamed_options", {})
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        new = renamed.get(key)
+        if new is None:
+            out[key] = value
+            continue
+        if new in options:
+            raise MethodRegistryError(f"{where}{key}: renamed to {new}, which is given too; keep only {new}")
+        _log.warning("spinebench: %s%s is deprecated, renamed to %s (the old name goes in spinebench 0.2)",
+                     where, key, new)
+        out[new] = value
+    return out
 
 
 def _check_keys(spec: MethodSpec, overrides: Mapping[str, Any]) -> None:

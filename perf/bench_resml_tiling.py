@@ -35,7 +35,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from spinebench.benchmark.builders import build_method, label_names, quiet_lightning
-    from spinebench.benchmark.cell import RESULT_FILE, CellResult, cell_dir, evaluate_checkpoint
+    from spinebench.benchmark.cell import evaluate_checkpoint
+    from spinebench.benchmark.layout import RESULT_FILE, CellResult, cell_dir
     from spinebench.benchmark.config import load_experiment
     from spinebench.benchmark.results import test_metrics
     from spinebench.methods.crop_inference import tile_origins

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optuna  # noqa: E402
 
 from spinebench.benchmark.search_space import parse_search_space  # noqa: E402
-from spinebench.benchmark.tuning import TuneSettings, load_study, run_workers_loop  # noqa: E402
+from spinebench.benchmark.tuning import run_workers_loop  # noqa: E402
+from spinebench.benchmark.tuning_study import TuneSettings, load_study  # noqa: E402
 from spinebench.benchmark.tuning_storage import StudyLock, default_storage, open_storage  # noqa: E402
 from spinebench.benchmark.tuning_trial import StudyTracker  # noqa: E402
 

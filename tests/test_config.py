@@ -141,3 +141,31 @@ def test_cli_reports_config_error_in_one_line_exit_2(tmp_path):
             __import__("spinebench.benchmark.config", fromlist=["TRAINER_KEYS"]).TRAINER_KEYS)
     ]
     assert not (tmp_path / "run").exists()  # nothing written before validation passed
+
+
+def test_renamed_options_keep_working_with_a_one_line_message(caplog):
+    """DI2IN's ``lr`` and ``window_overlap`` are ``learning_rate`` and ``tile_overlap`` (the residual network's
+    names); the old names still work in YAML, search spaces and the Python API, with a deprecation line each."""
+    import logging
+
+    from spinebench.benchmark.search_space import parse_search_space
+    from spinebench.methods import method_config
+
+    with caplog.at_level(logging.WARNING, logger="spinebench"):
+        cfg = load_experiment("smoke", ["methods.di2in.overrides.lr=0.005",
+                                        "methods.di2in.overrides.window_overlap=0.5"])
+    (entry,) = [m for m in cfg.methods if m.name == "di2in"]
+    assert entry.overrides == {"base_width": 4, "depth": 2, "learning_rate": 0.005, "tile_overlap": 0.5}
+    resolved = cfg.method_config(entry)
+    assert resolved.learning_rate == 0.005 and resolved.tile_overlap == 0.5
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["spinebench: methods.di2in.overrides.lr is deprecated, renamed to learning_rate (the old name "
+                     "goes in spinebench 0.2)", "spinebench: methods.di2in.overrides.window_overlap is deprecated, "
+                     "renamed to tile_overlap (the old name goes in spinebench 0.2)"]
+    assert "window_overlap" not in cfg.to_yaml()  # the resolved config is written with the new names
+    with pytest.raises(ConfigError, match=r"^methods\.di2in\.overrides\.lr: renamed to learning_rate, which is given"):
+        load_experiment("smoke", ["methods.di2in.overrides.lr=0.005", "methods.di2in.overrides.learning_rate=0.001"])
+    assert method_config("di2in", lr=0.002).learning_rate == 0.002
+    space = parse_search_space({"methods": {"di2in": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}},
+                               methods=["di2in"], trainer_keys=[])
+    assert space.names == ["di2in.learning_rate"]

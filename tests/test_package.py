@@ -81,3 +81,47 @@ def test_tests_and_scripts_use_the_installed_names():
     for folder in ("tests", "perf", "tools"):
         for path in (REPO / folder).rglob("*.py"):
             _our_imports(path)  # asserts that no file imports a bare top-level folder name
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (at module level or inside functions)."""
+    modules: dict[str, Path] = {}
+    for name, folder in PACKAGE_DIR.items():
+        for path in (REPO / folder).rglob("*.py"):
+            rel = path.relative_to(REPO / folder).with_suffix("").parts
+            modules[".".join((name, *rel)).removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+        graph[module] = {t for t in targets if t in modules and t != module}
+    return graph
+
+
+def test_no_import_circles():
+    """No two modules of ours import each other, directly or around a longer loop, even inside functions: a
+    circle held together by a function-level import is still one module that cannot be read without the other.
+    (Packages' ``__init__`` re-exports are not loops: a package importing its own modules is how it exports.)"""
+    graph = _module_graph()
+    for module in graph:  # an __init__ does not make its package's modules import each other
+        graph[module] = {t for t in graph[module] if not module.startswith(f"{t}.")}
+    loops, state = [], {}
+
+    def visit(module: str, stack: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                loops.append(" -> ".join(stack[stack.index(target):] + [target]))
+            elif target not in state:
+                visit(target, stack + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not loops, "\n".join(loops)

@@ -150,7 +150,8 @@ def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, cache_dir):
     assert len(ddp_rows) == 3 * 26 and len({r["case"] for r in ddp_rows}) == 3  # 3 cases on 2 ranks, no padding
 
     # The same checkpoint evaluated by one process gives the same records.
-    from spinebench.benchmark.cell import CellResult, evaluate_checkpoint
+    from spinebench.benchmark.cell import evaluate_checkpoint
+    from spinebench.benchmark.layout import CellResult
     from spinebench.benchmark.records import write_records
 
     cfg = load_experiment(out / "config.yaml", ["trainer.devices=1", "trainer.strategy=auto"])

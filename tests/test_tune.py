@@ -15,7 +15,8 @@ import yaml
 from optuna.trial import TrialState
 
 from spinebench.benchmark.cli import main
-from spinebench.benchmark.tuning import TuneError, prepare_tuning
+from spinebench.benchmark.tuning import prepare_tuning
+from spinebench.benchmark.tuning_study import TuneError
 
 TINY = """
 name: tiny
@@ -46,7 +47,7 @@ tune:
   space:
     methods:
       di2in:
-        lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}
+        learning_rate: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}
         sigma_vox: {{type: float, low: 1.0, high: 3.0, step: 0.5}}
     trainer:
       max_epochs: {{type: int, low: 1, high: 2}}
@@ -102,13 +103,13 @@ def test_study_writes_a_runnable_best_config_plots_and_continues(tiny_study):
     assert [t.params for t in trials[:2]] == [t.params for t in first]  # and kept the first two untouched
     assert all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:
-        assert 1e-4 <= t.params["di2in.lr"] <= 1e-2 and t.params["trainer.max_epochs"] in (1, 2)
+        assert 1e-4 <= t.params["di2in.learning_rate"] <= 1e-2 and t.params["trainer.max_epochs"] in (1, 2)
         assert 0.0 <= t.value <= 1.0 and sorted(t.intermediate_values) == list(range(t.params["trainer.max_epochs"]))
         assert t.value == max(t.intermediate_values.values())  # the best validation epoch is the objective
 
-    # trial 0 is the baseline: the tuning file's own values (DI2IN's default lr and sigma_vox, max_epochs 2)
+    # trial 0 is the baseline: the tuning file's own values (DI2IN's default learning_rate and sigma_vox, max_epochs 2)
     assert trials[0].user_attrs["baseline"] is True and not any("baseline" in t.user_attrs for t in trials[1:])
-    assert trials[0].params == {"di2in.lr": 1e-3, "di2in.sigma_vox": 2.0, "trainer.max_epochs": 2}
+    assert trials[0].params == {"di2in.learning_rate": 1e-3, "di2in.sigma_vox": 2.0, "trainer.max_epochs": 2}
     table = (out / "trials.csv").read_text().splitlines()
     assert table[0].startswith("number,baseline,") and table[1].startswith("0,True,") and ",False," in table[2]
 
@@ -116,7 +117,7 @@ def test_study_writes_a_runnable_best_config_plots_and_continues(tiny_study):
     exported = yaml.safe_load((out / "best_config.yaml").read_text())
     assert "tune" not in exported
     assert exported["methods"]["di2in"]["overrides"] == {
-        "base_width": 4, "depth": 2, "lr": best.params["di2in.lr"], "sigma_vox": best.params["di2in.sigma_vox"]}
+        "base_width": 4, "depth": 2, "learning_rate": best.params["di2in.learning_rate"], "sigma_vox": best.params["di2in.sigma_vox"]}
     assert exported["trainer"]["max_epochs"] == best.params["trainer.max_epochs"]
     assert exported["trainer"]["limit_train_batches"] == 2  # the rest of the experiment is kept
     for plot in ("optimization_history.png", "param_importances.png"):
@@ -141,7 +142,7 @@ def test_each_trial_is_an_mlflow_child_run_of_the_study_run(tiny_study):
         run = children[trial.number]
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert run.data.tags["optuna.state"] == "COMPLETE" and run.info.status == "FINISHED"
-        assert float(run.data.params["di2in.lr"]) == pytest.approx(trial.params["di2in.lr"])
+        assert float(run.data.params["di2in.learning_rate"]) == pytest.approx(trial.params["di2in.learning_rate"])
         assert run.data.metrics["optuna/value"] == pytest.approx(trial.value)
         assert run.data.metrics["optuna/pruned"] == 0.0
         assert "val/id_rate" in run.data.metrics  # Lightning's MLFlowLogger wrote into the child run
@@ -156,7 +157,7 @@ def test_exported_best_config_runs_with_spinebench_run(tiny_study, tmp_path):
     assert (run_out / "records.csv").is_file()
     resolved = yaml.safe_load((run_out / "config.yaml").read_text())
     best = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'optuna.db'}").best_trial
-    assert resolved["methods"]["di2in"]["overrides"]["lr"] == best.params["di2in.lr"]
+    assert resolved["methods"]["di2in"]["overrides"]["learning_rate"] == best.params["di2in.learning_rate"]
 
 
 @pytest.mark.slow
@@ -198,7 +199,7 @@ def test_two_workers_on_one_journal_file_run_exactly_n_trials(tmp_path, cache):
     ran = sum(log.count(" COMPLETE") + log.count(" PRUNED") for log in logs)
     assert ran == 4  # each trial was run by exactly one worker
     # the two workers explore different points: trial n is sampled with the seed + n, whichever worker runs it
-    assert len({t.params["di2in.lr"] for t in trials}) == 4
+    assert len({t.params["di2in.learning_rate"] for t in trials}) == 4
 
 
 @pytest.mark.slow
@@ -253,7 +254,7 @@ BAD = [
     ({"tune.objective": {"metric": "val/mean_error_mm"}}, "tune.objective.direction: give maximize or minimize"),
     ({"tune.n_trials": 0}, "expected a positive integer"),
     ({"tune.space.trainer": {"devices": {"type": "int", "low": 1, "high": 2}}}, "a device setting"),
-    ({"tune.space.methods.di2in": {"lr": {"type": "float", "low": 1, "high": 0.1}}}, "inverted range"),
+    ({"tune.space.methods.di2in": {"learning_rate": {"type": "float", "low": 1, "high": 0.1}}}, "inverted range"),
     ({"tune.space.methods.di2in": {"depth": {"type": "int", "low": 0, "high": 2}}}, "methods.di2in"),
     ({"trainer.devices": 2, "trainer.strategy": "ddp", "tune.storage": "study.log"}, "DDP trials need an RDB storage"),
 ]
@@ -292,7 +293,7 @@ def test_cli_reports_a_bad_space_in_one_line(tmp_path, cache, capsys):
 def test_each_trial_number_gets_its_own_seed_and_one_seed_repeats():
     from optuna.distributions import FloatDistribution
 
-    from spinebench.benchmark.tuning import trial_sampler
+    from spinebench.benchmark.tuning_study import trial_sampler
 
     def first_draw(index: int, seed: int | None = 0) -> float:
         study = optuna.create_study(sampler=trial_sampler({"type": "tpe", "seed": seed}, index))
@@ -349,4 +350,18 @@ def test_three_workers_on_postgresql_one_killed(tmp_path, cache):
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(killed) == 1 and killed[0].state == TrialState.FAIL, [(t.number, t.state) for t in trials]
     assert len(counted) == n and len(trials) == n + 1
-    assert len({t.params["di2in.lr"] for t in trials}) == len(trials)  # every trial its own point
+    assert len({t.params["di2in.learning_rate"] for t in trials}) == len(trials)  # every trial its own point
+
+
+def test_a_tuning_file_with_the_old_option_names_still_validates(tmp_path):
+    """``lr`` in the overrides and in the space (DI2IN's name before ``learning_rate``): both land on the new
+    name, so the space's values replace the experiment's instead of clashing with them."""
+    text = TINY.format(cache=tmp_path / "cache", tracking="false").replace(
+        "overrides: {base_width: 4, depth: 2}", "overrides: {base_width: 4, depth: 2, lr: 0.002}").replace(
+        "        learning_rate: {type: float", "        lr: {type: float")
+    assert "lr: 0.002" in text and "lr: {type: float" in text
+    (tmp_path / "old.yaml").write_text(text)
+    job = prepare_tuning(tmp_path / "old.yaml", out=tmp_path / "out")
+    assert job.space.names[0] == "di2in.learning_rate"
+    assert job.experiment["methods"]["di2in"]["overrides"] == {"base_width": 4, "depth": 2, "learning_rate": 0.002}
+    assert job.baseline["di2in.learning_rate"] == 0.002

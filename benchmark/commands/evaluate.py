@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from spinebench.benchmark.builders import build_datamodule, build_method, load_weights, set_determinism
-    from spinebench.benchmark.cell import RESULT_FILE, cell_dir, evaluate_checkpoint
+    from spinebench.benchmark.cell import evaluate_checkpoint
+    from spinebench.benchmark.layout import RECORDS_FILENAME, cell_complete, cell_dir
     from spinebench.benchmark.config import ConfigError, load_experiment
     from spinebench.benchmark.records import write_records
     from spinebench.benchmark.results import print_leaderboard
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or cfg.data.source
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise InputError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
-    cells = [(entry, seed) for entry, seed in run_cfg.cells() if (cell_dir(run_dir, entry, seed) / RESULT_FILE).is_file()]
+    cells = [(entry, seed) for entry, seed in run_cfg.cells() if cell_complete(cell_dir(run_dir, entry, seed))]
     if not cells:
         raise InputError(f"--run {run_dir}: no complete cell to evaluate")
     ids = listed_case_ids(cfg)  # the dataset is valid and has test cases before anything is written
@@ -75,13 +76,13 @@ def run(args: argparse.Namespace) -> int:
         set_determinism(seed, cfg.trainer)
         method = build_method(run_cfg, entry)
         load_weights(method, cell_dir(run_dir, entry, seed) / "checkpoints" / "best.ckpt")  # with its own prior
-        datamodule = build_datamodule(cfg, method, seed)
+        datamodule = build_datamodule(cfg, method)
         cell_rows, _ = evaluate_checkpoint(cfg, entry, seed, None, method=method, datamodule=datamodule,
                                            run_name=f"{run_dir.name}/{name}", method_order=i - 1, fit_prior=False)
         rows += [{**row, "dataset": name} for row in cell_rows]
     ensure_folder(out)
-    records = write_records(out / "records.csv", rows)
-    outputs = build_leaderboard([run_dir / "records.csv", records], out / "leaderboard")
+    records = write_records(out / RECORDS_FILENAME, rows)
+    outputs = build_leaderboard([run_dir / RECORDS_FILENAME, records], out / "leaderboard")
     print_leaderboard(outputs, console)
     console.print(f"records: {records}, leaderboard: {out / 'leaderboard'}")
     return 0

@@ -10,7 +10,7 @@ import numpy as np
 
 from spinebench.benchmark.commands import bounded, non_negative, positive
 from spinebench.benchmark.config_types import build_typed
-from spinebench.datamodules.atomic import atomic_path, ensure_folder, write_text_atomic
+from spinebench.datamodules.atomic import atomic_path, ensure_folder, write_json_atomic
 from spinebench.datamodules.centroids import write_centroids
 from spinebench.datamodules.ct_io import write_image
 from spinebench.datamodules.errors import InputError
@@ -84,19 +84,11 @@ def write_case(case, out: Path, preview: bool = False) -> dict[str, Path]:
     write_image(paths["ct"], case.ct_hu, case.geometry)
     write_centroids(paths["ctd"], case.centroids_mm.verse_numbered(), fmt="verse", geometry=case.geometry)
     write_centroids(paths["csv"], case.centroids_mm, fmt="csv")
-    write_text_atomic(paths["meta"], json.dumps(case.metadata, indent=1, default=_json_default) + "\n")
+    write_json_atomic(paths["meta"], case.metadata, indent=1)
     if preview:
         paths["preview"] = Path(f"{base}_preview.png")
         write_preview(case, paths["preview"])
     return paths
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (tuple, np.ndarray)):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def write_preview(case, path: Path) -> None:

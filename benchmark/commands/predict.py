@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 
 def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
-    from spinebench.benchmark.cell import RESULT_FILE, CellResult, cell_dir
+    from spinebench.benchmark.layout import CellResult, cell_complete, cell_dir
 
     entries = {m.name: m for m in cfg.methods}
     if method is not None and method not in entries:
@@ -52,7 +52,7 @@ def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
     for name in [method] if method else list(entries):
         for s in seeds:
             folder = cell_dir(run_dir, entries[name], s)
-            if (folder / RESULT_FILE).is_file():
+            if cell_complete(folder):
                 result = CellResult.read(folder)
                 rate = result.metrics.get("test/id_rate", result.metrics.get("val/id_rate", 0.0))
                 candidates.append((-(rate if rate == rate else -1.0), list(entries).index(name), s, name, result))
