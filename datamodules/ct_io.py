@@ -86,9 +86,7 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
     dim = reader.GetDimension()
     if dim != 3:
         raise InputError(f"{path}: is a {dim}D image; expected a 3D volume")
-    size, spacing = reader.GetSize(), reader.GetSpacing()
-    d_xyz = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
-    return Geometry(tuple(reversed(size)), np.asarray(spacing)[::-1], reader.GetOrigin(), d_xyz[:, ::-1])
+    return Geometry.from_itk(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
 def _existing(path: str | os.PathLike) -> Path:
@@ -426,10 +424,11 @@ def resample_to(
         image = geometry.to_sitk(array.astype(np.uint8) if array.dtype == bool else array)
         fill = float(array.min()) if (linear and array.size) else 0.0
     resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([int(n) for n in grid.shape[::-1]])
-    resampler.SetOutputSpacing(tuple(float(s) for s in grid.spacing_mm[::-1]))
-    resampler.SetOutputOrigin(tuple(float(o) for o in grid.origin_mm))
-    resampler.SetOutputDirection(tuple(float(v) for v in grid.direction[:, ::-1].reshape(-1)))
+    size, spacing, origin, direction = grid.itk_parameters()
+    resampler.SetSize(size)
+    resampler.SetOutputSpacing(spacing)
+    resampler.SetOutputOrigin(origin)
+    resampler.SetOutputDirection(direction)
     resampler.SetInterpolator(_INTERPOLATORS[interpolation])
     resampler.SetDefaultPixelValue(fill)
     if linear:

@@ -70,24 +70,33 @@ class Geometry:
 
     # --- SimpleITK (x, y, z order) <-> numpy order ------------------------------------------------
     @classmethod
+    def from_itk(cls, size, spacing, origin, direction) -> "Geometry":
+        """From ITK's (x, y, z)-ordered size, spacing, origin and flat row-major direction (an image's or an
+        image reader's ``GetSize()``...): the one place where ITK's axis order is reversed into numpy's."""
+        d_xyz = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        return cls(shape=tuple(int(n) for n in reversed(size)), spacing_mm=np.asarray(spacing, dtype=np.float64)[::-1],
+                   origin_mm=np.asarray(origin, dtype=np.float64), direction=d_xyz[:, ::-1])
+
+    def itk_parameters(self) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+        """(size, spacing, origin, flat direction) in ITK's (x, y, z) order: what ``SetSize``, ``SetSpacing``,
+        ``SetOrigin`` and ``SetDirection`` of an image or a resampler take."""
+        return (tuple(int(n) for n in self.shape[::-1]), tuple(float(s) for s in self.spacing_mm[::-1]),
+                tuple(float(o) for o in self.origin_mm), tuple(float(v) for v in self.direction[:, ::-1].reshape(-1)))
+
+    @classmethod
     def from_sitk(cls, image: sitk.Image) -> "Geometry":
         if image.GetDimension() != 3:
             raise ValueError(f"expected a 3D image, got {image.GetDimension()}D")
-        d_xyz = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-        return cls(
-            shape=tuple(reversed(image.GetSize())),
-            spacing_mm=np.asarray(image.GetSpacing())[::-1],
-            origin_mm=np.asarray(image.GetOrigin()),
-            direction=d_xyz[:, ::-1],
-        )
+        return cls.from_itk(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
     def apply_to_sitk(self, image: sitk.Image) -> sitk.Image:
         """Stamp this geometry on ``image`` (whose array must have ``self.shape``); returns ``image``."""
-        if tuple(reversed(image.GetSize())) != self.shape:
+        size, spacing, origin, direction = self.itk_parameters()
+        if tuple(image.GetSize()) != size:
             raise ValueError(f"image size {tuple(reversed(image.GetSize()))} does not match geometry {self.shape}")
-        image.SetSpacing(tuple(float(s) for s in self.spacing_mm[::-1]))
-        image.SetOrigin(tuple(float(o) for o in self.origin_mm))
-        image.SetDirection(tuple(float(v) for v in self.direction[:, ::-1].reshape(-1)))
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(direction)
         return image
 
     def to_sitk(self, array: np.ndarray) -> sitk.Image:
