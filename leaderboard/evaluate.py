@@ -190,7 +190,7 @@ def summarize(scans: MethodScans, conv: Conventions) -> MethodSummary:
     vert = M.safe_divide(d0.sum(0), matched.sum(0))
     vlo, vhi = S.percentile_interval(M.safe_divide(*M.weighted_sums(w, d0, matched)))
     annotated = np.isfinite(scans.true_mm).all(-1)
-    mean_ap = M.mean_average_precision(annotated, scans.scores) if np.isfinite(scans.scores).all() else float("nan")
+    mean_ap = M.mean_average_precision(annotated, scans.scores)
     return MethodSummary(scans.method, len(scans.scan_keys), len(patients), point, lo, hi, mean_ap,
                          scans.names, vert, vlo, vhi)
 

@@ -18,7 +18,7 @@ Conventions (Glocker et al. 2013, used by both papers; the defaults come first):
   and averages over the scans where it is defined (counts become per-scan means).
 - **Regions**: all, cervical (C1-C7), thoracic (T1-T12, T13), lumbar (L1-L5, L6), sacral (S1-S2).
 - **mAP**: mean over labels with at least one annotated case of the average precision of the presence scores
-  (the step-wise definition of ``sklearn.metrics.average_precision_score``).
+  (``sklearn.metrics.average_precision_score``); undefined (NaN) when any score is missing.
 """
 
 from __future__ import annotations
@@ -229,29 +229,25 @@ def median_error_mm(stats: CaseStats, *, average: str = "micro", scan_index: np.
 
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Step-wise average precision ``sum_n (R_n - R_{n-1}) P_n`` over distinct score thresholds.
+    """scikit-learn's ``average_precision_score`` (step-wise ``sum_n (R_n - R_{n-1}) P_n``); NaN when there is no
+    positive or a score is missing (NaN)."""
+    from sklearn.metrics import average_precision_score
 
-    NaN when there is no positive.
-    """
     y_true = np.asarray(y_true, bool).ravel()
     scores = np.asarray(scores, float).ravel()
-    n_pos = int(y_true.sum())
-    if n_pos == 0:
+    if not y_true.any() or not np.isfinite(scores).all():
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], y_true[order]
-    last_of_threshold = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    tp = np.cumsum(y)[last_of_threshold]
-    predicted = last_of_threshold + 1
-    precision = tp / predicted
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y_true, scores))
 
 
 def mean_average_precision(true_present: np.ndarray, scores: np.ndarray) -> float:
-    """mAP over labels: ``true_present, scores (N, K)``; labels never annotated are left out."""
+    """mAP over labels: ``true_present, scores (N, K)``; labels never annotated are left out. NaN when any score
+    is missing: a method that does not score every label of every scan has no mAP (a missing score read as 0 would
+    rank those labels last and make up a number)."""
     true_present = np.asarray(true_present, bool)
     scores = np.asarray(scores, float)
-    ap = [average_precision(true_present[:, k], scores[:, k]) for k in range(true_present.shape[1])]
-    ap = [a for a in ap if np.isfinite(a)]
+    if not np.isfinite(scores).all():
+        return float("nan")
+    ap = [average_precision(true_present[:, k], scores[:, k]) for k in range(true_present.shape[1])
+          if true_present[:, k].any()]
     return float(np.mean(ap)) if ap else float("nan")

@@ -5,6 +5,7 @@ package data, modules outside the ``spinebench`` namespace and imports that only
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -27,10 +28,18 @@ def _pinned_requirements(path: Path) -> Path:
     return path
 
 
+def _source_copy(dest: Path) -> Path:
+    """The checkout without environments, runs and build leftovers: pip builds a local folder in place, and a
+    ``build/`` left by an earlier build would carry deleted modules into the wheel (and would dirty the checkout)."""
+    skip = shutil.ignore_patterns(".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__",
+                                  ".pytest_cache", "mlflow.db", "mlartifacts")
+    return Path(shutil.copytree(REPO, dest, ignore=skip))
+
+
 @pytest.mark.slow
 def test_wheel_in_a_fresh_venv_runs_the_main_job_from_an_empty_folder(tmp_path):
     built = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                  tmp_path / "dist", REPO])
+                  tmp_path / "dist", _source_copy(tmp_path / "src")])
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("spinebench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

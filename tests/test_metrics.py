@@ -1,4 +1,5 @@
-"""Metric conventions against hand-computed cases, for both implementations (numpy reference, torch layer)."""
+"""Metric conventions against hand-computed cases: the one core (``leaderboard.metrics``, numpy) and the
+torchmetrics classes over it, which must give the core's numbers however the scans are batched or sharded."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from spinebench.benchmark.metrics import LocalizationIdentification, MultiLabelMeanAP
-from spinebench.benchmark.metrics import functional as F
 from spinebench.leaderboard import metrics as M
 
 NAN3 = [np.nan, np.nan, np.nan]
@@ -27,14 +27,17 @@ def numpy_stats(true_mm, pred_mm, present, names, *, search="glocker", denominat
 
 
 def torch_stats(true_mm, pred_mm, present, names, *, search="glocker", denominator="annotated", average="micro"):
+    """The torchmetrics class, fed one scan per ``update``."""
     t = lambda a: torch.as_tensor(np.asarray(a, float))  # noqa: E731
-    out = F.localization_identification(t(true_mm).reshape(-1, len(names), 3), t(pred_mm).reshape(-1, len(names), 3),
-                                        torch.as_tensor(np.asarray(present, bool)).reshape(-1, len(names)), names,
-                                        search=search, denominator=denominator, average=average)
-    return {k: v.numpy() for k, v in out.items()}
+    metric = LocalizationIdentification(names, search=search, denominator=denominator, average=average)
+    true, pred = t(true_mm).reshape(-1, len(names), 3), t(pred_mm).reshape(-1, len(names), 3)
+    flags = torch.as_tensor(np.asarray(present, bool)).reshape(-1, len(names))
+    for i in range(true.shape[0]):
+        metric.update(true[i : i + 1], pred[i : i + 1], flags[i : i + 1])
+    return {k: v.numpy() for k, v in metric.compute().items()}
 
 
-BOTH = pytest.mark.parametrize("stats_fn", [numpy_stats, torch_stats], ids=["numpy", "torch"])
+BOTH = pytest.mark.parametrize("stats_fn", [numpy_stats, torch_stats], ids=["core", "torchmetrics"])
 
 
 @BOTH
@@ -117,7 +120,7 @@ def test_micro_vs_macro_on_scans_of_different_sizes(stats_fn):
 @pytest.mark.parametrize("search", M.SEARCH_RULES)
 @pytest.mark.parametrize("denominator", M.DENOMINATORS)
 @pytest.mark.parametrize("average", M.AVERAGES)
-def test_numpy_and_torch_agree_on_random_scans(search, denominator, average):
+def test_the_torchmetrics_class_gives_the_core_s_numbers_on_random_scans(search, denominator, average):
     rng = np.random.default_rng(3)
     names = ["C6", "C7", "T1", "T2", "T12", "L1", "L5", "S1"]
     n, k = 9, len(names)
@@ -133,15 +136,18 @@ def test_numpy_and_torch_agree_on_random_scans(search, denominator, average):
     assert 0 < a["id_rate"][ALL] < 1  # the case is not degenerate
 
 
-def test_average_precision_matches_sklearn_with_ties():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        y = rng.random(25) < 0.4
-        s = rng.integers(0, 6, 25) / 5.0  # many ties
-        if y.any():
-            assert M.average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
-    # Hand case: scores 0.9 (pos), 0.8 (neg), 0.7 (pos): AP = 0.5 * 1 + 0.5 * 2/3.
+def test_average_precision_by_hand_and_undefined_cases():
+    # scores 0.9 (pos), 0.8 (neg), 0.7 (pos): AP = 0.5 * 1 + 0.5 * 2/3; ties count as one threshold.
     assert M.average_precision([1, 0, 1], [0.9, 0.8, 0.7]) == pytest.approx(0.5 + 1 / 3)
+    assert M.average_precision([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.5)
+    assert np.isnan(M.average_precision([0, 0], [0.3, 0.9]))  # no positive
+    assert np.isnan(M.average_precision([1, 0], [np.nan, 0.9]))  # a missing score
+    # one rule for a missing score on both paths: the core's mAP and the class's are NaN, not a made-up number
+    true, scores = np.array([[1, 0], [0, 1]], bool), np.array([[0.9, np.nan], [0.1, 0.8]])
+    assert np.isnan(M.mean_average_precision(true, scores))
+    metric = MultiLabelMeanAP()
+    metric.update(torch.as_tensor(true), torch.as_tensor(scores))
+    assert torch.isnan(metric.compute())
 
 
 def test_mean_average_precision_skips_never_annotated_labels():
@@ -165,15 +171,16 @@ def _random_batch(seed: int, n: int, names: list[str]):
 
 
 @pytest.mark.parametrize("average", M.AVERAGES)
-def test_torchmetrics_class_matches_functional_and_merges_like_ddp(average):
+def test_torchmetrics_class_matches_the_core_and_merges_like_ddp(average):
     names = ["T10", "T11", "T12", "L1", "L2"]
     a, b = _random_batch(1, 3, names), _random_batch(2, 5, names)
     everything = [torch.cat([x, y]) for x, y in zip(a, b)]
-    reference = F.localization_identification(*everything, names, average=average)
+    reference = {k: torch.as_tensor(v) for k, v in numpy_stats(*(x.numpy() for x in everything), names,
+                                                                average=average).items()}
     single = LocalizationIdentification(names, average=average)
     single.update(*a)
     single.update(*b)
-    # Two "processes", each with its own shard, merged as DDP's sync would (sum and cat states).
+    # Two "processes", each with its own shard, merged as DDP's sync would (cat states).
     rank0 = LocalizationIdentification(names, average=average)
     rank1 = LocalizationIdentification(names, average=average)
     rank0.update(*a)

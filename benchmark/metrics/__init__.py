@@ -1,4 +1,4 @@
-"""Shared metrics: torch functional layer and torchmetrics classes (conventions: ``leaderboard.metrics``)."""
+"""torchmetrics classes over the one metric core, ``leaderboard.metrics`` (conventions documented there)."""
 
 from spinebench.benchmark.metrics.modules import LocalizationIdentification, MultiLabelMeanAP
 

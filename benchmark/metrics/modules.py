@@ -1,19 +1,33 @@
-"""torchmetrics shells over ``benchmark.metrics.functional``: DDP-safe states, per-region results.
+"""torchmetrics shells over the one metric core, ``leaderboard.metrics`` (numpy; the leaderboard imports no torch).
 
-States are per-region count sums (``dist_reduce_fx="sum"``, for micro averages) and per-scan counts and distances
-(``"cat"``, for macro averages and medians), so syncing over processes and ``merge_state`` give the same result
-as one process that saw every scan.
+``update`` computes a batch's per-scan, per-region counts with the core (``CaseStats.from_arrays``) and keeps them
+with the matched distances as ``"cat"`` states; ``compute`` hands them back to the core's ``aggregate`` and
+``median_error_mm``. So every number is the core's, and syncing over processes (or ``merge_state``) gives what one
+process that saw every scan would give. The runner's callers gather whole records first (they write them) and
+compute with ``sync_on_compute=False``; the states stay syncable for a user's own DDP loop.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from spinebench.benchmark.metrics import functional as F
-from spinebench.leaderboard.metrics import AVERAGES, DENOMINATORS, IDENTIFICATION_THRESHOLD_MM, REGION_COLUMNS, SEARCH_RULES
+from spinebench.leaderboard import metrics as core
+from spinebench.leaderboard.metrics import (
+    AVERAGES, DENOMINATORS, IDENTIFICATION_THRESHOLD_MM, REGION_COLUMNS, SEARCH_RULES, CaseStats,
+)  # fmt: skip
+
+# The per-scan counts kept per region, in the order of the states' last axis (fields of ``CaseStats``).
+COUNT_NAMES: tuple[str, ...] = (
+    "n_annotated", "n_matched", "n_identified", "misses", "false_positives", "sum_mm", "sumsq_mm",
+)
+
+
+def _numpy(x: Tensor, dtype) -> np.ndarray:
+    return x.detach().to("cpu", torch.float64 if dtype is float else torch.bool).numpy()
 
 
 class LocalizationIdentification(Metric):
@@ -45,34 +59,30 @@ class LocalizationIdentification(Metric):
         self.names = tuple(names)
         self.search, self.denominator, self.average = search, denominator, average
         self.threshold_mm = float(threshold_mm)
-        self.register_buffer("masks", F.region_masks(self.names), persistent=False)
-        shape = (len(REGION_COLUMNS), len(F.COUNT_NAMES))
-        self.add_state("counts_sum", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("scan_counts", [], dist_reduce_fx="cat")
-        self.add_state("scan_distances", [], dist_reduce_fx="cat")
+        self.add_state("scan_counts", [], dist_reduce_fx="cat")  # (N, R, len(COUNT_NAMES))
+        self.add_state("scan_distances", [], dist_reduce_fx="cat")  # (N, K), NaN = not matched
 
     def update(self, true_mm: Tensor, pred_mm: Tensor, pred_present: Tensor) -> None:
         if true_mm.shape[-2:] != (len(self.names), 3) or pred_mm.shape != true_mm.shape:
             raise ValueError(f"expected (B, {len(self.names)}, 3) centroids, got {tuple(true_mm.shape)} and "
                              f"{tuple(pred_mm.shape)}")
-        counts, dist = F.case_counts(true_mm.double(), pred_mm.double(), pred_present, self.masks.to(true_mm.device),
-                                     self.search, self.threshold_mm)
-        self.counts_sum += counts.sum(0)
-        self.scan_counts.append(counts)
-        self.scan_distances.append(dist)
+        stats = CaseStats.from_arrays(_numpy(true_mm, float), _numpy(pred_mm, float), _numpy(pred_present, bool),
+                                      self.names, search=self.search, threshold_mm=self.threshold_mm)
+        counts = np.stack([getattr(stats, name) for name in COUNT_NAMES], axis=-1)
+        self.scan_counts.append(torch.as_tensor(counts, device=self.device))
+        self.scan_distances.append(torch.as_tensor(stats.distances_mm, device=self.device))
 
     def compute(self) -> dict[str, Tensor]:
-        empty = self.counts_sum.new_zeros((0,) + self.counts_sum.shape)
         # After a DDP sync a list state is already one concatenated tensor: test its length, not its truth value.
-        counts = dim_zero_cat(self.scan_counts) if len(self.scan_counts) else empty
-        masks = self.masks.to(counts.device)
-        if self.average == "micro":
-            out = F.aggregate(self.counts_sum.unsqueeze(0), "micro", self.denominator)
-        else:
-            out = F.aggregate(counts, "macro", self.denominator)
-        dist = dim_zero_cat(self.scan_distances) if len(self.scan_distances) else counts.new_zeros((0, len(self.names)))
-        out["median_mm"] = F.median_error_mm(dist, masks, self.average)
-        return out
+        k, r = len(self.names), len(REGION_COLUMNS)
+        counts = (dim_zero_cat(self.scan_counts).cpu().numpy() if len(self.scan_counts)
+                  else np.zeros((0, r, len(COUNT_NAMES))))
+        dist = dim_zero_cat(self.scan_distances).cpu().numpy() if len(self.scan_distances) else np.zeros((0, k))
+        stats = CaseStats(**{name: counts[..., i] for i, name in enumerate(COUNT_NAMES)}, distances_mm=dist,
+                          masks=core.region_masks(self.names))
+        out = core.aggregate(stats, average=self.average, denominator=self.denominator)
+        out["median_mm"] = core.median_error_mm(stats, average=self.average)
+        return {name: torch.as_tensor(values, dtype=torch.float64) for name, values in out.items()}
 
     def flat(self, prefix: str = "") -> dict[str, float]:
         out = {}
@@ -83,7 +93,8 @@ class LocalizationIdentification(Metric):
 
 
 class MultiLabelMeanAP(Metric):
-    """Mean average precision of presence scores over labels: ``update(true_present (B, K), scores (B, K))``."""
+    """Mean average precision of presence scores over labels (``leaderboard.metrics.mean_average_precision``):
+    ``update(true_present (B, K), scores (B, K))``; a NaN score (a label the method did not score) makes it NaN."""
 
     is_differentiable = False
     higher_is_better = True
@@ -102,6 +113,8 @@ class MultiLabelMeanAP(Metric):
         self.scores.append(scores.double())
 
     def compute(self) -> Tensor:
-        if not self.true_present:
+        if not len(self.true_present):
             return torch.tensor(float("nan"), dtype=torch.float64)
-        return F.mean_average_precision(dim_zero_cat(self.true_present), dim_zero_cat(self.scores))
+        value = core.mean_average_precision(_numpy(dim_zero_cat(self.true_present), bool),
+                                            _numpy(dim_zero_cat(self.scores), float))
+        return torch.tensor(value, dtype=torch.float64)
