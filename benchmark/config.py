@@ -15,32 +15,26 @@ An experiment file::
 
 ``methods`` may also be written as a list of names or of ``{name, overrides, trainer}`` mappings; it is
 normalised to the mapping form (the form ``--set methods.di2in.overrides.base_width=16`` addresses).
-``--set key=value`` takes dotted keys and YAML-typed values. Every unknown key, method, data source or device
-setting raises ``ConfigError`` (one line, names the key, lists the valid ones).
+``--set key=value`` takes dotted keys and YAML-typed values (reading files and applying ``--set``:
+``benchmark.config_files``). Every unknown key, method, data source or device setting raises ``ConfigError`` (one
+line, names the key, lists the valid ones).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.resources
 import json
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from spinebench.benchmark.config_types import ConfigError, _check_keys, _coerce, _plain, build_typed
 from spinebench.datamodules.errors import InputError
 
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
-
-# The shipped configs: package data of ``spinebench.configs`` (the repository's ``configs/`` folder).
-SHIPPED_CONFIGS = "spinebench.configs"
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp")
@@ -168,88 +162,6 @@ TRAINER_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Trainer
 _TOP_KEYS = ("name", "description", "data", "methods", "seeds", "trainer", "tracking", "output", "execution")
 
 
-# --- loading ------------------------------------------------------------------------------------
-def shipped_config_names() -> list[str]:
-    """Names of the YAML configs installed with the package (``default``, ``smoke``, ``tune_di2in``...)."""
-    folder = importlib.resources.files(SHIPPED_CONFIGS)
-    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
-
-
-def resolve_config_path(config: str | Path) -> Path | Traversable:
-    """A path, or the name of a shipped config (``default``, ``ablation_di2in``...)."""
-    path = Path(config)
-    if path.is_file():
-        return path
-    if path.suffix == "" and "/" not in str(config):
-        candidate = importlib.resources.files(SHIPPED_CONFIGS) / f"{config}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"config {str(config)!r} not found; give a YAML path or a shipped name: "
-                      f"{', '.join(shipped_config_names())}")
-
-
-def read_raw(config: str | Path) -> dict[str, Any]:
-    path = resolve_config_path(config)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(_TOP_KEYS)}), got {type(raw).__name__}")
-    raw.setdefault("name", Path(path.name).stem)
-    return raw
-
-
-def parse_set(item: str) -> tuple[str, Any]:
-    """``"trainer.max_epochs=3"`` -> ``("trainer.max_epochs", 3)`` (the value is read as YAML)."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected key=value with a dotted key, e.g. trainer.max_epochs=3")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    return key, value
-
-
-def apply_sets(raw: Mapping[str, Any], items: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``raw`` (methods normalised) with every ``--set key=value`` applied."""
-    out = normalize_raw(raw)
-    for item in items:
-        key, value = parse_set(item)
-        parts = key.split(".")
-        if parts[0] == "methods" and len(parts) == 1:
-            out["methods"] = _normalize_methods(value)
-            continue
-        if parts[0] == "methods" and out.get("methods") is None:
-            raise ConfigError(f"--set {key}: 'methods' is not a mapping")
-        blocked = set_dotted(out, key, value)
-        if blocked is not None:
-            raise ConfigError(f"--set {key}: {blocked} is a value, not a section")
-    return out
-
-
-def set_dotted(tree: dict[str, Any], key: str, value: Any) -> str | None:
-    """Set ``a.b.c`` in nested dicts, creating missing sections.
-
-    Returns None, or (setting nothing) the dotted prefix that holds a value where a section is needed.
-    """
-    parts = key.split(".")
-    node = tree
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            return ".".join(parts[: i + 1])
-        node = child
-    node[parts[-1]] = value
-    return None
-
-
 def normalize_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of a raw experiment with ``methods`` in the mapping form ``{name: {overrides, trainer}}``."""
     out = json.loads(json.dumps(raw, default=str))
@@ -277,15 +189,6 @@ def _normalize_methods(methods: Any) -> dict[str, dict[str, Any]]:
             out[name] = body
         return out
     raise ConfigError(f"methods: expected a mapping or list of methods, got {methods!r}")
-
-
-def load_experiment(
-    config: str | Path | Mapping[str, Any] = "default", sets: Sequence[str] = (), *, check_devices: bool = True
-) -> ExperimentConfig:
-    """Read (path, shipped name or raw mapping), apply ``--set`` items and validate everything."""
-    raw = dict(config) if isinstance(config, Mapping) else read_raw(config)
-    raw = apply_sets(raw, sets)
-    return resolve(raw, check_devices=check_devices)
 
 
 def resolve(raw: Mapping[str, Any], *, check_devices: bool = True) -> ExperimentConfig:

@@ -32,7 +32,8 @@ from spinebench.benchmark.layout import RECORDS_FILENAME, RESULT_FILE, CellResul
 from spinebench.benchmark.schedule import TrainingUnit, plan_units, process_count
 from spinebench.benchmark.threads import choose_threads
 from spinebench.benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
-from spinebench.benchmark.config import ConfigError, ExperimentConfig, TrainerConfig, load_experiment
+from spinebench.benchmark.config import ConfigError, ExperimentConfig, TrainerConfig
+from spinebench.benchmark.config_files import load_experiment
 from spinebench.benchmark.results import build_leaderboard, write_run_records
 from spinebench.datamodules.atomic import ensure_folder, write_text_atomic
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import optuna
 
-from spinebench.benchmark.config import set_dotted
+from spinebench.benchmark.config_files import set_dotted
 from spinebench.datamodules.errors import InputError
 
 _NUMERIC_KEYS = {"type", "low", "high", "log", "step"}

@@ -34,7 +34,8 @@ import optuna
 from optuna.trial import TrialState
 
 from spinebench.benchmark import tuning_trial
-from spinebench.benchmark.config import TRAINER_KEYS, apply_sets, load_experiment, read_raw
+from spinebench.benchmark.config import TRAINER_KEYS
+from spinebench.benchmark.config_files import apply_sets, load_experiment, read_raw
 from spinebench.benchmark.manifest import git_revision
 from spinebench.benchmark.search_space import SearchSpace, apply_overrides, parse_search_space
 from spinebench.benchmark.tracking import default_tracking_uri, restore_default_uri, source_tags

@@ -24,7 +24,7 @@ import lightning as L
 import optuna
 
 from spinebench.benchmark.cell import train_and_evaluate_cell
-from spinebench.benchmark.config import load_experiment
+from spinebench.benchmark.config_files import load_experiment
 from spinebench.benchmark.runner import global_rank
 from spinebench.benchmark.tracking import Tracker, check_reachable
 from spinebench.benchmark.tuning_study import make_pruner

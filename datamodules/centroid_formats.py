@@ -21,7 +21,7 @@ import os
 
 import numpy as np
 
-from spinebench.datamodules.ct_io import orientation_code, reoriented_geometry
+from spinebench.datamodules.orientation import orientation_code, reoriented_geometry
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import Geometry
 from spinebench.datamodules.labels import check_name, lml_id, name_from_lml_id, name_from_verse_id, verse_id

@@ -2,11 +2,7 @@
 
 Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``, ``.mhd``) and DICOM series
 (a folder). Arrays are in numpy axis order (see ``datamodules.geometry``); only 3D scalar images are accepted.
-
-Orientation codes (``"PIR"``, ``"LPS"``, ...) follow nibabel/ITK: letter ``i`` names the patient direction towards
-which voxel axis ``i`` grows, axes listed in file order (x, y, z), i.e. numpy axes (2, 1, 0). The canonical
-orientation is ``"LPS"`` (ITK identity direction): numpy axes (0, 1, 2) grow towards (superior, posterior, left).
-Reorientation only permutes and flips voxel axes, so it is lossless and world coordinates are unchanged.
+Orientation codes and lossless reorientation: ``datamodules.orientation``; resampling: ``datamodules.resample``.
 """
 
 from __future__ import annotations
@@ -14,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
-import itertools
 import os
 import shutil
 import struct
@@ -33,11 +28,6 @@ from spinebench.datamodules.geometry import Geometry
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Formats whose header names a separate data file (written beside it).
 _DETACHED_SUFFIXES = (".mhd", ".nhdr")
-CANONICAL_ORIENTATION = "LPS"
-
-# World axis (LPS index) and sign for each orientation letter.
-_LETTER_AXIS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
-_AXIS_LETTER = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}
 
 
 def image_suffix(path: str | os.PathLike) -> str | None:
@@ -299,144 +289,3 @@ def _write_detached(path: Path, image: sitk.Image, compress: bool) -> None:
         os.replace(tmpdir / path.name, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-# --- orientation ---------------------------------------------------------------------------------
-
-
-def _axis_assignment(direction: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
-    """World axis and sign of each numpy axis: the permutation that best matches the direction cosines."""
-    best = max(itertools.permutations(range(3)), key=lambda p: sum(abs(direction[p[a], a]) for a in range(3)))
-    signs = np.array([1 if direction[best[a], a] >= 0 else -1 for a in range(3)])
-    return best, signs
-
-
-def orientation_code(geometry: Geometry) -> str:
-    """Three-letter orientation code of ``geometry`` in file axis order (x, y, z), e.g. ``"PIR"``, ``"RAS"``."""
-    world_axis, signs = _axis_assignment(geometry.direction)
-    return "".join(_AXIS_LETTER[(world_axis[a], int(signs[a]))] for a in (2, 1, 0))
-
-
-def _parse_code(code: str) -> list[tuple[int, int]]:
-    """(world axis, sign) for numpy axes 0, 1, 2 from a code listed in file order (x, y, z)."""
-    code = "".join(code).upper()
-    pairs = [_LETTER_AXIS.get(c) for c in code]
-    if len(code) != 3 or None in pairs or len({p[0] for p in pairs}) != 3:
-        raise InputError(f"invalid orientation code {code!r}; expected three of L/R, P/A, S/I, e.g. 'LPS' or 'PIR'")
-    return list(reversed(pairs))
-
-
-def _reorient_plan(geometry: Geometry, code: str):
-    target = _parse_code(code)
-    world_axis, signs = _axis_assignment(geometry.direction)
-    source_of = {w: a for a, w in enumerate(world_axis)}
-    order = [source_of[w] for w, _ in target]  # new axis t takes old axis order[t]
-    flips = [bool(signs[order[t]] != target[t][1]) for t in range(3)]
-    old_shape = np.asarray(geometry.shape)
-    corner_vox = np.array([0.0, 0.0, 0.0])  # old voxel that becomes the new (0, 0, 0)
-    for t in range(3):
-        if flips[t]:
-            corner_vox[order[t]] = old_shape[order[t]] - 1
-    direction = geometry.direction[:, order] * np.where(flips, -1.0, 1.0)[None, :]
-    new_geometry = Geometry(
-        shape=tuple(int(old_shape[a]) for a in order),
-        spacing_mm=geometry.spacing_mm[order],
-        origin_mm=geometry.vox_to_world(corner_vox),
-        direction=direction,
-    )
-    return order, flips, new_geometry
-
-
-def reoriented_geometry(geometry: Geometry, code: str = CANONICAL_ORIENTATION) -> Geometry:
-    """The geometry that ``reorient(array, geometry, code)`` would return (no voxels touched)."""
-    return _reorient_plan(geometry, code)[2]
-
-
-def reorient(array: np.ndarray, geometry: Geometry, code: str) -> tuple[np.ndarray, Geometry]:
-    """Permute/flip voxel axes so that the image has orientation ``code``; world coordinates are unchanged.
-
-    Oblique scans keep their small residual rotation in ``direction`` (a lossless reorientation cannot remove it).
-    """
-    order, flips, new_geometry = _reorient_plan(geometry, code)
-    out = np.transpose(array, order)
-    flip_axes = tuple(t for t in range(3) if flips[t])
-    if flip_axes:
-        out = np.flip(out, axis=flip_axes)
-    return np.ascontiguousarray(out), new_geometry
-
-
-def reorient_canonical(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
-    """Reorient to ``"LPS"``: numpy axes (0, 1, 2) grow towards (superior, posterior, left)."""
-    return reorient(array, geometry, CANONICAL_ORIENTATION)
-
-
-# --- resampling ----------------------------------------------------------------------------------
-
-_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
-
-
-def isotropic_grid(geometry: Geometry, spacing_mm: float = 2.0) -> Geometry:
-    """The isotropic ``spacing_mm`` grid over ``geometry``'s physical extent and direction: ``round(n * spacing /
-    spacing_mm)`` voxels per axis around the same centre, so the field of view (voxel edge to voxel edge) is kept
-    to within half a new voxel per side."""
-    if not spacing_mm > 0:
-        raise InputError(f"spacing_mm must be positive, got {spacing_mm}")
-    old_shape = np.asarray(geometry.shape, dtype=np.float64)
-    new_shape = np.maximum(1, np.round(old_shape * geometry.spacing_mm / spacing_mm)).astype(int)
-    new_spacing = np.full(3, float(spacing_mm))
-    centre_mm = geometry.vox_to_world((old_shape - 1) / 2)
-    new_origin = centre_mm - geometry.direction @ (new_spacing * (new_shape - 1) / 2)
-    return Geometry(tuple(int(n) for n in new_shape), new_spacing, new_origin, geometry.direction)
-
-
-def resample_isotropic(
-    array: np.ndarray, geometry: Geometry, spacing_mm: float = 2.0, interpolation: str = "linear"
-) -> tuple[np.ndarray, Geometry]:
-    """Resample to isotropic ``spacing_mm`` over the same physical extent and direction (``isotropic_grid``).
-
-    ``"linear"`` (CT) returns float32 and fills outside samples with the image minimum; ``"nearest"`` (label
-    masks) keeps the dtype and fills with 0. No anti-aliasing: downsampling a thin-slice CT by linear
-    interpolation is what the published pipelines do.
-    """
-    grid = isotropic_grid(geometry, spacing_mm)
-    return resample_to(array, geometry, grid, interpolation), grid
-
-
-def resample_to(
-    array: np.ndarray | sitk.Image, geometry: Geometry, grid: Geometry, interpolation: str = "linear"
-) -> np.ndarray:
-    """``array`` (on ``geometry``; a numpy array or the SimpleITK image a file was read into, which saves the
-    full-resolution copies in and out of numpy) sampled at the voxel centres of ``grid``, in one SimpleITK pass.
-
-    ``grid`` may differ in orientation too: resampling an image straight onto the canonical isotropic grid gives
-    what reorienting it first and then resampling gives (up to float rounding of the sample positions), without
-    the full-resolution copies of the reorientation. ``"linear"`` interpolates an integer CT directly into
-    float32 output (no float copy of the input) and fills outside samples with the image minimum; ``"nearest"``
-    keeps the dtype and fills with 0.
-    """
-    if interpolation not in _INTERPOLATORS:
-        raise InputError(f"unknown interpolation {interpolation!r}; valid: {', '.join(_INTERPOLATORS)}")
-    linear = interpolation == "linear"
-    if isinstance(array, sitk.Image):
-        image = array
-        fill = _image_minimum(image) if linear else 0.0
-    else:
-        image = geometry.to_sitk(array.astype(np.uint8) if array.dtype == bool else array)
-        fill = float(array.min()) if (linear and array.size) else 0.0
-    resampler = sitk.ResampleImageFilter()
-    size, spacing, origin, direction = grid.itk_parameters()
-    resampler.SetSize(size)
-    resampler.SetOutputSpacing(spacing)
-    resampler.SetOutputOrigin(origin)
-    resampler.SetOutputDirection(direction)
-    resampler.SetInterpolator(_INTERPOLATORS[interpolation])
-    resampler.SetDefaultPixelValue(fill)
-    if linear:
-        resampler.SetOutputPixelType(sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(resampler.Execute(image))
-
-
-def _image_minimum(image: sitk.Image) -> float:
-    # numpy on a view of the image's buffer (alive as long as ``image``): 3x faster than ITK's min/max filter
-    return float(sitk.GetArrayViewFromImage(image).min())
-

@@ -7,7 +7,7 @@ from SimpleITK lives here and nowhere else.)
 
     world_mm = origin_mm + direction @ (spacing_mm * voxel)
 
-The canonical orientation after ``ct_io.reorient_canonical`` is SimpleITK's identity direction, i.e. array
+The canonical orientation after ``orientation.reorient_canonical`` is SimpleITK's identity direction, i.e. array
 axes (0, 1, 2) grow towards (superior, posterior, left) -- ITK's "LPS" orientation read as numpy (z, y, x).
 In numpy axis order its ``direction`` is the anti-diagonal ``CANONICAL_DIRECTION``, not ``np.eye(3)``.
 """

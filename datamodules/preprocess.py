@@ -103,8 +103,9 @@ def preprocess_volume(ct_hu, geometry: Geometry, params: PreprocessParams,
     after clipping at air, is refused (``InputError`` naming ``source``): no method can find anything there."""
     import SimpleITK as sitk
 
-    from spinebench.datamodules.ct_io import isotropic_grid, reorient_canonical, reoriented_geometry, resample_to
+    from spinebench.datamodules.orientation import reorient_canonical, reoriented_geometry
 
+    from spinebench.datamodules.resample import isotropic_grid, resample_to
     if not isinstance(ct_hu, sitk.Image):
         ct_hu = np.asarray(ct_hu)
     voxels = sitk.GetArrayViewFromImage(ct_hu) if isinstance(ct_hu, sitk.Image) else ct_hu

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import timed, write_fragment  # noqa: E402
 
 from spinebench.datamodules.centroids import centroids_from_mask  # noqa: E402
-from spinebench.datamodules.ct_io import (  # noqa: E402
-    isotropic_grid, read_image, read_sitk_image, reorient_canonical, reoriented_geometry, resample_isotropic, write_image,
-)  # fmt: skip
+from spinebench.datamodules.ct_io import read_image, read_sitk_image, write_image  # noqa: E402
+from spinebench.datamodules.orientation import reorient_canonical, reoriented_geometry  # noqa: E402
+from spinebench.datamodules.resample import isotropic_grid, resample_isotropic  # noqa: E402
 from spinebench.datamodules.preprocess import PreprocessParams, preprocess_volume  # noqa: E402
 from spinebench.datamodules.geometry import Geometry  # noqa: E402
 

@@ -37,7 +37,7 @@ def main() -> None:
     from spinebench.benchmark.builders import build_method, label_names, quiet_lightning
     from spinebench.benchmark.cell import evaluate_checkpoint
     from spinebench.benchmark.layout import RESULT_FILE, CellResult, cell_dir
-    from spinebench.benchmark.config import load_experiment
+    from spinebench.benchmark.config_files import load_experiment
     from spinebench.benchmark.results import test_metrics
     from spinebench.methods.crop_inference import tile_origins
     from spinebench.methods.registry import get_method_spec

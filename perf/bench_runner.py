@@ -71,7 +71,7 @@ def logging_call_ms(tmp: Path, calls: int = 60) -> float:
 def smoke_seconds(tmp: Path) -> list[tuple[str, float]]:
     from rich.console import Console
 
-    from spinebench.benchmark.config import load_experiment
+    from spinebench.benchmark.config_files import load_experiment
     from spinebench.benchmark.runner import run_benchmark
 
     base = ["methods=[di2in]", f"data.cache_dir={tmp / 'cache'}"]
@@ -103,7 +103,7 @@ def main() -> None:
            "", "Both open the store in a fresh interpreter with MLflow imported, as a run's first tracking call does "
            "(SQLAlchemy's first use included)."]
 
-    from spinebench.benchmark.config import load_experiment
+    from spinebench.benchmark.config_files import load_experiment
 
     cfg = load_experiment("default", ["tracking.enabled=false"])
     steps = {m.name: cfg.trainer_for(m).max_steps for m in cfg.methods}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spinebench.benchmark.config import load_experiment
+from spinebench.benchmark.config_files import load_experiment
 from spinebench.datamodules.cache_root import cache_root
 from spinebench.datamodules.datamodule import DataConfig
 

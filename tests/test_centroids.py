@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from spinebench.datamodules.centroids import Centroids, centroids_from_mask, read_centroids, write_centroids
-from spinebench.datamodules.ct_io import read_image, resample_isotropic
+from spinebench.datamodules.ct_io import read_image
+from spinebench.datamodules.resample import resample_isotropic
 from spinebench.datamodules.errors import InputError, UnknownLabelError
 from spinebench.datamodules.geometry import Geometry
 from spinebench.datamodules.labels import get_label_set

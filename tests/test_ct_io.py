@@ -4,16 +4,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from spinebench.datamodules.ct_io import (
-    orientation_code,
-    read_geometry,
-    read_image,
-    read_sitk_image,
-    reorient,
-    reorient_canonical,
-    resample_isotropic,
-    write_image,
-)
+from spinebench.datamodules.ct_io import read_geometry, read_image, read_sitk_image, write_image
+from spinebench.datamodules.orientation import orientation_code, reorient, reorient_canonical
+from spinebench.datamodules.resample import resample_isotropic
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import CANONICAL_DIRECTION, Geometry, canonical_geometry
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import yaml
 
 from spinebench.benchmark.cli import main
-from spinebench.benchmark.config import load_experiment
+from spinebench.benchmark.config_files import load_experiment
 
 
 def test_print_config_is_the_resolved_config_and_runs_again(tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spinebench.benchmark.config import shipped_config_names
+from spinebench.benchmark.config_files import shipped_config_names
 
 REPO = Path(__file__).resolve().parents[1]
 SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from spinebench.benchmark.config import load_experiment
+from spinebench.benchmark.config_files import load_experiment
 from spinebench.benchmark.runner import run_benchmark
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spinebench.benchmark.config import load_experiment
+from spinebench.benchmark.config_files import load_experiment
 from spinebench.benchmark.runner import run_benchmark
 from spinebench.benchmark.schedule import plan_units, process_count
 

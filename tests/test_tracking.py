@@ -219,7 +219,7 @@ def test_real_mlflow_server(tmp_path):
         # A whole (one-epoch) benchmark run logging to the server.
         from mlflow.tracking import MlflowClient
 
-        from spinebench.benchmark.config import load_experiment
+        from spinebench.benchmark.config_files import load_experiment
         from spinebench.benchmark.runner import run_benchmark
 
         cfg = load_experiment("smoke", ["methods=[di2in]", f"data.cache_dir={tmp_path / 'cache'}",

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from spinebench.benchmark.builders import build_datamodule, build_method, load_weights, set_determinism
     from spinebench.benchmark.cell import evaluate_checkpoint
     from spinebench.benchmark.layout import RECORDS_FILENAME, cell_complete, cell_dir
-    from spinebench.benchmark.config import ConfigError, load_experiment
+    from spinebench.benchmark.config import ConfigError
+    from spinebench.benchmark.config_files import load_experiment
     from spinebench.benchmark.records import write_records
     from spinebench.benchmark.results import print_leaderboard
     from spinebench.benchmark.runner import listed_case_ids

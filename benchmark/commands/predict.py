@@ -83,7 +83,8 @@ class Predictor:
         import torch
 
         from spinebench.benchmark.builders import build_method, load_weights
-        from spinebench.benchmark.config import ConfigError, load_experiment
+        from spinebench.benchmark.config import ConfigError
+        from spinebench.benchmark.config_files import load_experiment
         from spinebench.benchmark.threads import choose_threads
 
         torch.set_num_threads(choose_threads(threads))
@@ -193,8 +194,7 @@ def preview_volume(original, geometry):
     preview draws (not the run's network grid, on which a spine at 8 mm cannot be recognised)."""
     import SimpleITK as sitk
 
-    from spinebench.datamodules.ct_io import reorient_canonical
-
+    from spinebench.datamodules.orientation import reorient_canonical
     return reorient_canonical(sitk.GetArrayViewFromImage(original), geometry)
 
 
