@@ -191,7 +191,14 @@ class Tracker:
             if experiment is None:
                 db = sqlite_file(self.uri)
                 location = (db.resolve().parent / ARTIFACTS).as_uri() if db is not None else None
-                self.experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+                try:
+                    self.experiment_id = self.client.create_experiment(self.experiment_name,
+                                                                       artifact_location=location)
+                except Exception:  # another run of the same config created it a moment ago: the store is shared
+                    experiment = self.client.get_experiment_by_name(self.experiment_name)
+                    if experiment is None:
+                        raise
+                    self.experiment_id = experiment.experiment_id
             else:
                 if experiment.lifecycle_stage == "deleted":
                     self.client.restore_experiment(experiment.experiment_id)

@@ -18,8 +18,6 @@ from spinebench.benchmark.tuning_storage import open_storage
 from spinebench.datamodules.errors import InputError
 
 DEFAULT_METRIC = "val/id_rate"
-PRUNERS = ("median", "hyperband", "threshold", "none")
-SAMPLERS = ("tpe", "random")
 
 
 class TuneError(InputError):
@@ -40,30 +38,30 @@ class TuneSettings:
     tracking_uri: str
 
 
+_PRUNER_CLASSES = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+                   "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
+_SAMPLER_CLASSES = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+
+
 def make_pruner(raw: Mapping[str, Any] | None, where: str = "tune.pruner") -> optuna.pruners.BasePruner:
     """``{type: median|hyperband|threshold|none, ...}``; the other keys are the pruner's own arguments."""
-    raw = dict(raw or {"type": "median"})
-    kind = raw.pop("type", "median")
-    classes = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
-               "threshold": optuna.pruners.ThresholdPruner, "none": optuna.pruners.NopPruner}
-    if kind not in classes:
-        raise TuneError(f"{where}.type: unknown pruner {kind!r}; valid pruners: {', '.join(PRUNERS)}")
-    try:
-        return classes[kind](**raw)
-    except (TypeError, ValueError) as exc:
-        raise TuneError(f"{where}: bad arguments for the {kind} pruner: {exc}") from None
+    return _build(raw, "median", _PRUNER_CLASSES, "pruner", where)
 
 
 def make_sampler(raw: Mapping[str, Any] | None, where: str = "tune.sampler") -> optuna.samplers.BaseSampler:
-    raw = dict(raw or {"type": "tpe"})
-    kind = raw.pop("type", "tpe")
-    classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    """``{type: tpe|random, ...}``; the other keys are the sampler's own arguments (e.g. ``seed``)."""
+    return _build(raw, "tpe", _SAMPLER_CLASSES, "sampler", where)
+
+
+def _build(raw: Mapping[str, Any] | None, default: str, classes: Mapping[str, type], what: str, where: str):
+    raw = dict(raw or {"type": default})
+    kind = raw.pop("type", default)
     if kind not in classes:
-        raise TuneError(f"{where}.type: unknown sampler {kind!r}; valid samplers: {', '.join(SAMPLERS)}")
+        raise TuneError(f"{where}.type: unknown {what} {kind!r}; valid {what}s: {', '.join(classes)}")
     try:
         return classes[kind](**raw)
     except (TypeError, ValueError) as exc:
-        raise TuneError(f"{where}: bad arguments for the {kind} sampler: {exc}") from None
+        raise TuneError(f"{where}: bad arguments for the {kind} {what}: {exc}") from None
 
 
 def trial_sampler(raw: Mapping[str, Any] | None, index: int) -> optuna.samplers.BaseSampler:

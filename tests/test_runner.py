@@ -221,15 +221,28 @@ def test_a_run_folder_is_not_trusted_beyond_itself(trained_run, tmp_path):
 
 
 def test_concurrent_runs_share_a_cache_and_concurrent_predictions_share_a_folder(trained_run, tmp_path):
-    """Two runs filling one empty cache at once, and two predictions writing into one folder at once, finish with
-    the same, valid results as one alone (writes are atomic: the last rename wins with identical content)."""
-    cache = tmp_path / "cache"
-    sets = sum((["--set", s] for s in _sets(cache, "execution.processes=1", "trainer.num_threads=1")), [])
+    """Two runs filling one empty cache and creating one new MLflow store and experiment at once, and two
+    predictions writing into one folder at once, finish with the same, valid results as one alone (writes are
+    atomic: the last rename wins with identical content)."""
+    from mlflow.tracking import MlflowClient
+
+    cache, store = tmp_path / "cache", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = sum((["--set", s] for s in _sets(cache, "execution.processes=1", "trainer.num_threads=1",
+                                            "tracking.enabled=true")), [])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     runs = [subprocess.Popen([sys.executable, "-m", "spinebench", "run", "--config", "smoke", *sets, "--out",
                               str(tmp_path / name / "smoke")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True) for name in ("a", "b")]  # fmt: skip
+                             text=True, env=env) for name in ("a", "b")]  # fmt: skip
     errors = [p.communicate(timeout=600)[1] for p in runs]
     assert [p.returncode for p in runs] == [0, 0], [e[-2000:] for e in errors]
+    client = MlflowClient(tracking_uri=store)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "smoke"]
+    finished = {r.info.run_id for r in client.search_runs([experiment.experiment_id],
+                                                          filter_string="attributes.status = 'FINISHED'")}
+    parents = {json.loads((tmp_path / name / "smoke" / "mlflow_run.json").read_text())["parent_run_id"]
+               for name in ("a", "b")}
+    cells = len(list((tmp_path / "a" / "smoke" / "cells").glob("*/seed*")))
+    assert len(parents) == 2 and parents <= finished and len(finished) == 2 * (1 + cells)  # all in one experiment
     a, b = (_records(tmp_path / name / "smoke" / "records.csv") for name in ("a", "b"))
     assert a == b and len(a) > 0  # one thread each (fixed): bit-identical, whatever else the machine does
     entries = sorted(cache.rglob("*.json"))
