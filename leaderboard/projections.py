@@ -166,32 +166,58 @@ def projection_png(path: Path, caption: str | None = None) -> tuple[str, bytes]:
     missing = [k for k in needed if k not in data]
     if missing:
         raise LeaderboardInputError(f"{path}: projection file lacks {missing[0]!r}")
-    sp = data["spacing_mm"]
     if caption is None:
         caption = " / ".join(str(data[k]) for k in ("method", "case") if k in data and str(data[k])) or path.stem
-    fig = Figure(figsize=(6.0, 4.5))
-    views = (("sagittal", 1, sp[1]), ("coronal", 2, sp[2]))  # (image, horizontal voxel axis, its spacing)
-    for i, (view, axis, h_spacing) in enumerate(views):
+    return caption, mip_views_png(data["sagittal"], data["coronal"], data["spacing_mm"], truth=data["true_vox"],
+                                  predicted=data["pred_vox"], names=data["names"], caption=caption)
+
+
+def volume_views_png(volume: np.ndarray, spacing_mm, *, truth: np.ndarray | None = None,
+                     predicted: np.ndarray | None = None, names=(), caption: str = "",
+                     window: tuple[float, float] = (-250.0, 1250.0)) -> bytes:
+    """``mip_views_png`` of a canonical volume ``(D, H, W)`` (axis 0 superior, 1 posterior, 2 patient-left) in HU,
+    shown in the bone ``window``: the previews of ``spinebench phantom`` and ``spinebench predict``."""
+    volume = np.asarray(volume)
+    return mip_views_png(volume.max(axis=2), volume.max(axis=1), spacing_mm, truth=truth, predicted=predicted,
+                         names=names, caption=caption, window=window, size=(8.0, 6.0))
+
+
+def mip_views_png(sagittal: np.ndarray, coronal: np.ndarray, spacing_mm, *, truth: np.ndarray | None = None,
+                  predicted: np.ndarray | None = None, names=(), caption: str = "",
+                  window: tuple[float, float] | None = None, size: tuple[float, float] = (6.0, 4.5)) -> bytes:
+    """The one renderer of projections: sagittal and coronal MIPs side by side at the voxels' true aspect, true
+    centroids (green circles) and predictions (red x) in voxel coordinates ``(K, 3)``, ``names`` labelling the
+    true centroids (the predictions when there are none); a prediction outside the image is a triangle on the
+    nearest edge, counted in the title. ``window``: (low, high) grey levels, default the image's range."""
+    sp = np.asarray(spacing_mm, float)
+    label_points = truth if truth is not None else predicted
+    fig = Figure(figsize=size)
+    views = (("sagittal", sagittal, 1), ("coronal", coronal, 2))  # (name, image, horizontal voxel axis)
+    for i, (view, img, axis) in enumerate(views):
         ax = fig.add_subplot(1, 2, i + 1)
-        img = data[view]
-        ax.imshow(img, cmap="gray", origin="lower", aspect=float(sp[0] / h_spacing), interpolation="nearest")
-        for pts, style, color in ((data["true_vox"], "o", "lime"), (data["pred_vox"], "x", "red")):
-            ok = np.isfinite(pts).all(1)
-            ax.plot(pts[ok, axis], pts[ok, 0], style, color=color, ms=4, mfc="none")
-        # predictions outside the image would vanish: drawn as triangles on the nearest edge, and counted
-        outside, edge = outside_view(data["pred_vox"][:, [0, axis]], img.shape)
-        if outside.any():
-            ax.plot(edge[:, 1], edge[:, 0], "^", color="red", ms=5, clip_on=False)
+        low, high = window if window is not None else (None, None)
+        ax.imshow(img, cmap="gray", origin="lower", aspect=float(sp[0] / sp[axis]), interpolation="nearest",
+                  vmin=low, vmax=high)
+        for pts, style, color in ((truth, "o", "lime"), (predicted, "x", "red")):
+            if pts is not None:
+                ok = np.isfinite(pts).all(1)
+                ax.plot(pts[ok, axis], pts[ok, 0], style, color=color, ms=4, mfc="none")
+        beyond = ""
+        if predicted is not None:  # predictions outside the image would vanish: drawn on the nearest edge
+            outside, edge = outside_view(np.asarray(predicted)[:, [0, axis]], img.shape)
+            if outside.any():
+                ax.plot(edge[:, 1], edge[:, 0], "^", color="red", ms=5, clip_on=False)
+                beyond = f" ({int(outside.sum())} predicted outside: ▲ at the edge)"
         ax.set_xlim(-0.5, img.shape[1] - 0.5)  # the image, not the points, sets the view
         ax.set_ylim(-0.5, img.shape[0] - 0.5)
-        for name, p in zip(data["names"], data["true_vox"]):
-            if np.isfinite(p).all():
-                ax.annotate(plot_text(str(name)), (p[axis], p[0]), color="yellow", fontsize=5,
-                            xytext=(3, 0), textcoords="offset points")
-        beyond = f" ({int(outside.sum())} predicted outside: ▲ at the edge)" if outside.any() else ""
+        if label_points is not None:
+            for name, p in zip(names, label_points):
+                if np.isfinite(p).all():
+                    ax.annotate(plot_text(str(name)), (p[axis], p[0]), color="yellow", fontsize=5,
+                                xytext=(3, 0), textcoords="offset points")
         ax.set_title(f"{view} MIP{beyond}", fontsize=7 if beyond else 8)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(plot_text(caption), fontsize=8)
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88, wspace=0.05)
-    return caption, figure_png(fig)
+    return figure_png(fig)

@@ -10,7 +10,7 @@ import numpy as np
 
 from spinebench.benchmark.commands import bounded, non_negative, positive
 from spinebench.benchmark.config_types import build_typed
-from spinebench.datamodules.atomic import atomic_path, ensure_folder, write_json_atomic
+from spinebench.datamodules.atomic import ensure_folder, write_bytes_atomic, write_json_atomic
 from spinebench.datamodules.centroids import write_centroids
 from spinebench.datamodules.ct_io import write_image
 from spinebench.datamodules.errors import InputError
@@ -92,35 +92,12 @@ def write_case(case, out: Path, preview: bool = False) -> dict[str, Path]:
 
 
 def write_preview(case, path: Path) -> None:
-    """Sagittal and coronal maximum-intensity projections with the labelled centroids."""
-    import matplotlib
+    """Sagittal and coronal maximum-intensity projections with the labelled true centroids
+    (``leaderboard.projections``, the renderer of every projection), window -200..1500 HU."""
+    from spinebench.leaderboard.projections import volume_views_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ct = case.ct_hu.astype(np.float32)
-    sp = case.geometry.spacing_mm  # (s, p, l)
-    sagittal = np.clip(ct.max(axis=2), -200, 1500)  # (s, p)
-    coronal = np.clip(ct.max(axis=1), -200, 1500)  # (s, l)
-    vox = {n: case.geometry.world_to_vox(p) for n, p in case.centroids_mm.items()}
-    height = ct.shape[0] * sp[0]
-    fig, axes = plt.subplots(1, 2, figsize=(8, max(4.0, 8.0 * height / 600.0)), dpi=100)
-    views = (
-        (axes[0], sagittal, 1, "sagittal MIP (anterior left)", [0, ct.shape[1] * sp[1]]),
-        (axes[1], coronal, 2, "coronal MIP (patient right left)", [0, ct.shape[2] * sp[2]]),
-    )
-    for ax, image, axis, title, xlim in views:
-        ax.imshow(image, cmap="gray", origin="lower", extent=(xlim[0], xlim[1], 0, height), aspect="equal")
-        for name, v in vox.items():
-            x, y = v[axis] * sp[axis], v[0] * sp[0]
-            ax.plot(x, y, "o", color="tab:red", markersize=3)
-            ax.text(x + 6, y, name, color="yellow", fontsize=6, va="center",
-                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 0.5, "linewidth": 0})
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("mm", fontsize=7)
-        ax.tick_params(labelsize=6)
-    fig.suptitle(f"{case.case_id}  {difficulty_summary(case.metadata)}", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    names = list(case.centroids_mm)
+    vox = np.array([case.geometry.world_to_vox(case.centroids_mm[n]) for n in names]).reshape(-1, 3)
+    png = volume_views_png(case.ct_hu, case.geometry.spacing_mm, truth=vox, names=names, window=(-200.0, 1500.0),
+                           caption=f"{case.case_id}  {difficulty_summary(case.metadata)}")
+    write_bytes_atomic(path, png)

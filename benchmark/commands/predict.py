@@ -200,31 +200,12 @@ def preview_volume(original, geometry):
 
 def write_preview(path: Path, image, geometry, centroids, title: str = "") -> None:
     """Sagittal and coronal maximum-intensity projections of a canonical (``reorient_canonical``) HU volume with
-    labelled centroids, in mm (anisotropic voxels drawn to scale), bone window -250..1250 HU."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    the predicted centroids, voxels at their true aspect, bone window -250..1250 HU (``leaderboard.projections``)."""
     import numpy as np
 
-    from spinebench.datamodules.atomic import atomic_path
+    from spinebench.datamodules.atomic import write_bytes_atomic
+    from spinebench.leaderboard.projections import volume_views_png
 
-    vox = {n: geometry.world_to_vox(c) for n, c in centroids.items()}
-    sp = geometry.spacing_mm
-    fig, axes = plt.subplots(1, 2, figsize=(8, 6))
-    # axis 0 grows superior, 1 posterior, 2 patient-left: sagittal = max over 2, coronal = max over 1.
-    for ax, (proj_axis, horiz, label) in zip(axes, ((2, 1, "sagittal"), (1, 2, "coronal"))):
-        mip = np.asarray(image).max(axis=proj_axis)
-        # voxel i covers [i - 0.5, i + 0.5] * spacing: centroids in voxel coordinates land on their voxel's centre
-        extent = (-0.5 * sp[horiz], (mip.shape[1] - 0.5) * sp[horiz], -0.5 * sp[0], (mip.shape[0] - 0.5) * sp[0])
-        ax.imshow(mip, cmap="gray", origin="lower", extent=extent, aspect="equal", vmin=-250, vmax=1250)
-        for name, v in vox.items():
-            x, y = v[horiz] * sp[horiz], v[0] * sp[0]
-            ax.plot(x, y, "o", color="tab:red", markersize=3)
-            ax.text(x + 2, y, name, color="yellow", fontsize=6)
-        ax.set_title(label)
-        ax.set_axis_off()
-    fig.suptitle(title, fontsize=9)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
+    names = list(centroids)
+    vox = np.array([geometry.world_to_vox(centroids[n]) for n in names]).reshape(-1, 3)
+    write_bytes_atomic(path, volume_views_png(image, geometry.spacing_mm, predicted=vox, names=names, caption=title))
