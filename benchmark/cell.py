@@ -235,7 +235,7 @@ def evaluate_checkpoint(
         rows += case_rows(
             run=run_name, method=entry.name, seed=seed, case=case_id, names=names,
             true_mm=info.centroids_world_mm, pred_mm=pred_mm, pred_present=pred.present, scores=pred.scores,
-            dataset=info.dataset, split="test", patient=_patient(info), metadata=_flat_metadata(info.metadata),
+            dataset=info.dataset, split="test", patient=_patient(info), metadata=info.conditions,
             method_order=method_order, seconds_per_case=seconds, params=float(params),
             train_peak_memory_mb=_finite_or_none(train_peak_memory_mb), peak_memory_mb=_finite_or_none(peak_mb),
         )  # fmt: skip
@@ -280,17 +280,3 @@ def prepare_for_test(datamodule) -> None:
 def _patient(info) -> str | None:
     patient = info.metadata.get("patient") or info.metadata.get("patient_id")
     return str(patient) if patient else None
-
-
-def _flat_metadata(metadata: dict) -> dict[str, object]:
-    """Case conditions for ``meta_*`` columns: phantom difficulty switches (``{"applied": bool}`` entries) as
-    flags, plus ``curvature`` (scoliosis or abnormal kyphosis); identifiers and nested settings are left out."""
-    out: dict[str, object] = {}
-    for key, value in metadata.items():
-        if isinstance(value, dict) and isinstance(value.get("applied"), bool):
-            out[key] = value["applied"]
-    if "scoliosis" in out or "kyphosis" in out:
-        out["curvature"] = bool(out.get("scoliosis")) or bool(out.get("kyphosis"))
-    return out
-
-

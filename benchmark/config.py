@@ -3,8 +3,9 @@
 An experiment file::
 
     name: default
-    data:            # the datamodule's DataConfig, field for field (source, label_set, spacing_mm, ...)
+    data:            # the datamodule's DataConfig (benchmark.config_data): fields + the selected source's section
       source: phantom
+      phantom: {n_train: 16, n_test: 4}
     methods:         # method name -> {overrides: {...}, trainer: {...}}; order = leaderboard order
       di2in: {overrides: {base_width: 8}}
       resml_cls: {}
@@ -32,7 +33,9 @@ from typing import Any
 
 import yaml
 
+from spinebench.benchmark.config_data import resolve_data
 from spinebench.benchmark.config_types import ConfigError, _check_keys, _coerce, _plain, build_typed
+from spinebench.datamodules.datamodule import DataConfig
 from spinebench.datamodules.errors import InputError
 
 
@@ -105,7 +108,7 @@ class ExecutionConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str
-    data: Any  # datamodules.datamodule.DataConfig
+    data: DataConfig
     methods: tuple[MethodEntry, ...]
     seeds: tuple[int, ...] = (0,)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -131,7 +134,7 @@ class ExperimentConfig:
         return {
             "name": self.name,
             "description": self.description,
-            "data": _plain(dataclasses.asdict(self.data)),
+            "data": _plain(self.data.to_dict()),
             "methods": {
                 m.name: {"overrides": _plain(dataclasses.asdict(self.method_config(m))), "trainer": _plain(dict(m.trainer))}
                 for m in self.methods
@@ -199,7 +202,7 @@ def resolve(raw: Mapping[str, Any], *, check_devices: bool = True) -> Experiment
     _check_keys(raw, _TOP_KEYS, "")
     if "methods" not in raw or not raw["methods"]:
         raise ConfigError(f"methods: the experiment lists no methods; registered methods: {_registered()}")
-    data = _resolve_data(raw.get("data") or {})
+    data = resolve_data(raw.get("data") or {})
     entries = tuple(_resolve_method(name, body) for name, body in raw["methods"].items())
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -296,49 +299,6 @@ def _num_vertebrae(data: Any) -> int | None:
     from spinebench.datamodules.labels import get_label_set
 
     return len(get_label_set(label_set).names)
-
-
-def _resolve_data(raw: Any):
-    from spinebench.datamodules.datamodule import DataConfig
-
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"data: expected a mapping of data options, got {raw!r}")
-    valid = [f.name for f in dataclasses.fields(DataConfig)]
-    if "source" in valid:
-        sources = _data_sources()
-        source = raw.get("source", _field_default(DataConfig, "source"))
-        if sources and source not in sources:
-            raise ConfigError(f"data.source: unknown data source {source!r}; valid sources: {', '.join(sources)}")
-    if "label_set" in raw:
-        from spinebench.datamodules.labels import get_label_set
-
-        try:
-            get_label_set(raw["label_set"])
-        except (InputError, KeyError, ValueError) as exc:
-            raise ConfigError(f"data.label_set: {exc}") from None
-    phantom = raw.get("phantom")
-    if phantom:
-        from spinebench.datamodules.phantom import PhantomConfig
-
-        build_typed(PhantomConfig, phantom, "data.phantom")  # unknown or bad phantom options fail here, by name
-    return build_typed(DataConfig, raw, "data")
-
-
-def _data_sources() -> tuple[str, ...]:
-    import spinebench.datamodules.datamodule as dm
-
-    for name in ("SOURCE_KINDS", "DATA_SOURCES", "SOURCES"):
-        sources = getattr(dm, name, None)
-        if sources:
-            return tuple(sources)
-    return ()
-
-
-def _field_default(cls: type, name: str) -> Any:
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.default if f.default is not dataclasses.MISSING else None
-    return None
 
 
 def _check_trainer(t: TrainerConfig, key: str, check_devices: bool) -> None:

@@ -25,19 +25,26 @@ def _check_keys(raw: Mapping[str, Any], valid: Sequence[str], where: str) -> Non
 
 
 def build_typed(cls: type, raw: Mapping[str, Any], where: str):
-    """``cls(**raw)`` with every value checked against its field's type hint; errors name ``where.key``."""
+    """``cls(**raw)`` with every value checked against its field's type hint; errors name ``where.key``.
+
+    A mapping field whose metadata names a ``schema`` dataclass (``field(metadata={"schema": PhantomConfig})``)
+    holds overrides of that dataclass: its keys and values are checked the same way, and the mapping is kept.
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {raw!r}")
-    fields = [f.name for f in dataclasses.fields(cls)]
-    _check_keys(raw, fields, where)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(raw, list(fields), where)
     hints = typing.get_type_hints(cls)
     values = {k: _coerce(v, hints.get(k, Any), f"{where}.{k}") for k, v in raw.items()}
+    for k, v in values.items():
+        schema = fields[k].metadata.get("schema")
+        if schema is not None and isinstance(v, Mapping):
+            build_typed(schema, v, f"{where}.{k}")
     try:
         return cls(**values)
-    except InputError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    except (InputError, TypeError, ValueError) as exc:
+        text = str(exc)  # a message that already names its key keeps it
+        raise ConfigError(text if text.startswith(f"{where}.") else f"{where}: {text}") from None
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

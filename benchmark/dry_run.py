@@ -68,24 +68,10 @@ def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, t
 
 
 def data_bytes(cfg: ExperimentConfig, ids: dict[str, list[str]]) -> tuple[float, float]:
-    """(mean, largest) bytes of one preprocessed case (float32 at ``data.spacing_mm``), from what is known without
-    reading voxels."""
-    from spinebench.datamodules.datamodule import VertebraDataModule
-
-    spacing = cfg.data.spacing_mm
-    if cfg.data.source == "phantom":
-        from spinebench.datamodules.phantom import PhantomConfig, case_voxels
-
-        voxels = case_voxels(PhantomConfig(**{**dict(cfg.data.phantom or {}), "spacing_mm": spacing}))
-        return 4 * voxels, 4 * voxels
-    from spinebench.datamodules.ct_io import read_geometry
-
-    sizes = []
-    for record in VertebraDataModule(cfg.data).records():
-        if record.image_path and Path(record.image_path).is_file():  # a DICOM folder would be read in full: skipped
-            g = read_geometry(record.image_path)
-            extent = [n * s for n, s in zip(g.shape, g.spacing_mm)]
-            sizes.append(4.0 * float(extent[0] * extent[1] * extent[2]) / spacing**3)
+    """(mean, largest) bytes of one preprocessed case (float32 at ``data.spacing_mm``), from what the source knows
+    without reading voxels (image headers; the phantom generator's extent)."""
+    source = cfg.data.data_source()
+    sizes = [v for v in (source.estimated_voxels(r) for r in source.listing().records) if v is not None]
     if not sizes:
         return 0.0, 0.0
-    return sum(sizes) / len(sizes), max(sizes)
+    return 4.0 * sum(sizes) / len(sizes), 4.0 * max(sizes)

@@ -267,7 +267,7 @@ def checked_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
         if not ids.get(split):
             counts = ", ".join(f"{k} {len(v)}" for k, v in ids.items())
             raise ConfigError(f"data: the {cfg.data.source} source lists no {split} case ({counts}); "
-                              "check data.root, the split lists or the phantom sizes")
+                              f"check the data.{cfg.data.source} section (root, split lists, case counts)")
     return ids
 
 

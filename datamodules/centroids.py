@@ -146,7 +146,7 @@ def centroids_from_mask(
     foreign = [v for v in values if v not in names and not is_other_structure(labels, v)]
     if foreign:
         shown = ", ".join(map(str, foreign[:10])) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
-        hint = "; is it another tool's label map? (--labels / data.mask_labels: " + ", ".join(MASK_LABEL_MAPS) + ")"
+        hint = "; is it another tool's label map? (--labels / data.folder.mask_labels: " + ", ".join(MASK_LABEL_MAPS) + ")"
         raise InputError(f"{source}: mask values {shown} are not {labels} labels{hint}")
     present = [v for v in values if v in names]
     if not present:

@@ -1,6 +1,6 @@
 """``VertebraDataModule``: the one LightningDataModule every method trains and is evaluated on.
 
-    config = DataConfig(source="phantom", phantom_train=16).configure_for(method.data_requirements())
+    config = DataConfig(source="phantom", options={"n_train": 16}).configure_for(method.data_requirements())
     dm = VertebraDataModule(config)
     trainer.fit(method, datamodule=dm); trainer.test(method, datamodule=dm)
     info = dm.case_info(case_id); world_mm = info.geometry.vox_to_world(prediction.centroids_vox)
@@ -21,7 +21,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -30,15 +30,10 @@ from torch.utils.data import DataLoader
 
 from spinebench.datamodules.cache_root import cache_root
 from spinebench.datamodules.errors import InputError
-from spinebench.datamodules.label_maps import MASK_LABEL_MAPS
 from spinebench.datamodules.labels import get_label_set
 from spinebench.datamodules.preprocess import CacheEntry, PreprocessParams, ensure_entry, remove_stale_parts
 from spinebench.datamodules.samples import Augmentation, CropDataset, ShardedEvalSampler, VolumeDataset, pad_collate
-from spinebench.datamodules.sources import (
-    SPLITS, CaseRecord, SourceListing, csi2014_records, folder_records, phantom_records, verse_records,
-)
-
-SOURCE_KINDS: tuple[str, ...] = ("phantom", "csi2014", "verse", "folder")
+from spinebench.datamodules.sources import SPLITS, CaseRecord, DataSource, SourceListing, get_source
 
 
 class SkippedCaseWarning(UserWarning):
@@ -47,26 +42,18 @@ class SkippedCaseWarning(UserWarning):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data, how it is preprocessed, and how samples are drawn. YAML ``data:`` maps onto it one to one."""
+    """Which data, how it is preprocessed, and how samples are drawn.
 
-    source: Literal["phantom", "csi2014", "verse", "folder"] = "phantom"
-    root: str | None = None  # folder of csi2014 / verse / folder sources
-    csi2014_split: str = "set2"  # published 242/60 split; ignored when split lists are given
-    train_list: str | None = None  # user split lists: files of case ids, one per line
-    val_list: str | None = None
-    test_list: str | None = None
-    val_fraction: float = 0.0  # of training ids (official splits) or of all ids (no official split)
-    test_fraction: float = 0.2  # sources with no official split and no lists
-    split_seed: int = 0
-    phantom_train: int = 16
-    phantom_val: int = 4
-    phantom_test: int = 4
-    phantom_seed: int = 0
-    phantom: dict = field(default_factory=dict)  # PhantomConfig overrides
+    ``source`` names a registered data source and ``options`` are its typed options (its ``Options`` dataclass,
+    or a mapping of them); in YAML they are ``data.source: NAME`` and the section ``data.NAME: {...}``
+    (``to_dict``). The other fields map the ``data:`` section one to one.
+    """
+
+    source: str = "phantom"
+    options: Any = None  # the source's Options (a mapping is checked and converted; None: its defaults)
     label_set: str = "default"
     spacing_mm: float = 2.0
     cache_dir: str | None = None  # None: <cache root>/preprocessed (SPINEBENCH_CACHE, else the XDG cache folder)
-    mask_labels: str = "verse"  # folder source: numbering of vertebra masks (verse, spineps, totalsegmentator, ...)
     batch_size: int = 2
     num_workers: int = 0
     augment: bool = False
@@ -82,14 +69,15 @@ class DataConfig:
     heatmap_sigma_vox: float | None = None
 
     def __post_init__(self) -> None:
-        if self.source not in SOURCE_KINDS:
-            raise InputError(f"unknown data.source {self.source!r}; valid: {', '.join(SOURCE_KINDS)}")
+        source_cls = get_source(self.source)
+        try:
+            object.__setattr__(self, "options", source_cls.build_options(self.options))
+        except TypeError as exc:
+            raise InputError(f"data.{self.source}: {exc}") from None
         if self.sample_mode not in ("volume", "crop"):
             raise InputError(f"unknown data.sample_mode {self.sample_mode!r}; valid: volume, crop")
         object.__setattr__(self, "crop_size_vox", tuple(int(s) for s in self.crop_size_vox))
         get_label_set(self.label_set)
-        if self.mask_labels not in MASK_LABEL_MAPS:
-            raise InputError(f"unknown data.mask_labels {self.mask_labels!r}; valid: {', '.join(MASK_LABEL_MAPS)}")
         for name in ("batch_size", "pad_multiple", "crops_per_case"):
             if getattr(self, name) < 1:
                 raise InputError(f"data.{name} must be >= 1, got {getattr(self, name)}")
@@ -103,6 +91,20 @@ class DataConfig:
         if requirements.crop_size_vox is not None:
             changes["crop_size_vox"] = tuple(requirements.crop_size_vox)
         return dataclasses.replace(self, **changes)
+
+    def data_source(self) -> DataSource:
+        """The configured source, set up for this data's spacing."""
+        return get_source(self.source)(self.options, spacing_mm=self.spacing_mm)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form: every field, with the source's options as the section named after the source."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "options":
+                out[self.source] = dataclasses.asdict(self.options)
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
     @property
     def cache_path(self) -> Path:
@@ -133,10 +135,12 @@ class CaseInfo:
     centroids_world_mm: np.ndarray
     patient: str  # scans of one patient share it (VerSe subject); the case id where nothing groups cases
     metadata: dict
+    conditions: dict = field(default_factory=dict)  # the source's case conditions (records' meta_* columns)
 
 
 def _build_one(args):
-    """Process-pool worker: ensure one cache entry; returns (case_id, hit, error text or None)."""
+    """Process-pool worker: ensure one cache entry; returns (case_id, hit, error text or None). The worker loads
+    the case with the source that the record names (a fork of this process knows every registered source)."""
     cache_dir, record, params = args
     try:
         _, hit = ensure_entry(cache_dir, record, params)
@@ -160,25 +164,30 @@ class VertebraDataModule(L.LightningDataModule):
         self._warned: set[str] = set()
         self.data_report: dict = {}
         self._listing: SourceListing | None = None
+        self._source: DataSource | None = None
 
     # --- records and cache ---------------------------------------------------------------------
     def records(self) -> list[CaseRecord]:
         if self._listing is None:
-            c = self.config
-            lists = {s: p for s, p in (("train", c.train_list), ("val", c.val_list), ("test", c.test_list)) if p}
-            if c.source == "phantom":
-                # generated at the training spacing (no resampling blur) and without the mask nobody reads
-                overrides = {"spacing_mm": float(c.spacing_mm), "with_mask": False, **c.phantom}
-                self._listing = phantom_records(c.phantom_train, c.phantom_val, c.phantom_test, c.phantom_seed,
-                                                overrides)
-            elif c.source == "csi2014":
-                self._listing = csi2014_records(c.root, c.csi2014_split, lists, c.val_fraction, c.split_seed)
-            elif c.source == "verse":
-                self._listing = verse_records(c.root, lists, c.val_fraction, c.test_fraction, c.split_seed)
-            else:
-                self._listing = folder_records(c.root, lists, c.val_fraction, c.test_fraction, c.split_seed,
-                                               c.mask_labels)
+            self._listing = self.source.listing()
+            self._check_records(self._listing.records)
         return self._listing.records
+
+    @property
+    def source(self) -> DataSource:
+        if self._source is None:
+            self._source = self.config.data_source()
+        return self._source
+
+    def _check_records(self, records: list[CaseRecord]) -> None:
+        seen: set[str] = set()
+        for r in records:
+            where = f"data source {self.config.source!r}, case {r.case_id!r}"
+            if r.split not in SPLITS:
+                raise InputError(f"{where}: split {r.split!r} is not one of {', '.join(SPLITS)}")
+            if r.case_id in seen:
+                raise InputError(f"{where}: listed twice (case ids must be unique within a source)")
+            seen.add(r.case_id)
 
     def prepare_data(self) -> None:
         """Preprocess every missing case into the cache; ``num_workers`` processes when > 0."""
@@ -217,11 +226,12 @@ class VertebraDataModule(L.LightningDataModule):
         report["unlisted"] = list(self._listing.unlisted)
         report["n_skipped"] = len(report["skipped"])
         if self._listing.missing:
-            warnings.warn(f"{len(self._listing.missing)} case ids of the split lists were not found under "
-                          f"{self.config.root} (first: {self._listing.missing[0]})", SkippedCaseWarning, stacklevel=2)
+            warnings.warn(f"{len(self._listing.missing)} case ids of the split lists were not found by data source "
+                          f"{self.config.source!r} (first: {self._listing.missing[0]})", SkippedCaseWarning,
+                          stacklevel=2)
         self.data_report = report
         if not self.entries["train"] and not self.entries["test"] and not self.entries["val"]:
-            raise InputError(f"data source {self.config.source!r} ({self.config.root}) yielded no usable case; "
+            raise InputError(f"data source {self.config.source!r} ({self.source.options}) yielded no usable case; "
                              f"skipped: {report['n_skipped']}")
 
     def _skip(self, report: dict, record: CaseRecord, reason: str) -> None:
@@ -245,7 +255,7 @@ class VertebraDataModule(L.LightningDataModule):
             ) from None
         return CaseInfo(e.case_id, e.dataset, e.split, e.geometry, e.original_geometry,
                         e.centroids_world_mm(self.label_names), str(e.metadata.get("patient", e.case_id)),
-                        dict(e.metadata))
+                        dict(e.metadata), self.source.conditions(e.metadata))
 
     def train_centroids_vox(self) -> np.ndarray:
         """(N, K, 3) true centroids of the training cases in voxel coords of their preprocessed volumes, NaN absent."""

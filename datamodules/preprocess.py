@@ -30,7 +30,8 @@ from spinebench.datamodules.atomic import atomic_path, write_text_atomic
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import Geometry
 from spinebench.datamodules.resources import require_memory
-from spinebench.datamodules.sources import CaseRecord, load_case
+from spinebench.datamodules.cases import CaseRecord
+from spinebench.datamodules.sources import load_case, record_fingerprint
 
 PREPROCESS_VERSION = 2  # bump when the pipeline changes in a way the parameters do not capture
 HU_AIR = -1000.0  # lower clip: nothing is less dense than air; scanner padding (-2048, -3024) becomes air
@@ -147,7 +148,7 @@ def _check_content(array: np.ndarray, params: PreprocessParams, source: str) -> 
 
 
 def entry_key(record: CaseRecord, params: PreprocessParams) -> str:
-    payload = {"version": PREPROCESS_VERSION, "source": record.fingerprint(), "params": asdict(params)}
+    payload = {"version": PREPROCESS_VERSION, "source": record_fingerprint(record), "params": asdict(params)}
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -193,7 +194,7 @@ def build_entry(cache_dir, record: CaseRecord, params: PreprocessParams) -> Cach
         "centroids_mm": {n: [float(v) for v in c] for n, c in raw.centroids_mm.items()},
         "metadata": raw.metadata,
         "params": asdict(params),
-        "source": record.fingerprint(),
+        "source": record_fingerprint(record),
     }
     write_text_atomic(meta_path, json.dumps(meta, indent=1, default=str))
     entry = read_entry(cache_dir, record, params)

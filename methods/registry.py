@@ -9,19 +9,15 @@ readable as the difference between two override sets. Built-in families are impo
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import importlib
-import logging
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
+from spinebench.datamodules import plugins
 from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.plugins import PluginRegistry
 
 ENTRY_POINT_GROUP = "spinebench.methods"
-_log = logging.getLogger("spinebench")
 
 # Built-in method families, imported on first use of the registry.
 _BUILTIN_MODULES: tuple[str, ...] = ("spinebench.methods.di2in", "spinebench.methods.resml")
@@ -50,27 +46,12 @@ class MethodSpec:
         return self.config_cls(**{**self.overrides, **overrides})
 
 
-_REGISTRY: dict[str, MethodSpec] = {}
-_loaded = False
+METHODS: PluginRegistry[MethodSpec] = PluginRegistry("method", ENTRY_POINT_GROUP, _BUILTIN_MODULES, MethodRegistryError)
 
 
 def rename_options(config_cls: type, options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """``options`` with the renamed ones under their new names (``config_cls.renamed_options``: old -> new), each
-    with a one-line deprecation message on stderr (``where``: what goes before an option's name in it, e.g.
-    ``methods.di2in.overrides.``). Giving both names of one option is an error."""
-    renamed = getattr(config_cls, "renamed_options", {})
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        new = renamed.get(key)
-        if new is None:
-            out[key] = value
-            continue
-        if new in options:
-            raise MethodRegistryError(f"{where}{key}: renamed to {new}, which is given too; keep only {new}")
-        _log.warning("spinebench: %s%s is deprecated, renamed to %s (the old name goes in spinebench 0.2)",
-                     where, key, new)
-        out[new] = value
-    return out
+    """``plugins.rename_options`` for a method config (a clash of old and new name is a ``MethodRegistryError``)."""
+    return plugins.rename_options(config_cls, options, where, MethodRegistryError)
 
 
 def _check_keys(spec: MethodSpec, overrides: Mapping[str, Any]) -> None:
@@ -88,43 +69,20 @@ def register_method(
     """Register ``name`` as ``module_cls(config_cls(**overrides))``. Duplicate names are rejected."""
     if not dataclasses.is_dataclass(config_cls):
         raise MethodRegistryError(f"config class of method {name!r} must be a dataclass, got {config_cls!r}")
-    if name in _REGISTRY:
-        raise MethodRegistryError(f"method {name!r} is already registered (family {_REGISTRY[name].family!r})")
     spec = MethodSpec(name, family, description, module_cls, config_cls, dict(overrides))
     _check_keys(spec, overrides)
     if getattr(module_cls, "config_cls", None) is None:
         module_cls.config_cls = config_cls  # lets load_from_checkpoint rebuild it from saved hyperparameters
-    _REGISTRY[name] = spec
-    return spec
-
-
-def _ensure_loaded() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        target = ep.load()
-        if not isinstance(target, types.ModuleType):
-            target()
+    return METHODS.add(name, spec)
 
 
 def get_method_spec(name: str) -> MethodSpec:
-    _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise MethodRegistryError(
-            f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY)) or '(none)'}"
-        ) from None
+    return METHODS.get(name)
 
 
 def list_methods(pattern: str = "*") -> list[str]:
     """Registered method names matching a shell-style ``pattern``, in registration order."""
-    _ensure_loaded()
-    return [n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)]
+    return METHODS.names(pattern)
 
 
 def method_config(name: str, **overrides: Any):

@@ -97,8 +97,8 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     cache = args.cache_dir or tmp.name
     # 6-10 vertebrae per case keeps the volume-mode U-Net step within a few GB on a CPU
-    base = DataConfig(source="phantom", phantom_train=args.cases, phantom_val=0, phantom_test=0, cache_dir=cache,
-                      batch_size=2, phantom={"fov_vertebrae": (6, 10)})
+    base = DataConfig(source="phantom", cache_dir=cache, batch_size=2,
+                      options={"n_train": args.cases, "n_val": 0, "n_test": 0, "generator": {"fov_vertebrae": (6, 10)}})
     dm = VertebraDataModule(base)
     t = time.perf_counter()
     dm.prepare_data()

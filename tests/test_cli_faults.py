@@ -169,8 +169,8 @@ def test_a_ct_without_anatomy_is_refused(bad, reason):
 
 @pytest.mark.parametrize("sets, message", [
     (["data.spacing_mm=-1"], "spacing_mm must be > 0"),
-    (["data.source=folder"], "needs data.root"),
-    (["data.phantom_train=0"], "lists no train case"),
+    (["data.source=folder"], "needs data.folder.root"),
+    (["data.phantom.n_train=0"], "lists no train case"),
 ])
 def test_run_validates_everything_before_writing(tmp_path, capfd, sets, message):
     out = tmp_path / "run"

@@ -24,7 +24,7 @@ def _raw(**changes):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_resolve(name):
-    cfg = load_experiment(name, ["data.root=/nonexistent"] if name in ("csi2014_set2", "verse2020") else [],
+    cfg = load_experiment(name, [f"data.{name.split('_')[0].replace('2020', '')}.root=/nonexistent"] if name in ("csi2014_set2", "verse2020") else [],
                           check_devices=False)
     assert cfg.methods and cfg.seeds
     # the resolved config is written to the run folder and must load back to the same experiment
@@ -71,9 +71,13 @@ def test_label_set_sets_num_vertebrae():
         (["methods.di2in.overrides.widht=3"], r"^methods\.di2in\.overrides\.widht: unknown option .*valid options: "),
         (["methods.di2in.overrides.sigma_vox=abc"], r"^methods\.di2in\.overrides\.sigma_vox: expected a number"),
         (["methods.di2in.trainer.max_epoch=1"], r"^methods\.di2in\.trainer\.max_epoch: unknown key"),
-        (["data.source=dicomweb"], r"^data\.source: unknown data source 'dicomweb'; valid sources: phantom, csi2014"),
-        (["data.spacing=2"], r"^data\.spacing: unknown key; valid keys: source, root"),
-        (["data.phantom.metal=1"], r"^data\.phantom\.metal: unknown key; valid keys: spacing_mm"),
+        (["data.source=dicomweb"], r"^data\.source: unknown data source 'dicomweb'; valid sources: csi2014, folder, phantom, verse"),
+        (["data.spacing=2"], r"^data\.spacing: unknown key; valid keys: source, label_set, .*, phantom"),
+        (["data.phantom.metal=1"], r"^data\.phantom\.metal: unknown key; valid keys: n_train, n_val, n_test, seed"),
+        (["data.phantom.generator.metal=1"], r"^data\.phantom\.generator\.metal: unknown key; valid keys: spacing_mm"),
+        (["data.phantom.n_test=-1"], r"^data\.phantom\.n_test: must be >= 0, got -1"),
+        (["data.phantom.generator.metal_rate=x"], r"^data\.phantom\.generator\.metal_rate: expected a number"),
+        (["data.folder.mask_labels=itk"], r"^data\.folder\.mask_labels: unknown numbering 'itk'; valid: verse"),
         (["data.label_set=foo"], r"^data\.label_set: .*foo"),
         (["trainer.accelerator=tpu9"], r"^trainer\.accelerator: unknown accelerator 'tpu9'; valid: cpu, gpu"),
         (["trainer.strategy=horovod"], r"^trainer\.strategy: unknown strategy 'horovod'; valid: auto, ddp"),
@@ -105,7 +109,7 @@ def test_gpu_request_without_gpu_fails_before_training():
     with pytest.raises(ConfigError, match=r"^trainer\.accelerator: 'gpu' requested but no CUDA device is visible"):
         load_experiment("smoke", ["trainer.accelerator=gpu"])
     # the paper-sized GPU configs still resolve for inspection without devices
-    assert load_experiment("verse2020", ["data.root=/x"], check_devices=False).trainer.accelerator == "gpu"
+    assert load_experiment("verse2020", ["data.verse.root=/x"], check_devices=False).trainer.accelerator == "gpu"
 
 
 def test_unknown_config_name_lists_shipped_ones(tmp_path):
@@ -164,3 +168,56 @@ def test_renamed_options_keep_working_with_a_one_line_message(caplog):
     space = parse_search_space({"methods": {"di2in": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}},
                                methods=["di2in"], trainer_keys=[])
     assert space.names == ["di2in.learning_rate"]
+
+
+OLD_DATA = """
+name: old
+data:
+  source: phantom
+  spacing_mm: 8.0
+  phantom_train: 200
+  phantom_val: 5
+  phantom_test: 30
+  phantom_seed: 2
+  root: /ignored/by/the/phantom
+  phantom: {body_max_width_mm: 200.0, fov_vertebrae: [6, 10]}
+methods: [di2in]
+"""
+
+
+def test_flat_data_keys_of_0_1_keep_working_with_a_one_line_message(caplog, tmp_path):
+    """The ``data:`` section of spinebench 0.1 (flat source keys, generator settings under ``data.phantom``)
+    resolves to the same data as the sectioned form, one deprecation line per old key."""
+    import logging
+
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text(OLD_DATA)
+    new.write_text(OLD_DATA.split("data:")[0] + """data:
+  source: phantom
+  spacing_mm: 8.0
+  phantom: {n_train: 200, n_val: 5, n_test: 30, seed: 2, generator: {body_max_width_mm: 200.0, fov_vertebrae: [6, 10]}}
+  folder: {root: /ignored/by/the/phantom}
+methods: [di2in]
+""")
+    with caplog.at_level(logging.WARNING, logger="spinebench"):
+        cfg_old = load_experiment(old)
+    lines = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spinebench"):
+        cfg_new = load_experiment(new)
+    assert not caplog.records
+    assert cfg_old.data == cfg_new.data and cfg_old.config_hash() == cfg_new.config_hash()
+    assert cfg_new.to_dict()["data"]["phantom"] == {"n_train": 200, "n_val": 5, "n_test": 30, "seed": 2,
+                                                    "generator": {"body_max_width_mm": 200.0,
+                                                                  "fov_vertebrae": [6, 10]}}
+    assert "folder" not in cfg_new.to_dict()["data"]  # only the selected source's section is kept
+    assert len(lines) == 7 and all(line.endswith("(the old name goes in spinebench 0.2)") for line in lines)
+    assert "spinebench: data.phantom_seed is deprecated, renamed to data.phantom.seed" in lines[3]
+    assert "data.root is deprecated, renamed to data.csi2014.root, data.folder.root, data.verse.root (source " \
+        "'phantom' has no such option and ignores it)" in lines[4]
+    assert "data.phantom.fov_vertebrae is deprecated, renamed to data.phantom.generator.fov_vertebrae" in lines[6]
+    with pytest.raises(ConfigError, match=r"^data\.phantom_train: also given as data\.phantom\.n_train"):
+        load_experiment("smoke", ["data.phantom_train=3"])
+    # an old key of the selected file source goes to that source's section
+    cfg = load_experiment("csi2014_set2", ["data.root=/x", "data.split_seed=4"], check_devices=False)
+    assert cfg.data.options.root == "/x" and cfg.data.options.split_seed == 4

@@ -52,8 +52,8 @@ def data_root(tmp_path):
 
 
 def _dm(data_root, tmp_path, **kw) -> VertebraDataModule:
-    kw = {"source": "folder", "root": str(data_root), "cache_dir": str(tmp_path / "cache"), "test_fraction": 0.34,
-          "crop_size_vox": (8, 8, 8), **kw}
+    options = {"root": str(data_root), "test_fraction": kw.pop("test_fraction", 0.34)}
+    kw = {"source": "folder", "options": options, "cache_dir": str(tmp_path / "cache"), "crop_size_vox": (8, 8, 8), **kw}
     dm = VertebraDataModule(DataConfig(**kw))
     dm.prepare_data()
     dm.setup("fit")
@@ -225,8 +225,8 @@ def test_eval_loader_shards_by_rank(data_root, tmp_path, monkeypatch):
 def test_phantom_source_with_worker_processes_is_deterministic(tmp_path):
     pytest.importorskip("spinebench.datamodules.phantom")
     phantom = {"fov_vertebrae": [4, 5], "spacing_mm": 4.0, "metal_rate": 0.0, "anisotropic_rate": 0.0}
-    kw = {"source": "phantom", "phantom_train": 2, "phantom_val": 0, "phantom_test": 1, "phantom_seed": 5,
-          "phantom": phantom, "spacing_mm": 4.0, "num_workers": 2, "crop_size_vox": (16, 16, 16)}
+    kw = {"source": "phantom", "options": {"n_train": 2, "n_val": 0, "n_test": 1, "seed": 5, "generator": phantom},
+          "spacing_mm": 4.0, "num_workers": 2, "crop_size_vox": (16, 16, 16)}
     dms = []
     for name in ("c1", "c2"):
         dm = VertebraDataModule(DataConfig(cache_dir=str(tmp_path / name), **kw))
@@ -247,8 +247,8 @@ def test_phantom_source_with_worker_processes_is_deterministic(tmp_path):
 def test_runner_kwargs_apply_requirements_and_seed_the_shuffle(data_root, tmp_path):
     from spinebench.methods.base import DataRequirements
 
-    base = DataConfig(source="folder", root=str(data_root), cache_dir=str(tmp_path / "cache"), test_fraction=0.0,
-                      batch_size=1)
+    base = DataConfig(source="folder", options={"root": str(data_root), "test_fraction": 0.0},
+                      cache_dir=str(tmp_path / "cache"), batch_size=1)
     orders = []
     for torch_seed in (0, 1):
         dm = VertebraDataModule(base, requirements=DataRequirements("crop", crop_size_vox=(6, 6, 6)), seed=3)

@@ -43,5 +43,5 @@ def test_dry_run_refuses_what_the_run_would_refuse(tmp_path, capfd):
     (tmp_path / "o" / "config.yaml").write_text("name: other\n")
     code = main(["run", "--config", "smoke", "--dry-run", "--out", str(tmp_path / "o")])
     assert code == 2 and "already holds a run" in capfd.readouterr().err
-    code = main(["run", "--config", "smoke", "--set", "data.phantom_test=0", "--dry-run", "--out", str(tmp_path / "p")])
+    code = main(["run", "--config", "smoke", "--set", "data.phantom.n_test=0", "--dry-run", "--out", str(tmp_path / "p")])
     assert code == 2 and "lists no test case" in capfd.readouterr().err and not (tmp_path / "p").exists()

@@ -18,7 +18,7 @@ from spinebench.datamodules.geometry import Geometry
 from spinebench.datamodules.preprocess import (
     AIR_VALUE, HU_MEAN, HU_STD, PreprocessParams, ensure_entry, preprocess_volume, read_entry, remove_stale_parts,
 )
-from spinebench.datamodules.sources import folder_records
+from spinebench.datamodules.sources.folder import FolderOptions, FolderSource
 
 REPO = Path(__file__).resolve().parents[1]
 PIR = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
@@ -33,7 +33,7 @@ def _case(tmp_path, name="a"):
     ct[4:7, 10:14, 5:8] = 1000
     write_image(tmp_path / f"{name}.nii.gz", ct, g)
     write_centroids(tmp_path / f"{name}.lml", Centroids({"L1": g.vox_to_world(np.array([5.0, 11.5, 6.0]))}))
-    (rec,) = [r for r in folder_records(tmp_path, test_fraction=0.0).records if r.case_id == name]
+    (rec,) = [r for r in FolderSource(FolderOptions(str(tmp_path), test_fraction=0.0)).listing().records if r.case_id == name]
     return rec, g
 
 
@@ -103,7 +103,7 @@ def test_write_killed_midway_leaves_no_entry_that_is_read(tmp_path):
         import sys, time, numpy as np
         sys.path.insert(0, {str(REPO)!r})
         import spinebench.datamodules.preprocess as pp
-        from spinebench.datamodules.sources import folder_records
+        from spinebench.datamodules.sources.folder import FolderOptions, FolderSource
         real_save = np.save
         def slow_save(path, array):  # write half the bytes, then hang until killed
             real_save(path, array)
@@ -113,7 +113,7 @@ def test_write_killed_midway_leaves_no_entry_that_is_read(tmp_path):
             print('writing', flush=True)
             time.sleep(60)
         pp.np.save = slow_save
-        (rec,) = [r for r in folder_records({str(tmp_path / 'data')!r}, test_fraction=0.0).records]
+        (rec,) = [r for r in FolderSource(FolderOptions({str(tmp_path / 'data')!r}, test_fraction=0.0)).listing().records]
         pp.ensure_entry({str(cache)!r}, rec, pp.PreprocessParams())
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

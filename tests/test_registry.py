@@ -21,11 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def clean_registry():
-    list_methods()  # built-ins loaded first
-    saved = dict(registry._REGISTRY)
+    saved = registry.METHODS.snapshot()  # built-ins loaded first
     yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
+    registry.METHODS.restore(saved)
 
 
 def test_duplicate_and_bad_registrations_are_rejected(clean_registry):

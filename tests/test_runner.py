@@ -58,10 +58,10 @@ def test_run_writes_every_output(trained_run):
     assert cfg.name == "smoke" and [m.name for m in cfg.methods] == ["di2in"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config_hash"] == cfg.config_hash() and manifest["seeds"] == [0]
-    assert len(manifest["case_ids"]["test"]) == cfg.data.phantom_test and len(manifest["case_ids_hash"]) == 64
+    assert len(manifest["case_ids"]["test"]) == cfg.data.options.n_test and len(manifest["case_ids_hash"]) == 64
     assert {"torch", "lightning", "mlflow"} <= set(manifest["packages"]) and manifest["machine"]["cpu_count"]
     result = json.loads((out / "cells" / "di2in" / "seed0" / "result.json").read_text())
-    assert 0.0 <= result["metrics"]["val/id_rate"] <= 1.0 and result["metrics"]["test/cases"] == cfg.data.phantom_test
+    assert 0.0 <= result["metrics"]["val/id_rate"] <= 1.0 and result["metrics"]["test/cases"] == cfg.data.options.n_test
     # paths inside the run are relative to the cell folder: a copied run points at its own files
     assert result["best_checkpoint"] == "checkpoints/best.ckpt" and result["records_path"] == "records.csv"
     assert (out / "cells/di2in/seed0/checkpoints/last.ckpt").is_file() and (out / "cells/di2in/seed0/records.csv").is_file()
@@ -70,8 +70,8 @@ def test_run_writes_every_output(trained_run):
     assert 1 <= result["metrics"]["torch_threads"] <= manifest["machine"]["cpu_count"]
     rows = _records(out / "records.csv", drop=())
     # every test case exactly once, all K vertebrae each, with world-mm truth and the efficiency columns
-    assert len(rows) == cfg.data.phantom_test * 26
-    assert len({r["case"] for r in rows}) == cfg.data.phantom_test
+    assert len(rows) == cfg.data.options.n_test * 26
+    assert len({r["case"] for r in rows}) == cfg.data.options.n_test
     assert all(float(r["seconds_per_case"]) > 0 and float(r["params"]) > 0 for r in rows)
     # peak memory of this cell's training and of its predictions, each measured for that phase alone
     assert all(float(r["train_peak_memory_mb"]) > 50 and float(r["peak_memory_mb"]) > 50 for r in rows)
@@ -143,7 +143,7 @@ def test_resume_after_kill_keeps_complete_cells_and_continues(tmp_path, cache_di
 
 def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, cache_dir):
     out = tmp_path / "ddp"
-    sets = _sets(cache_dir, "trainer.devices=2", "trainer.strategy=ddp", "data.phantom_test=3")
+    sets = _sets(cache_dir, "trainer.devices=2", "trainer.strategy=ddp", "data.phantom.n_test=3")
     run = _cli("run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(out), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     ddp_rows = _records(out / "records.csv")
@@ -286,7 +286,7 @@ def test_predict_a_folder_of_cts_loads_the_model_once_and_reports_bad_files(trai
 
 def test_evaluate_a_run_on_another_dataset_without_training(trained_run):
     before = (trained_run / "records.csv").read_bytes()
-    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom_seed=0", "--name", "same")
+    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=0", "--name", "same")
     assert res.returncode == 0, res.stderr[-3000:]
     # the same data as the run's own test split: the same predictions, under the evaluation's dataset name
     drop = (*TIMING_COLUMNS, "dataset", "run")
@@ -294,15 +294,15 @@ def test_evaluate_a_run_on_another_dataset_without_training(trained_run):
     assert same == _records(trained_run / "records.csv", drop) and len(same) > 0
     named = _records(trained_run / "evaluations" / "same" / "records.csv")
     assert {(r["dataset"], r["run"]) for r in named} == {("same", f"{trained_run.name}/same")}
-    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom_seed=5", "--set", "data.phantom_train=0",
-               "--set", "data.phantom_test=3", "--name", "other")
+    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=5", "--set", "data.phantom.n_train=0",
+               "--set", "data.phantom.n_test=3", "--name", "other")
     assert res.returncode == 0, res.stderr[-3000:]
     other = _records(trained_run / "evaluations" / "other" / "records.csv")
     assert len({r["case"] for r in other}) == 3 and all(r["case"].startswith("phantom-s5-") for r in other)
     board = (trained_run / "evaluations" / "other" / "leaderboard" / "leaderboard.md").read_text()
     assert "## phantom" in board and "## other" in board  # the run's own test set beside the new one
     assert (trained_run / "records.csv").read_bytes() == before  # the run's own files are not changed
-    again = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom_seed=5", "--name", "other")
+    again = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=5", "--name", "other")
     assert again.returncode == 2 and "exists already" in again.stderr
     wrong = _cli("evaluate", "--run", str(trained_run), "--set", "trainer.max_epochs=1", "--name", "x")
     assert wrong.returncode == 2 and "only data.* keys" in wrong.stderr

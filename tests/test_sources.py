@@ -10,10 +10,10 @@ from spinebench.datamodules.ct_io import write_image
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import Geometry
 from spinebench.datamodules.labels import VERSE_ID_OF
-from spinebench.datamodules.sources import (
-    DATA_DIR, PHANTOM_INDEX_OFFSET, assign_splits, csi2014_records, folder_records, load_case, phantom_records,
-    read_id_list, verse_records,
-)
+from spinebench.datamodules.sources import get_source, load_case, record_fingerprint
+from spinebench.datamodules.sources.csi2014 import DATA_DIR
+from spinebench.datamodules.sources.phantom import PHANTOM_INDEX_OFFSET
+from spinebench.datamodules.splits import assign_splits, read_id_list
 
 # P-I-R like VerSe files: numpy axes (z, y, x) grow towards (R, I, P).
 PIR = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
@@ -24,6 +24,12 @@ VOX = {"L1": (6, 5, 5), "L2": (6, 10, 5), "L3": (6, 15, 5)}
 
 def centroids_mm(geometry=GEOMETRY, vox=VOX) -> Centroids:
     return Centroids({n: geometry.vox_to_world(np.array(v, float)) for n, v in vox.items()})
+
+
+def list_cases(name, **options):
+    """The listing of source ``name`` with these options (paths as strings, as YAML gives them)."""
+    cls = get_source(name)
+    return cls(cls.Options(**{k: str(v) if hasattr(v, "is_dir") else v for k, v in options.items()})).listing()
 
 
 def write_case(folder, name, annotation=".lml", geometry=GEOMETRY, vox=VOX, image_suffix=".nii.gz"):
@@ -65,7 +71,7 @@ def test_csi2014_set2_split_and_lml_loading(tmp_path):
     write_case(tmp_path / "a", train_id)
     write_case(tmp_path / "b", test_id)
     write_case(tmp_path, "1234567")  # not in Set 2
-    listing = csi2014_records(tmp_path)
+    listing = list_cases("csi2014", root=tmp_path)
     assert {r.case_id: r.split for r in listing.records} == {train_id: "train", test_id: "test"}
     assert listing.unlisted == ["1234567"] and len(listing.missing) == 300
     raw = load_case(next(r for r in listing.records if r.case_id == test_id))
@@ -79,11 +85,11 @@ def test_csi2014_user_split_lists(tmp_path):
         write_case(tmp_path, i)
     (tmp_path / "tr.txt").write_text("# my split\n11\n12\n")
     (tmp_path / "te.txt").write_text("13\n99\n")
-    listing = csi2014_records(tmp_path, split_lists={"train": tmp_path / "tr.txt", "test": tmp_path / "te.txt"})
+    listing = list_cases("csi2014", root=tmp_path, train_list=tmp_path / "tr.txt", test_list=tmp_path / "te.txt")
     assert {r.case_id: r.split for r in listing.records} == {"11": "train", "12": "train", "13": "test"}
     assert listing.missing == ["99"]
     with pytest.raises(InputError, match="unknown CSI-2014 split 'set9'"):
-        csi2014_records(tmp_path, split="set9")
+        list_cases("csi2014", root=tmp_path, split="set9")
 
 
 def test_verse_bids_official_folders(tmp_path):
@@ -93,7 +99,7 @@ def test_verse_bids_official_folders(tmp_path):
         deriv = tmp_path / folder / "derivatives" / sub
         deriv.mkdir(parents=True)
         write_centroids(deriv / f"{sub}_seg-subreg_ctd.json", centroids_mm(), geometry=GEOMETRY)
-    listing = verse_records(tmp_path)
+    listing = list_cases("verse", root=tmp_path)
     assert {r.case_id: (r.split, r.dataset) for r in listing.records} == {
         "sub-verse004": ("train", "verse2019"), "sub-verse011": ("val", "verse2019"),
         "sub-verse012": ("test", "verse2019")}
@@ -107,7 +113,7 @@ def test_verse_subject_based_layout_with_mask_fallback(tmp_path):
     # VerSe'20 subject-based: image, ctd and masks together in one folder; one case has only a mask.
     write_case(tmp_path / "01_training" / "sub-verse500", "sub-verse500_dir-ax_ct", annotation=".json")
     write_case(tmp_path / "03_test" / "sub-gl003", "sub-gl003_dir-ax_ct", annotation="mask")
-    listing = verse_records(tmp_path)
+    listing = list_cases("verse", root=tmp_path)
     by_id = {r.case_id: r for r in listing.records}
     assert {k: (r.split, r.dataset) for k, r in by_id.items()} == {
         "sub-verse500_dir-ax": ("train", "verse2020"), "sub-gl003_dir-ax": ("test", "verse2020")}
@@ -123,7 +129,7 @@ def test_folder_source_pairs_every_annotation_kind(tmp_path):
     write_case(tmp_path, "b_ct", annotation="mask")
     write_case(tmp_path / "sub", "c", annotation=".lml", image_suffix=".mha")
     write_case(tmp_path, "d", annotation=None)  # listed, fails at load with a clear reason
-    listing = folder_records(tmp_path, test_fraction=0.0)
+    listing = list_cases("folder", root=tmp_path, test_fraction=0.0)
     by_id = {r.case_id: r for r in listing.records}
     assert set(by_id) == {"a", "b", "c", "d"}
     assert by_id["a"].centroids_path.endswith("a.csv") and by_id["b"].mask_path.endswith("b_seg-vert_msk.nii.gz")
@@ -133,17 +139,17 @@ def test_folder_source_pairs_every_annotation_kind(tmp_path):
     with pytest.raises(InputError, match="no centroid file or label mask"):
         load_case(by_id["d"])
     with pytest.raises(InputError, match="not a folder"):
-        folder_records(tmp_path / "nope")
+        list_cases("folder", root=tmp_path / "nope")
 
 
 @pytest.mark.needs_shared
 def test_folder_source_over_real_verse_crops_and_tptbox(shared_real):
-    listing = folder_records(shared_real / "verse_cropped_elkhashabs", test_fraction=0.25, seed=3)
+    listing = list_cases("folder", root=shared_real / "verse_cropped_elkhashabs", test_fraction=0.25, split_seed=3)
     assert sorted(r.case_id for r in listing.records) == [f"sub-verse00{i}" for i in (5, 6, 7, 8)]
     assert sum(r.split == "test" for r in listing.records) == 1
     raw = load_case(next(r for r in listing.records if r.case_id == "sub-verse006"))
     assert list(raw.centroids_mm) == ["L4", "L5"]  # the mask labels 23, 24 (SOURCE.md)
-    tpt = folder_records(shared_real / "tptbox_sample_ct", test_fraction=0.0)
+    tpt = list_cases("folder", root=shared_real / "tptbox_sample_ct", test_fraction=0.0)
     (rec,) = tpt.records
     assert rec.case_id == "sub-ct_label-22" and "seg-vert" in rec.mask_path  # not the subregion mask
     raw = load_case(rec)
@@ -168,11 +174,12 @@ def test_assign_splits_fractions_are_seeded_disjoint_and_complete():
 
 def test_phantom_records_test_cases_do_not_depend_on_training_size():
     pytest.importorskip("spinebench.datamodules.phantom")
-    small = phantom_records(2, 1, 3, seed=7)
-    large = phantom_records(50, 0, 3, seed=7)
+    small = list_cases("phantom", n_train=2, n_val=1, n_test=3, seed=7)
+    large = list_cases("phantom", n_train=50, n_val=0, n_test=3, seed=7)
     test_ids = [r.case_id for r in small.records if r.split == "test"]
     assert test_ids == [r.case_id for r in large.records if r.split == "test"]
-    assert [r.phantom_index for r in small.records if r.split == "test"] == [PHANTOM_INDEX_OFFSET["test"] + i
+    assert [r.param("index") for r in small.records if r.split == "test"] == [PHANTOM_INDEX_OFFSET["test"] + i
                                                                              for i in range(3)]
     assert len({r.case_id for r in large.records}) == 53
-    assert small.records[0].fingerprint() != phantom_records(1, 0, 0, seed=8).records[0].fingerprint()
+    other_seed = list_cases("phantom", n_train=1, n_val=0, n_test=0, seed=8).records[0]
+    assert record_fingerprint(small.records[0]) != record_fingerprint(other_seed)

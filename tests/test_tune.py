@@ -23,10 +23,7 @@ name: tiny
 data:
   source: phantom
   spacing_mm: 8.0
-  phantom_train: 3
-  phantom_val: 2
-  phantom_test: 1
-  phantom: {{spacing_mm: 4.0, fov_vertebrae: [5, 6]}}
+  phantom: {{n_train: 3, n_val: 2, n_test: 1, generator: {{spacing_mm: 4.0, fov_vertebrae: [5, 6]}}}}
   sample_mode: volume
   batch_size: 1
   cache_dir: {cache}

@@ -26,8 +26,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--run", type=Path, required=True, help="output folder of `spinebench run`")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="change the run's data section, e.g. --set data.source=folder --set data.root=/data/cts "
-                   "--set data.test_fraction=1.0 (repeatable; only data.* keys)")
+                   help="change the run's data section, e.g. --set data.source=folder --set data.folder.root=/data/cts "
+                   "--set data.folder.test_fraction=1.0 (repeatable; only data.* keys)")
     p.add_argument("--name", default=None, help="name of this evaluation and of its dataset in the records "
                    "(default: the data source); letters, digits, '-', '_', '.'")
     p.set_defaults(func=run)
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"--run {run_dir}: no config.yaml there (not a spinebench run folder)")
     if not args.sets:
-        raise InputError("give the dataset to evaluate on with --set data.KEY=VALUE (e.g. data.source, data.root)")
+        raise InputError("give the dataset to evaluate on with --set data.KEY=VALUE (e.g. data.source, data.folder.root)")
     for item in args.sets:
         if not item.startswith("data."):
             raise InputError(f"--set {item!r}: only data.* keys change in an evaluation (the models are the run's)")

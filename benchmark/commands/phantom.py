@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
 
 def _config(args: argparse.Namespace):
     """The PhantomConfig of ``--spacing`` and ``--set``, every value checked against its field's type (as the
-    ``data.phantom`` section of a run config is)."""
+    ``data.phantom.generator`` section of a run config is)."""
     from dataclasses import fields
 
     from spinebench.datamodules.phantom import PhantomConfig
