@@ -165,51 +165,102 @@ def check_resources(config: PhantomConfig, n_cases: int = 1, folder=None) -> Non
                      f"{config.spacing_mm:g} mm")
 
 
+@dataclass(frozen=True)
+class _Spine:
+    """The drawn spine: vertebra names, centroids in array order (s, p, l) mm, level positions, poses."""
+
+    names: list[str]
+    spl: np.ndarray  # (n, 3)
+    pos: np.ndarray  # (n,) level position, increasing downwards
+    size_k: float
+    poses: list
+
+
+@dataclass(frozen=True)
+class _FieldOfView:
+    first: int  # first and last vertebra index inside the scan
+    last: int
+    top: float  # scan borders along s (mm)
+    bottom: float
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """Per-case tissue values and acquisition settings."""
+
+    tissue: dict[str, float]
+    fat_mm: float
+    body_k: float
+    noise_hu: float
+    blur_mm: float
+    anisotropic: bool
+    slice_factor: int
+
+
 def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()) -> PhantomCase:
-    cfg = config
+    """One case of ``(seed, index)``, in the steps below; each takes its random draws in this order."""
     rng = np.random.Generator(np.random.PCG64([int(seed), int(index)]))
     meta: dict = {"case_id": case_id(seed, index), "seed": int(seed), "index": int(index),
-                  "generator_version": GENERATOR_VERSION, "config": asdict(cfg)}
-    # --- spine curve ---------------------------------------------------------------------------------------
+                  "generator_version": GENERATOR_VERSION, "config": asdict(config)}
+    spine = _draw_spine(rng, config, meta)
+    fov = _draw_field_of_view(rng, config, spine, meta)
+    scan = _draw_scan(rng, config, meta)
+    canvas, prof = _make_canvas(config, spine, fov, scan)
+    _draw_anatomy(canvas, prof, spine, fov, scan.tissue)
+    _add_metal(rng, canvas, config, spine, fov, prof, meta)
+    ct, labels, geometry = _acquire(rng, canvas, scan, meta)
+    centroids = _visible_centroids(spine, geometry, meta)
+    meta["shape"], meta["spacing_mm"] = list(ct.shape), [float(x) for x in geometry.spacing_mm]
+    meta["size_scale"] = round(float(spine.size_k), 4)
+    meta["mask_ids"] = {nm: anat.PHANTOM_MASK_ID[nm] for nm in spine.names}
+    return PhantomCase(meta["case_id"], ct, geometry, centroids, labels if config.with_mask else None, meta)
+
+
+def _draw_spine(rng, cfg: PhantomConfig, meta: dict) -> _Spine:
+    """A transitional vertebra (opt-in), the shape model's curve, curvature deformities, size and poses."""
     draws = rng.random(4)
     transitional = None
     if draws[0] < cfg.transitional_rate:
         transitional = "T13" if draws[1] < 0.5 else "L6"
     meta["transitional"] = {"applied": transitional is not None, "name": transitional}
-    model = load_shape_model()
-    curve = model.sample_centroids(rng, transitional=transitional, mode_scale=cfg.shape_mode_scale)
+    curve = load_shape_model().sample_centroids(rng, transitional=transitional, mode_scale=cfg.shape_mode_scale)
     names = list(curve)
     spl = np.round(np.stack([curve[n][::-1] for n in names]), 6)  # LPS (x, y, z) -> array order (s, p, l)
     pos = np.array([anat.level_position(n) for n in names])
     spl, axial_rot = _deform(rng, cfg, pos, spl, meta)
     spl = np.round(spl, 6)
     size_k = cfg.size_scale[0] + draws[2] * (cfg.size_scale[1] - cfg.size_scale[0])
-    poses = anat.vertebra_poses(names, spl, axial_rot, size_k)
-    # --- field of view along the spine -----------------------------------------------------------------------
-    n = len(names)
-    fov_draws = rng.random(4)
-    limited = cfg.fov_vertebrae is not None or fov_draws[0] < cfg.limited_fov_rate
+    return _Spine(names, spl, pos, size_k, anat.vertebra_poses(names, spl, axial_rot, size_k))
+
+
+def _draw_field_of_view(rng, cfg: PhantomConfig, spine: _Spine, meta: dict) -> _FieldOfView:
+    """The whole spine, or a section of it; borders fall between the last annotated centroid and the next one,
+    so the outer vertebra may be cut."""
+    n, s = len(spine.names), spine.spl[:, 0]
+    draws = rng.random(4)
+    limited = cfg.fov_vertebrae is not None or draws[0] < cfg.limited_fov_rate
     if limited:
         lo, hi = cfg.fov_vertebrae or (cfg.min_fov_vertebrae, n)
         lo, hi = min(lo, n), min(hi, n)
-        n_vis = lo + int(fov_draws[1] * (hi - lo + 1)) if hi > lo else lo
-        first = int(fov_draws[2] * (n - n_vis + 1))
+        n_vis = lo + int(draws[1] * (hi - lo + 1)) if hi > lo else lo
+        first = int(draws[2] * (n - n_vis + 1))
     else:
         n_vis, first = n, 0
     last = first + n_vis - 1
-    s = spl[:, 0]
-    # Borders fall between the last annotated centroid and the next one, so the outer vertebra may be cut.
-    top = s[0] + 22.0 if first == 0 else s[first] + (0.15 + 0.7 * fov_draws[3]) * (s[first - 1] - s[first])
-    bottom = s[-1] - 28.0 if last == n - 1 else s[last] - (0.15 + 0.7 * fov_draws[3]) * (s[last] - s[last + 1])
+    top = s[0] + 22.0 if first == 0 else s[first] + (0.15 + 0.7 * draws[3]) * (s[first - 1] - s[first])
+    bottom = s[-1] - 28.0 if last == n - 1 else s[last] - (0.15 + 0.7 * draws[3]) * (s[last] - s[last + 1])
     meta["limited_fov"] = {"applied": bool(limited and n_vis < n), "n_vertebrae": n_vis}
-    # --- per-case tissue values and acquisition ------------------------------------------------------------
+    return _FieldOfView(first, last, top, bottom)
+
+
+def _draw_scan(rng, cfg: PhantomConfig, meta: dict) -> _Scan:
+    """Tissue HU, body build, noise, blur and slice thickness of this case."""
     t = rng.random(12)
     tissue = {
         "air": -1000.0, "lung": -870.0 + 60.0 * t[0], "fat": -110.0 + 30.0 * t[1], "soft": 30.0 + 25.0 * t[2],
         "cortical": 700.0 + 500.0 * t[3], "cancellous": 160.0 + 130.0 * t[4], "disc": 70.0 + 25.0 * t[5],
     }
     tissue["posterior"] = 0.5 * (tissue["cortical"] + tissue["cancellous"]) + 150.0
-    fat_mm, body_k = 8.0 + 17.0 * t[6], 0.95 + 0.1 * t[7]
     noise_hu = cfg.noise_hu[0] + t[8] * (cfg.noise_hu[1] - cfg.noise_hu[0])
     blur_mm = cfg.blur_sigma_mm[0] + t[9] * (cfg.blur_sigma_mm[1] - cfg.blur_sigma_mm[0])
     aniso = bool(t[10] < cfg.anisotropic_rate)
@@ -218,33 +269,42 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     meta["tissue_hu"] = {k: round(float(v), 3) for k, v in tissue.items()}
     meta["noise"] = {"sigma_hu": round(float(noise_hu), 3)}
     meta["blur"] = {"sigma_mm": round(float(blur_mm), 3)}
-    # --- grid ---------------------------------------------------------------------------------------------
-    sp = float(cfg.spacing_mm)
-    n_s = int(np.floor((top - bottom) / sp)) + 1
+    return _Scan(tissue, 8.0 + 17.0 * t[6], 0.95 + 0.1 * t[7], noise_hu, blur_mm, aniso, factor)
+
+
+def _make_canvas(cfg: PhantomConfig, spine: _Spine, fov: _FieldOfView, scan: _Scan) -> tuple[anat.Canvas, dict]:
+    """The isotropic generation grid around the torso (a multiple of the slice factor along s) and the torso's
+    per-slice profiles."""
+    sp, factor = float(cfg.spacing_mm), scan.slice_factor
+    n_s = int(np.floor((fov.top - fov.bottom) / sp)) + 1
     n_s = max(n_s + (-n_s) % factor, factor)
-    s_axis = bottom + sp * np.arange(n_s)
-    prof = _profiles(s_axis, spl, pos, body_k, fat_mm, cfg)
+    s_axis = fov.bottom + sp * np.arange(n_s)
+    prof = _profiles(s_axis, spine.spl, spine.pos, scan.body_k, scan.fat_mm, cfg)
     lo_p, hi_p = np.min(prof["cp"] - prof["rp"]) - 6.0, np.max(prof["cp"] + prof["rp"]) + 6.0
     lo_l, hi_l = np.min(prof["cl"] - prof["rl"]) - 6.0, np.max(prof["cl"] + prof["rl"]) + 6.0
     lo_p = max(lo_p, hi_p - cfg.body_max_depth_mm - 12.0)
     mid_l = 0.5 * (lo_l + hi_l)
     half_l = min(0.5 * (hi_l - lo_l), cfg.body_max_width_mm / 2 + 6.0)
     lo_l, hi_l = mid_l - half_l, mid_l + half_l
-    origin = np.round(np.array([bottom, lo_p, lo_l]), 6)
+    origin = np.round(np.array([fov.bottom, lo_p, lo_l]), 6)
     shape = (n_s, int((hi_p - lo_p) // sp) + 1, int((hi_l - lo_l) // sp) + 1)
-    canvas = anat.Canvas(shape, origin, (sp, sp, sp))
-    shell_mm = max(1.5, 0.75 * sp)
-    # --- anatomy: torso, lungs, pelvis, vertebrae (caudal first: cranial parts win overlaps), discs, ribs -----
+    return anat.Canvas(shape, origin, (sp, sp, sp)), prof
+
+
+def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfView, tissue: dict) -> None:
+    """Torso, lungs, pelvis, vertebrae (caudal first: cranial parts win overlaps), discs and ribs."""
+    shell_mm = max(1.5, 0.75 * float(canvas.spacing_mm[0]))
+    poses, pos, size_k = spine.poses, spine.pos, spine.size_k
     anat.draw_torso(canvas, prof, tissue)
     by_name = {p.name: p for p in poses}
     lung_top = by_name["T1"].center_mm[0] + 25.0
-    lung_bottom = float(np.interp(17.3, pos, s))  # diaphragm near T11 (pos increases downwards)
+    lung_bottom = float(np.interp(17.3, pos, spine.spl[:, 0]))  # diaphragm near T11 (pos increases downwards)
     anat.draw_lungs(canvas, prof, lung_top, lung_bottom, tissue)
     for side in (-1.0, 1.0):
         anat.draw_ilium(canvas, by_name["S1"], side, tissue, shell_mm)
     c1 = by_name["C1"]
     dens = {"dens_tip_mm": c1.center_mm + size_k * 7.0 * c1.frame[1] + 3.0 * c1.frame[0]}
-    near = [bottom - 90.0 <= v.center_mm[0] <= top + 90.0 for v in poses]  # parts reach < 90 mm along s
+    near = [fov.bottom - 90.0 <= v.center_mm[0] <= fov.top + 90.0 for v in poses]  # parts reach < 90 mm along s
     for v, ok in zip(reversed(poses), reversed(near)):
         if ok:
             anat.draw_vertebra(canvas, v, tissue, shell_mm, dens if v.name == "C2" else None)
@@ -257,46 +317,58 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
             r = size_k * float(anat.size("rib_r", v.pos))
             for side in (-1.0, 1.0):
                 anat.draw_rib(canvas, anat.rib_polyline(v, side, end), r, tissue, shell_mm)
-    # --- metal --------------------------------------------------------------------------------------------
+
+
+def _add_metal(rng, canvas: anat.Canvas, cfg: PhantomConfig, spine: _Spine, fov: _FieldOfView, prof: dict,
+               meta: dict) -> None:  # fmt: skip
+    """Pedicle screws and rods over a few thoracolumbar levels inside the scan, with streak artifacts."""
+    s, pos = spine.spl[:, 0], spine.pos
     m = rng.random(4)
-    inside = [i for i in range(n) if bottom <= s[i] <= top]
+    inside = [i for i in range(len(spine.names)) if fov.bottom <= s[i] <= fov.top]
     candidates = [i for i in inside if 9.0 <= pos[i] <= 24.0]
     metal = {"applied": bool(m[0] < cfg.metal_rate and len(candidates) >= 2)}
     if metal["applied"]:
         k_lo, k_hi = cfg.metal_levels
         n_lv = min(len(candidates), k_lo + int(m[1] * (k_hi - k_lo + 1)))
         start = int(m[2] * (len(candidates) - n_lv + 1))
-        levels = [poses[i] for i in candidates[start : start + n_lv]]
+        levels = [spine.poses[i] for i in candidates[start : start + n_lv]]
         metal_hu = cfg.metal_hu[0] + m[3] * (cfg.metal_hu[1] - cfg.metal_hu[0])
         art.add_metal(canvas, levels, metal_hu, screw_r_mm=3.0, rod_r_mm=2.8)
         streak = rng.random(6)
         angles = 180.0 * streak[:5]
         amp = 150.0 + 350.0 * streak[5]
+        sp = float(cfg.spacing_mm)
         n_sl = art.add_streaks(canvas, METAL_THRESHOLD_HU, amp, angles, max(3.0, 1.2 * sp), prof["spine_l"])
         metal.update(levels=[v.name for v in levels], hu=round(float(metal_hu), 3),
                      streak_amplitude_hu=round(float(amp), 3), streak_slices=n_sl)
     meta["metal"] = metal
-    # --- acquisition: blur, thick slices, noise, quantisation ---------------------------------------------
-    hu = art.blur(canvas.hu, blur_mm, canvas.spacing_mm)
+
+
+def _acquire(rng, canvas: anat.Canvas, scan: _Scan, meta: dict) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Point-spread blur, thick slices, noise and int16 quantisation; the canonical geometry of the result."""
+    hu = art.blur(canvas.hu, scan.blur_mm, canvas.spacing_mm)
     labels = canvas.labels
-    spacing = np.array([sp, sp, sp])
+    sp = float(canvas.spacing_mm[0])
+    origin, spacing = np.asarray(canvas.origin_mm, float), np.array([sp, sp, sp])
+    factor = scan.slice_factor
     if factor > 1:
         hu, labels = art.thick_slices(hu, labels, factor)
         origin = origin + np.array([(factor - 1) * sp / 2, 0.0, 0.0])
         spacing[0] = factor * sp
-    meta["anisotropic"] = {"applied": aniso, "slice_factor": factor, "slice_spacing_mm": float(spacing[0])}
-    hu = art.add_noise(np.array(hu, dtype=np.float32), rng, noise_hu)
+    meta["anisotropic"] = {"applied": scan.anisotropic, "slice_factor": factor, "slice_spacing_mm": float(spacing[0])}
+    hu = art.add_noise(np.array(hu, dtype=np.float32), rng, scan.noise_hu)
     ct = np.clip(np.rint(hu), -1024, 16000).astype(np.int16)
     # Canonical geometry: origin in LPS (x, y, z) = array-order (l, p, s).
-    geometry = canonical_geometry(ct.shape, spacing, origin_mm=origin[::-1])
-    vox = (spl - origin) / spacing
-    keep = np.all((vox >= 0) & (vox <= np.asarray(ct.shape) - 1), axis=1)
-    centroids = Centroids((names[i], spl[i][::-1]) for i in range(n) if keep[i])
-    meta["visible_vertebrae"] = [names[i] for i in range(n) if keep[i]]
-    meta["first_visible"] = meta["visible_vertebrae"][0] if meta["visible_vertebrae"] else None
-    meta["last_visible"] = meta["visible_vertebrae"][-1] if meta["visible_vertebrae"] else None
-    meta["shape"], meta["spacing_mm"] = list(ct.shape), [float(x) for x in spacing]
-    meta["size_scale"] = round(float(size_k), 4)
-    meta["mask_ids"] = {nm: anat.PHANTOM_MASK_ID[nm] for nm in names}
-    mask = labels if cfg.with_mask else None
-    return PhantomCase(meta["case_id"], ct, geometry, centroids, mask, meta)
+    return ct, labels, canonical_geometry(ct.shape, spacing, origin_mm=origin[::-1])
+
+
+def _visible_centroids(spine: _Spine, geometry: Geometry, meta: dict) -> Centroids:
+    """The vertebrae whose centroid lies inside the volume (LPS mm), and which they are in the metadata."""
+    origin = np.asarray(geometry.origin_mm, float)[::-1]  # array order (s, p, l)
+    vox = (spine.spl - origin) / np.asarray(geometry.spacing_mm, float)  # spacing is in array order already
+    keep = np.all((vox >= 0) & (vox <= np.asarray(geometry.shape) - 1), axis=1)
+    visible = [i for i in range(len(spine.names)) if keep[i]]
+    meta["visible_vertebrae"] = [spine.names[i] for i in visible]
+    meta["first_visible"] = meta["visible_vertebrae"][0] if visible else None
+    meta["last_visible"] = meta["visible_vertebrae"][-1] if visible else None
+    return Centroids((spine.names[i], spine.spl[i][::-1]) for i in visible)
