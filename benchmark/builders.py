@@ -14,7 +14,11 @@ import torch
 
 from spinebench.benchmark.callbacks import AtomicCheckpointIO, ProgressLines
 from spinebench.benchmark.config import ExperimentConfig, MethodEntry, TrainerConfig
+from spinebench.benchmark.threads import choose_threads
+from spinebench.datamodules.datamodule import VertebraDataModule
 from spinebench.datamodules.errors import InputError
+from spinebench.datamodules.labels import get_label_set
+from spinebench.methods.registry import get_method_spec
 
 
 def set_determinism(seed: int, trainer_cfg: TrainerConfig, processes: int = 1) -> None:
@@ -24,27 +28,19 @@ def set_determinism(seed: int, trainer_cfg: TrainerConfig, processes: int = 1) -
     if trainer_cfg.accelerator in ("cpu", "auto"):
         # trainer.num_threads, or the free cores shared among the job's processes (benchmark.threads): small 3D
         # convs on a 2-core machine with one core busy ran 6.6x slower on two threads than on one
-        from spinebench.benchmark.threads import choose_threads
-
         torch.set_num_threads(choose_threads(trainer_cfg.num_threads, processes))
 
 
 def build_method(cfg: ExperimentConfig, entry: MethodEntry):
-    from spinebench.methods.registry import get_method_spec
-
     return get_method_spec(entry.name).module_cls(cfg.method_config(entry))
 
 
 def build_datamodule(cfg: ExperimentConfig, method):
     """The shared datamodule, configured from the method's data requirements."""
-    from spinebench.datamodules.datamodule import VertebraDataModule
-
     return VertebraDataModule(cfg.data.configure_for(method.data_requirements()))
 
 
 def label_names(cfg: ExperimentConfig) -> tuple[str, ...]:
-    from spinebench.datamodules.labels import get_label_set
-
     return tuple(get_label_set(cfg.data.label_set).names)
 
 

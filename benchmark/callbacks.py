@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from spinebench.benchmark.metrics import LocalizationIdentification
 from spinebench.datamodules.atomic import atomic_path
 
 VAL_ID_RATE = "val/id_rate"
@@ -63,8 +64,6 @@ class ValidationIdentification(L.Callback):
             self._cases.append((batch_truth_mm(batch, i), pred.centroids_vox * spacing[i], pred.present))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from spinebench.benchmark.metrics import LocalizationIdentification
-
         cases = _gather_objects(self._cases)
         self._cases = []
         metric = LocalizationIdentification(self.label_names, sync_on_compute=False)

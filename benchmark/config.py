@@ -36,8 +36,14 @@ import yaml
 from spinebench.benchmark.config_data import resolve_data
 from spinebench.benchmark.config_types import ConfigError, _check_keys, _coerce, _plain, build_typed
 from spinebench.datamodules.datamodule import DataConfig
-from spinebench.datamodules.errors import InputError
-
+from spinebench.datamodules.labels import get_label_set
+from spinebench.methods.registry import (
+    MethodRegistryError,
+    get_method_spec,
+    list_methods,
+    method_config,
+    rename_options,
+)
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp")
@@ -125,8 +131,6 @@ class ExperimentConfig:
 
     def method_config(self, entry: MethodEntry):
         """The method's resolved config dataclass (its ``num_vertebrae`` follows the label set)."""
-        from spinebench.methods.registry import method_config
-
         return method_config(entry.name, **_method_overrides(self, entry))
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,14 +242,10 @@ def resolve(raw: Mapping[str, Any], *, check_devices: bool = True) -> Experiment
 
 # --- sections -----------------------------------------------------------------------------------
 def _registered() -> str:
-    from spinebench.methods.registry import list_methods
-
     return ", ".join(list_methods()) or "(none)"
 
 
 def _resolve_method(name: str, body: Any) -> MethodEntry:
-    from spinebench.methods.registry import MethodRegistryError, get_method_spec, rename_options
-
     key = f"methods.{name}"
     try:
         spec = get_method_spec(name)
@@ -268,8 +268,6 @@ def _resolve_method(name: str, body: Any) -> MethodEntry:
 
 
 def _method_overrides(cfg: ExperimentConfig, entry: MethodEntry) -> dict[str, Any]:
-    from spinebench.methods.registry import get_method_spec
-
     spec = get_method_spec(entry.name)
     fields = {f.name: f for f in dataclasses.fields(spec.config_cls)}
     valid = list(fields)
@@ -296,8 +294,6 @@ def _num_vertebrae(data: Any) -> int | None:
     label_set = getattr(data, "label_set", None)
     if label_set is None:
         return None
-    from spinebench.datamodules.labels import get_label_set
-
     return len(get_label_set(label_set).names)
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spinebench.benchmark.builders import build_method
 from spinebench.benchmark.config import ExperimentConfig
 from spinebench.benchmark.runner import check_out_dir, checked_case_ids
 from spinebench.benchmark.schedule import plan_units, process_count
+from spinebench.benchmark.threads import choose_threads
+from spinebench.benchmark.tracking import check_reachable, default_tracking_uri
 from spinebench.datamodules.resources import available_memory, human
 
 MODEL_STATE_COPIES = 4  # weights, gradients, Adam's first and second moments (float32 each)
@@ -23,10 +26,6 @@ MODEL_STATE_COPIES = 4  # weights, gradients, Adam's first and second moments (f
 def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, tracking_uri: str | None = None
                    ) -> str:
     """Validate ``cfg`` as ``spinebench run`` would (raising the same errors) and describe the run."""
-    from spinebench.benchmark.builders import build_method
-    from spinebench.benchmark.threads import choose_threads
-    from spinebench.benchmark.tracking import check_reachable, default_tracking_uri
-
     ids = checked_case_ids(cfg)  # the data source, its splits and the sizes it would generate
     check_out_dir(cfg, Path(out_dir), resume)
     uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri()

@@ -1,4 +1,5 @@
-"""Results of a run: cell test metrics from records, the run-level records file, projections, the leaderboard.
+"""Results of a run: cell test metrics from records, the run-level records file, projections (the leaderboard in
+the terminal: ``benchmark.console_tables``).
 
 The run-level ``records.csv`` is rebuilt from the cells' own files (in cell order), so a completed cell's rows
 never change when later cells are added or an interrupted cell is resumed.
@@ -10,9 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from spinebench.benchmark.layout import RECORDS_FILENAME, cell_complete, cell_dir
-
+from spinebench.benchmark.metrics import LocalizationIdentification, MultiLabelMeanAP
+from spinebench.benchmark.records import _records_to_rows, read_records, write_records
+from spinebench.leaderboard.evaluate import pooled_case_results
+from spinebench.leaderboard.metrics import CaseStats
+from spinebench.leaderboard.projections import pick_by_result, write_case_projection
 
 
 def rows_to_arrays(rows: list[dict], names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -40,10 +46,6 @@ def _f(value: Any) -> float:
 
 def test_metrics(rows: list[dict], names: tuple[str, ...]) -> dict[str, float]:
     """``test/<stat>`` for all vertebrae and ``test/<region>/<stat>`` per region (Glocker, 20 mm, pooled)."""
-    import torch
-
-    from spinebench.benchmark.metrics import LocalizationIdentification, MultiLabelMeanAP
-
     arrays = rows_to_arrays(rows, names)
     metric = LocalizationIdentification(names, sync_on_compute=False)  # rank 0 holds every case already
     metric.update(torch.as_tensor(arrays["true_mm"]), torch.as_tensor(arrays["pred_mm"]),
@@ -57,8 +59,6 @@ def test_metrics(rows: list[dict], names: tuple[str, ...]) -> dict[str, float]:
 
 def write_run_records(out_dir: Path, cfg) -> Path | None:
     """Rebuild ``<out>/records.csv`` from the complete cells' files (atomic, sorted, byte-stable)."""
-    from spinebench.benchmark.records import _records_to_rows, read_records, write_records
-
     rows: list[dict] = []
     for entry, seed in cfg.cells():
         folder = cell_dir(out_dir, entry, seed)
@@ -74,10 +74,6 @@ def write_projections(folder: Path, datamodule, predictions: dict[str, Any], cou
                       rows: list[dict]) -> list[Path]:
     """Projection files (``<folder>/<case>.npz``) of ``count`` test cases for the leaderboard figures, picked by
     result from the cell's records ``rows``: with 3, its best, median and worst case (``pick_by_result``)."""
-    from spinebench.leaderboard.evaluate import pooled_case_results
-    from spinebench.leaderboard.metrics import CaseStats
-    from spinebench.leaderboard.projections import pick_by_result, write_case_projection
-
     names = tuple(datamodule.label_names)
     arrays = rows_to_arrays(rows, names)
     stats = CaseStats.from_arrays(arrays["true_mm"], arrays["pred_mm"], arrays["present"], names)
@@ -95,70 +91,3 @@ def write_projections(folder: Path, datamodule, predictions: dict[str, Any], cou
             )
         )  # fmt: skip
     return written
-
-
-def build_leaderboard(out_dir: Path, console=None) -> Path | None:
-    """Build ``<out>/leaderboard`` from ``records.csv`` and print its headline, failure summary and efficiency."""
-    records = Path(out_dir) / RECORDS_FILENAME
-    if not records.is_file():
-        return None
-    board_dir = Path(out_dir) / "leaderboard"
-    from spinebench.leaderboard.build import build_leaderboard as build
-
-    outputs = build([records], board_dir, projections=[Path(out_dir) / "projections"])
-    if console is not None:
-        print_leaderboard(outputs, console)
-    return board_dir
-
-
-def print_leaderboard(outputs, console) -> None:
-    """The leaderboard's headline tables (best of each column in bold), each method's failure summary and the
-    efficiency block, in the terminal (rich); the files hold the intervals and everything else."""
-    from spinebench.leaderboard.tables import failure_overview_table
-
-    for table in outputs.headlines:
-        console.print(rich_table(paired_headline(table)))
-    for dataset, failures in outputs.failures:
-        console.print(rich_table(failure_overview_table(dataset, list(failures))))
-    for table in outputs.efficiency:
-        console.print(rich_table(table))
-    console.print(f"bold: best of the column; intervals, all statistics, failure classes per region and plots: "
-                  f"{outputs.markdown} (+ .html, .csv, .tex)", markup=False, highlight=False)
-
-
-def paired_headline(table):
-    """The headline with each region's Id.Rate and mean error in one column ("84.7 / 7.3"), to fit a terminal;
-    each half keeps its own best mark."""
-    from spinebench.leaderboard.render import Table
-    from spinebench.leaderboard.tables import HEADLINE_STATS, HEADLINE_TITLES
-
-    width = len(HEADLINE_STATS)
-    suffix = " " + HEADLINE_TITLES[HEADLINE_STATS[0][0]]
-    columns = table.columns[:2] + [c.removesuffix(suffix) for c in table.columns[2::width]]
-    rows = [row[:2] + [tuple(row[i:i + width]) for i in range(2, len(row), width)] for row in table.rows]
-    units = " / ".join(HEADLINE_TITLES[stat] for stat, *_ in HEADLINE_STATS)
-    return Table(f"{table.title}: {units}", columns, rows, table.notes, table.table_id)
-
-
-def rich_table(table):
-    """A ``leaderboard.render.Table`` as a rich table: values without their intervals, the best in bold; a cell
-    holding several values (``paired_headline``) prints them joined by " / "."""
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table as RichTable
-
-    from spinebench.leaderboard.render import Value
-
-    def text(cell) -> str:
-        if isinstance(cell, tuple):
-            return " / ".join(text(c) for c in cell)
-        if isinstance(cell, Value):
-            return f"[bold]{escape(cell.text)}[/bold]" if cell.best else escape(cell.text)
-        return escape(cell)
-
-    out = RichTable(title=escape(table.title), box=box.SIMPLE_HEAD)
-    for i, column in enumerate(table.columns):
-        out.add_column(escape(column), justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for row in table.rows:
-        out.add_row(*(text(c) for c in row))
-    return out

@@ -27,15 +27,27 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+from spinebench.benchmark.builders import build_method, load_weights
 from spinebench.benchmark.callbacks import duration
-from spinebench.benchmark.layout import RECORDS_FILENAME, RESULT_FILE, CellResult, cell_complete, cell_dir
-from spinebench.benchmark.schedule import TrainingUnit, plan_units, process_count
-from spinebench.benchmark.threads import choose_threads
-from spinebench.benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
 from spinebench.benchmark.config import ConfigError, ExperimentConfig, TrainerConfig
 from spinebench.benchmark.config_files import load_experiment
-from spinebench.benchmark.results import build_leaderboard, write_run_records
+from spinebench.benchmark.console_tables import build_leaderboard
+from spinebench.benchmark.layout import RECORDS_FILENAME, RESULT_FILE, CellResult, cell_complete, cell_dir
+from spinebench.benchmark.manifest import build_manifest, write_manifest
+from spinebench.benchmark.results import write_run_records
+from spinebench.benchmark.schedule import TrainingUnit, plan_units, process_count
+from spinebench.benchmark.threads import choose_threads
+from spinebench.benchmark.tracking import (
+    Tracker,
+    check_reachable,
+    default_tracking_uri,
+    restore_default_uri,
+    source_tags,
+)
+from spinebench.benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
 from spinebench.datamodules.atomic import ensure_folder, write_text_atomic
+from spinebench.datamodules.datamodule import VertebraDataModule
+from spinebench.leaderboard.curves import draw_curves
 
 RUN_DIR_ENV = "SPINEBENCH_RUN_DIR"  # lets re-launched DDP ranks find the folder rank 0 resolved
 
@@ -97,9 +109,6 @@ def run_benchmark(
 ) -> Path:
     """Run every cell of ``cfg`` into ``out_dir``; returns the folder. Rank 0 builds the leaderboard."""
     from rich.console import Console
-
-    from spinebench.benchmark.manifest import build_manifest, write_manifest
-    from spinebench.benchmark.tracking import Tracker, check_reachable, default_tracking_uri, restore_default_uri
 
     out_dir = Path(out_dir)
     uri_before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -171,8 +180,6 @@ def run_benchmark(
             console.print(f"{len(units)} trainings for {n_cells} cells in {processes} parallel processes, "
                           f"{threads} torch thread{'s' if threads > 1 else ''} each")
         if processes > 1:
-            from spinebench.datamodules.datamodule import VertebraDataModule
-
             VertebraDataModule(cfg.data).prepare_data()  # fill the cache once, before the workers read it
             for unit, unit_results in run_units_parallel(cfg, units, ctx, processes, on_start=announce):
                 finished(unit, unit_results)
@@ -182,8 +189,6 @@ def run_benchmark(
                 finished(unit, run_unit(cfg, unit, ctx))
         if is_zero:
             write_run_records(out_dir, cfg)
-            from spinebench.leaderboard.curves import draw_curves
-
             curves = draw_curves(out_dir, [(u.seed, [m.name for m in u.members]) for u in units])
             if curves is not None:
                 console.print(f"learning curves: {curves}")
@@ -205,8 +210,6 @@ def run_benchmark(
 def run_tags(out_dir: Path) -> dict[str, str]:
     """The MLflow tags of a run's parent and child runs: source, git commit, config and split hashes (from the
     run's manifest), and the run folder."""
-    from spinebench.benchmark.tracking import source_tags
-
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -252,8 +255,6 @@ def _log_unit(tracker, cfg: ExperimentConfig, run_ids: dict[str, str | None], un
 
 def listed_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
     """Case ids per split as the data source lists them (cheap: nothing is read or generated)."""
-    from spinebench.datamodules.datamodule import VertebraDataModule
-
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for record in VertebraDataModule(cfg.data).records():
         out.setdefault(record.split, []).append(record.case_id)
@@ -294,8 +295,6 @@ def log_cell_model(tracker, run_id: str | None, cfg: ExperimentConfig, member, r
     config and the cell's result beside it."""
     if not tracker.enabled or run_id is None:
         return
-    from spinebench.benchmark.builders import build_method, load_weights
-
     folder = cell_dir(out_dir, member, result.seed)
     model = build_method(cfg, member)
     load_weights(model, result.best_checkpoint)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from spinebench.benchmark.config import ExperimentConfig, MethodEntry
 from spinebench.benchmark.threads import auto_processes
+from spinebench.methods.registry import get_method_spec
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,6 @@ class TrainingUnit:
 
 def training_key(cfg: ExperimentConfig, entry: MethodEntry) -> str:
     """What determines the trained weights of ``entry``: family class, training config fields, trainer."""
-    from spinebench.methods.registry import get_method_spec
-
     spec = get_method_spec(entry.name)
     config = cfg.method_config(entry)
     skip = spec.module_cls.inference_only_fields(config)

@@ -30,6 +30,7 @@ import optuna
 
 from spinebench.benchmark.config_files import set_dotted
 from spinebench.datamodules.errors import InputError
+from spinebench.methods.registry import MethodRegistryError, get_method_spec, rename_options
 
 _NUMERIC_KEYS = {"type", "low", "high", "log", "step"}
 _CATEGORICAL_KEYS = {"type", "choices"}
@@ -132,8 +133,6 @@ def parse_search_space(
     ``methods``: the experiment's method names (the space may only tune those); ``trainer_keys``: the
     runner's valid trainer keys. Method parameters are checked against the method's config dataclass.
     """
-    from spinebench.methods.registry import MethodRegistryError, get_method_spec, rename_options
-
     if not isinstance(raw, Mapping) or not raw:
         raise SearchSpaceError(f"{where}: expected a mapping with 'methods' and/or 'trainer', got {raw!r}")
     unknown = sorted(set(raw) - {"methods", "trainer"})

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from spinebench import __version__
 from spinebench.datamodules.atomic import write_text_atomic
 from spinebench.datamodules.cache_root import cache_root
 from spinebench.datamodules.errors import InputError
@@ -313,8 +314,6 @@ class Tracker:
 
 
 def _version() -> str:
-    from spinebench import __version__
-
     return __version__
 
 

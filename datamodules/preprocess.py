@@ -25,12 +25,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from spinebench.datamodules.atomic import atomic_path, write_text_atomic
+from spinebench.datamodules.cases import CaseRecord
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.orientation import reorient_canonical, reoriented_geometry
+from spinebench.datamodules.resample import isotropic_grid, resample_to
 from spinebench.datamodules.resources import require_memory
-from spinebench.datamodules.cases import CaseRecord
 from spinebench.datamodules.sources import load_case, record_fingerprint
 
 PREPROCESS_VERSION = 2  # bump when the pipeline changes in a way the parameters do not capture
@@ -102,11 +105,6 @@ def preprocess_volume(ct_hu, geometry: Geometry, params: PreprocessParams,
     ``ct_hu``: a numpy array, or the SimpleITK image a file was read into (``ct_io.read_sitk_image``): then the
     volume is never copied at full resolution. A volume with NaN or infinite values, or one that is constant
     after clipping at air, is refused (``InputError`` naming ``source``): no method can find anything there."""
-    import SimpleITK as sitk
-
-    from spinebench.datamodules.orientation import reorient_canonical, reoriented_geometry
-
-    from spinebench.datamodules.resample import isotropic_grid, resample_to
     if not isinstance(ct_hu, sitk.Image):
         ct_hu = np.asarray(ct_hu)
     voxels = sitk.GetArrayViewFromImage(ct_hu) if isinstance(ct_hu, sitk.Image) else ct_hu

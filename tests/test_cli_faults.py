@@ -218,7 +218,7 @@ def test_resource_checks_say_what_is_needed_and_what_there_is(tmp_path):
 
 def test_the_prediction_preview_shows_the_ct_at_its_own_resolution(tmp_path):
     """``predict --preview`` draws the input CT in canonical orientation at its voxel size, not the run's grid."""
-    from spinebench.benchmark.commands.predict import preview_volume, write_preview
+    from spinebench.benchmark.prediction import preview_volume, write_preview
     from spinebench.datamodules.centroids import Centroids
     from spinebench.datamodules.ct_io import read_sitk_image
 

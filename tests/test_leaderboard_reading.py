@@ -12,8 +12,8 @@ import pytest
 from matplotlib.figure import Figure
 from rich.console import Console
 
+from spinebench.benchmark.console_tables import print_leaderboard
 from spinebench.benchmark.records import write_records
-from spinebench.benchmark.results import print_leaderboard
 from spinebench.leaderboard.build import build_leaderboard
 from spinebench.leaderboard.evaluate import Conventions, group_scans
 from spinebench.leaderboard.failures import CLASSES, summarize_failures

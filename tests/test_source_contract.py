@@ -14,7 +14,6 @@ import pytest
 
 from spinebench.datamodules.datamodule import DataConfig, VertebraDataModule
 from spinebench.datamodules.errors import InputError
-
 from spinebench.datamodules.sources import CaseRecord, DataSource, get_source, list_sources, register_source
 from spinebench.datamodules.sources.base import SOURCES
 from spinebench.datamodules.sources.contract import check_source

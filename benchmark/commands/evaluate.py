@@ -38,11 +38,11 @@ def run(args: argparse.Namespace) -> int:
 
     from spinebench.benchmark.builders import build_datamodule, build_method, load_weights, set_determinism
     from spinebench.benchmark.cell import evaluate_checkpoint
-    from spinebench.benchmark.layout import RECORDS_FILENAME, cell_complete, cell_dir
     from spinebench.benchmark.config import ConfigError
     from spinebench.benchmark.config_files import load_experiment
+    from spinebench.benchmark.console_tables import print_leaderboard
+    from spinebench.benchmark.layout import RECORDS_FILENAME, cell_complete, cell_dir
     from spinebench.benchmark.records import write_records
-    from spinebench.benchmark.results import print_leaderboard
     from spinebench.benchmark.runner import listed_case_ids
     from spinebench.datamodules.atomic import ensure_folder
     from spinebench.leaderboard.build import build_leaderboard

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         from rich.console import Console
 
-        from spinebench.benchmark.results import print_leaderboard
+        from spinebench.benchmark.console_tables import print_leaderboard
 
         print_leaderboard(out, Console(width=max(120, Console().width)))  # the tables need the room in logs
     print(f"wrote {out.markdown}, {out.csv.name}, {out.latex.name}, {out.html.name} and {len(out.plots)} plots")

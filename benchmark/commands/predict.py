@@ -1,4 +1,5 @@
-"""``spinebench predict -i CT|FOLDER -o OUT --run DIR``: apply a method trained by ``spinebench run`` to CTs.
+"""``spinebench predict -i CT|FOLDER -o OUT --run DIR``: apply a method trained by ``spinebench run`` to CTs
+(``benchmark.prediction`` does the work; this module only parses, so that ``spinebench --help`` stays fast).
 
 The CT (any supported format) goes through the run's own preprocessing (canonical orientation, the run's
 spacing, HU clipping, z-score); the prediction is mapped back to world mm through the preprocessed geometry
@@ -39,173 +40,23 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
-    from spinebench.benchmark.layout import CellResult, cell_complete, cell_dir
-
-    entries = {m.name: m for m in cfg.methods}
-    if method is not None and method not in entries:
-        raise InputError(f"--method {method!r}: not a method of the run {run_dir}; its methods: {', '.join(entries)}")
-    seeds = [seed] if seed is not None else list(cfg.seeds)
-    if seed is not None and seed not in cfg.seeds:
-        raise InputError(f"--seed {seed}: not a seed of the run {run_dir}; its seeds: {', '.join(map(str, cfg.seeds))}")
-    candidates = []
-    for name in [method] if method else list(entries):
-        for s in seeds:
-            folder = cell_dir(run_dir, entries[name], s)
-            if cell_complete(folder):
-                result = CellResult.read(folder)
-                rate = result.metrics.get("test/id_rate", result.metrics.get("val/id_rate", 0.0))
-                candidates.append((-(rate if rate == rate else -1.0), list(entries).index(name), s, name, result))
-    if not candidates:
-        what = f"method {method!r}" if method else "any method"
-        raise InputError(f"--run {run_dir}: no completed cell for {what}; finish it with spinebench run --resume {run_dir}")
-    _, _, s, name, result = sorted(candidates, key=lambda c: c[:3])[0]
-    # the checkpoint result.json names if it lies inside the run, else the cell's own (runs written before paths
-    # were relative name it relative to where they ran); one outside the run folder is never loaded
-    recorded, own = result.best_checkpoint, cell_dir(run_dir, entries[name], s) / "checkpoints" / "best.ckpt"
-    inside = lambda path: path.resolve().is_relative_to(Path(run_dir).resolve())  # noqa: E731
-    if recorded is not None and inside(recorded) and recorded.is_file():
-        return entries[name], s, recorded
-    if own.is_file():
-        return entries[name], s, own
-    if recorded is not None and not inside(recorded):
-        raise InputError(f"--run {run_dir}: the checkpoint of {name} seed {s} lies outside the run folder "
-                         f"({recorded}); a run folder must hold its own checkpoints")
-    raise InputError(f"--run {run_dir}: checkpoint of {name} seed {s} is missing ({recorded or own})")
-
-
-class Predictor:
-    """A run's chosen method, loaded once; ``predictor(ct)`` -> (Centroids in world mm of the present vertebrae,
-    the CT's geometry, the CT as read). The CT goes through the run's own preprocessing."""
-
-    def __init__(self, run_dir: Path, method: str | None = None, seed: int | None = None,
-                 threads: int | None = None) -> None:
-        import torch
-
-        from spinebench.benchmark.builders import build_method, load_weights
-        from spinebench.benchmark.config import ConfigError
-        from spinebench.benchmark.config_files import load_experiment
-        from spinebench.benchmark.threads import choose_threads
-
-        torch.set_num_threads(choose_threads(threads))
-        run_dir = Path(run_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--run {run_dir}: no config.yaml there (not a spinebench run folder)")
-        self.cfg = load_experiment(run_dir / "config.yaml", check_devices=False)
-        entry, self.seed, checkpoint = _choose_cell(run_dir, self.cfg, method, seed)
-        self.method = entry.name
-        self.model = build_method(self.cfg, entry)
-        load_weights(self.model, checkpoint)  # shape priors are buffers in the checkpoint; sized on load
-        self.model.eval()
-
-    def __call__(self, ct: Path):
-        import torch
-
-        from spinebench.datamodules.centroids import Centroids
-        from spinebench.datamodules.ct_io import read_sitk_image
-        from spinebench.datamodules.labels import get_label_set
-        from spinebench.datamodules.preprocess import preprocess_volume
-
-        original, geometry = read_sitk_image(ct)
-        image, pre_geometry = preprocess_volume(original, geometry, self.cfg.data.preprocess_params, str(ct))
-        with torch.no_grad():
-            pred = self.model.predict_volume(torch.as_tensor(image, dtype=torch.float32)[None, None])
-        names = get_label_set(self.cfg.data.label_set).names
-        world = pre_geometry.vox_to_world(pred.centroids_vox)
-        present = {n: world[k] for k, n in enumerate(names) if pred.present[k] and geometry.contains_vox(
-            geometry.world_to_vox(world[k]), margin=0.5)}
-        return Centroids(present), geometry, original
-
-
-def ct_files(folder: Path) -> list[Path]:
-    """The CT files of a folder (a folder holding a DICOM series is one CT, not a folder of CTs)."""
-    from spinebench.datamodules.ct_io import image_suffix
-
-    return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) is not None)
-
-
-def output_name(ct: Path, fmt: str) -> str:
-    """``sub-01_ct.nii.gz`` -> ``sub-01_ctd.json`` (VerSe's naming), ``scan.mha`` -> ``scan_ctd.csv``."""
-    from spinebench.datamodules.ct_io import image_suffix
-
-    stem = ct.name[: -len(image_suffix(ct))].removesuffix("_ct")
-    return f"{stem}_ctd.{'json' if fmt == 'verse' else 'csv'}"
-
-
 def run(args: argparse.Namespace) -> int:
+    from spinebench.benchmark.prediction import Predictor, ct_files, predict_file, predict_folder
     from spinebench.datamodules.centroids import centroid_format
 
     if (args.ct is None) == (args.input is None):
         raise InputError("give the CT either as the argument or with -i/--input (one of them)")
     source = args.ct or args.input
-    if source.is_dir() and ct_files(source):
-        return _run_folder(args, source)
+    if source.is_dir() and ct_files(source):  # a folder of CT files (a DICOM series folder is one CT)
+        if args.out.exists() and not args.out.is_dir():
+            raise InputError(f"--out {args.out}: for a folder of CTs, --out is a folder; this is a file")
+        predictor = Predictor(args.run, args.method, args.seed, args.threads)
+        return 2 if predict_folder(predictor, source, args.out, args.format, args.preview) else 0  # any failed: 2
     outputs = {"--out": args.out, "--preview": Path(args.out).with_suffix(".png") if args.preview else None}
     refuse_overwriting(outputs, {"ct": source, "--run": args.run})
     fmt = centroid_format(args.out, None)
     if fmt not in ("verse", "csv"):
         raise InputError(f"--out {args.out}: write .json (VerSe) or .csv; got format {fmt!r}")
     predictor = Predictor(args.run, args.method, args.seed, args.threads)
-    _predict_one(predictor, source, args.out, fmt, args.preview)
+    predict_file(predictor, source, args.out, fmt, args.preview)
     return 0
-
-
-def _predict_one(predictor: Predictor, ct: Path, out: Path, fmt: str, preview: bool) -> None:
-    from spinebench.datamodules.centroids import write_centroids
-
-    centroids, geometry, original = predictor(ct)
-    written = centroids.verse_numbered() if fmt == "verse" else centroids
-    write_centroids(out, written, fmt=fmt, geometry=geometry)
-    print(f"{predictor.method}: wrote {len(written)} centroids ({', '.join(written.names) or 'none'}) to {out}")
-    if len(written) < len(centroids):
-        print("S2 has no VerSe id and is not in the json; write .csv to keep it")
-    if preview:
-        png = Path(out).with_suffix(".png")
-        write_preview(png, *preview_volume(original, geometry), centroids, title=f"{Path(ct).name} — {predictor.method}")
-        print(f"preview: {png}")
-
-
-def _run_folder(args: argparse.Namespace, folder: Path) -> int:
-    """Every CT file of ``folder`` into the folder ``--out``; a bad CT is reported in one line and the others go
-    on (what was written stays); exit 2 when any failed."""
-    import sys
-
-    from spinebench.datamodules.atomic import ensure_folder
-
-    cts = ct_files(folder)
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out}: for a folder of CTs, --out is a folder; this is a file")
-    predictor = Predictor(args.run, args.method, args.seed, args.threads)
-    ensure_folder(args.out)
-    failed = []
-    for i, ct in enumerate(cts, start=1):
-        print(f"[{i}/{len(cts)}] {ct.name}", flush=True)
-        try:
-            _predict_one(predictor, ct, args.out / output_name(ct, args.format), args.format, args.preview)
-        except InputError as exc:
-            failed.append(ct)
-            print(f"spinebench predict: error: {exc}", file=sys.stderr)
-    print(f"{len(cts) - len(failed)} of {len(cts)} CTs predicted into {args.out}")
-    return 2 if failed else 0
-
-
-def preview_volume(original, geometry):
-    """The input CT (a SimpleITK image) at its own resolution in canonical orientation, and its geometry: what the
-    preview draws (not the run's network grid, on which a spine at 8 mm cannot be recognised)."""
-    import SimpleITK as sitk
-
-    from spinebench.datamodules.orientation import reorient_canonical
-    return reorient_canonical(sitk.GetArrayViewFromImage(original), geometry)
-
-
-def write_preview(path: Path, image, geometry, centroids, title: str = "") -> None:
-    """Sagittal and coronal maximum-intensity projections of a canonical (``reorient_canonical``) HU volume with
-    the predicted centroids, voxels at their true aspect, bone window -250..1250 HU (``leaderboard.projections``)."""
-    import numpy as np
-
-    from spinebench.datamodules.atomic import write_bytes_atomic
-    from spinebench.leaderboard.projections import volume_views_png
-
-    names = list(centroids)
-    vox = np.array([geometry.world_to_vox(centroids[n]) for n in names]).reshape(-1, 3)
-    write_bytes_atomic(path, volume_views_png(image, geometry.spacing_mm, predicted=vox, names=names, caption=title))

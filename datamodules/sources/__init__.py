@@ -4,7 +4,13 @@ the matching of images with their annotations, ``contract`` the check every sour
 
 from spinebench.datamodules.cases import SPLITS, CaseRecord, RawCase, SourceListing
 from spinebench.datamodules.sources.base import (
-    DataSource, NoOptions, get_source, list_sources, load_case, record_fingerprint, register_source,
+    DataSource,
+    NoOptions,
+    get_source,
+    list_sources,
+    load_case,
+    record_fingerprint,
+    register_source,
 )
 from spinebench.datamodules.splits import SplitOptions
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from spinebench.datamodules.cases import CaseRecord, RawCase, SourceListing, files_fingerprint
+from spinebench.datamodules.ct_io import read_geometry
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.plugins import PluginRegistry
 from spinebench.datamodules.sources.files import load_annotated_image
@@ -85,8 +86,6 @@ class DataSource:
     def estimated_voxels(self, record: CaseRecord) -> float | None:
         """Upper bound of a case's voxels at ``spacing_mm``, from what is known without reading voxels (the image
         header); None when unknown (a DICOM folder would be read in full)."""
-        from spinebench.datamodules.ct_io import read_geometry  # SimpleITK header read: only for a dry run
-
         if record.image_path is None or not Path(record.image_path).is_file():
             return None
         g = read_geometry(record.image_path)

@@ -14,7 +14,13 @@ from spinebench.datamodules.label_maps import MASK_LABEL_MAPS
 from spinebench.datamodules.sources.base import DataSource, register_source
 from spinebench.datamodules.sources.example_data import write_example_case
 from spinebench.datamodules.sources.files import (
-    annotation_index, case_key, existing_dir, find_annotation, is_dicom_folder, is_mask_name, optional_str,
+    annotation_index,
+    case_key,
+    existing_dir,
+    find_annotation,
+    is_dicom_folder,
+    is_mask_name,
+    optional_str,
 )
 from spinebench.datamodules.splits import LEGACY_SPLIT_KEYS, SplitOptions, assign_splits
 
