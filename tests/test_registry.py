@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from spinebench.datamodules.errors import InputError
-from spinebench.methods import create_method, get_method_spec, list_methods, method_config, register_method
-from spinebench.methods import registry
+from spinebench.methods import create_method, get_method_spec, list_methods, method_config, register_method, registry
 from spinebench.methods.di2in import DI2IN, DI2INConfig
 from spinebench.methods.registry import MethodRegistryError
+from tests.plugin_fixtures import pip_install_plugin, readme_example
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,39 +67,11 @@ def test_cli_list_prints_name_family_description_and_rejects_unknown_pattern(cap
     assert re.search(r"^\s+\* message_passing = True$", capsys.readouterr().out, re.M)
 
 
-def _readme_example() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Register a new method") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert len(code.splitlines()) < 40
-    return code
-
-
-def _env_with(path: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(REPO)])}
-
-
 @pytest.mark.slow
 def test_pip_installed_plugin_is_listed_and_contract_tested(tmp_path):
-    """A real ``pip install`` of the README example (into a private ``--target`` folder, not the shared venv:
-    pip writes the module and its ``*.dist-info/entry_points.txt`` there), then found through the entry point."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "my_methods.py").write_text(_readme_example())
-    (src / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "my-methods"\nversion = "0.1"\n'
-        '[project.entry-points."spinebench.methods"]\nmy_methods = "my_methods"\n'
-        "[tool.setuptools]\npy-modules = [\"my_methods\"]\n"
-    )
-    site = tmp_path / "site"
-    pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(site), str(src)], capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert pip.returncode == 0, pip.stderr
-    assert (site / "my_methods-0.1.dist-info" / "entry_points.txt").is_file()
-    env = _env_with(site)
+    """The README example, pip-installed for real, found through its entry point and contract-tested."""
+    env = pip_install_plugin(tmp_path, "my_methods", readme_example("## Register a new method", 40),
+                             "spinebench.methods")
     contract = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_method_contract.py",
          "-k", "pooled_regressor"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from spinebench.datamodules.sources import CaseRecord, DataSource, get_source, l
 from spinebench.datamodules.sources.base import SOURCES
 from spinebench.datamodules.sources.contract import check_source
 from spinebench.datamodules.sources.folder import FolderSource
+from tests.plugin_fixtures import pip_install_plugin, readme_example
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,17 +60,9 @@ def test_registration_rules(clean_sources):
         register_source("no_default")(NoDefault)
 
 
-def _readme_example() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Add a data source") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert len(code.splitlines()) < 45
-    return code
-
-
 def test_readme_source_example_keeps_the_contract_and_runs_in_a_datamodule(clean_sources, tmp_path):
     namespace: dict = {}
-    exec(compile(_readme_example(), "my_sources.py", "exec"), namespace)
+    exec(compile(readme_example("## Add a data source"), "my_sources.py", "exec"), namespace)
     source = get_source("manifest")
     check_source(source, tmp_path / "contract")
     options = source.example(tmp_path / "data")
@@ -88,20 +80,7 @@ def test_readme_source_example_keeps_the_contract_and_runs_in_a_datamodule(clean
 def test_pip_installed_source_is_found_through_its_entry_point(tmp_path):
     """A real ``pip install`` of the README example into a private folder; a fresh process finds the source
     through the entry point, lists it, and a run config that selects it passes a dry run."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "my_sources.py").write_text(_readme_example())
-    (src / "pyproject.toml").write_text(
-        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
-        '[project]\nname = "my-sources"\nversion = "0.1"\n'
-        '[project.entry-points."spinebench.sources"]\nmy_sources = "my_sources"\n'
-        "[tool.setuptools]\npy-modules = [\"my_sources\"]\n"
-    )
-    site = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                          "--no-index", "--target", str(site), str(src)], capture_output=True, text=True, timeout=300)
-    assert pip.returncode == 0, pip.stderr
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    env = pip_install_plugin(tmp_path, "my_sources", readme_example("## Add a data source"), "spinebench.sources")
     listed = subprocess.run([sys.executable, "-m", "spinebench", "list", "--sources"], capture_output=True,
                             text=True, env=env, timeout=120)
     assert listed.returncode == 0 and re.search(r"^manifest\s+Cases listed in a CSV file", listed.stdout, re.M)

@@ -6,20 +6,16 @@ import numpy as np
 import pytest
 
 from spinebench.datamodules.centroids import Centroids, write_centroids
-from spinebench.datamodules.ct_io import write_image
 from spinebench.datamodules.errors import InputError
-from spinebench.datamodules.geometry import Geometry
-from spinebench.datamodules.labels import VERSE_ID_OF
 from spinebench.datamodules.sources import get_source, load_case, record_fingerprint
 from spinebench.datamodules.sources.csi2014 import DATA_DIR
+from spinebench.datamodules.sources.example_data import EXAMPLE_GEOMETRY, EXAMPLE_VOXELS, write_example_case
 from spinebench.datamodules.sources.phantom import PHANTOM_INDEX_OFFSET
 from spinebench.datamodules.splits import assign_splits, read_id_list
 
-# P-I-R like VerSe files: numpy axes (z, y, x) grow towards (R, I, P).
-PIR = np.array([[-1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
-GEOMETRY = Geometry((12, 20, 10), (2.0, 2.0, 2.0), (10.0, -20.0, 30.0), PIR)
-# Three vertebrae at voxel centres of GEOMETRY, stacked along the vertical (I) axis 1.
-VOX = {"L1": (6, 5, 5), "L2": (6, 10, 5), "L3": (6, 15, 5)}
+# P-I-R like VerSe files (numpy axes (z, y, x) grow towards (R, I, P)), three vertebrae at voxel centres stacked
+# along the vertical (I) axis 1: the example case of the file-based sources.
+GEOMETRY, VOX = EXAMPLE_GEOMETRY, EXAMPLE_VOXELS
 
 
 def centroids_mm(geometry=GEOMETRY, vox=VOX) -> Centroids:
@@ -33,22 +29,10 @@ def list_cases(name, **options):
 
 
 def write_case(folder, name, annotation=".lml", geometry=GEOMETRY, vox=VOX, image_suffix=".nii.gz"):
-    """Tiny CT (-1024 HU air, 1000 HU balls at the centroids) + centroid file or vertebra mask."""
-    folder.mkdir(parents=True, exist_ok=True)
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape], indexing="ij"), -1)
-    ct = np.full(geometry.shape, -1024, np.int16)
-    mask = np.zeros(geometry.shape, np.uint8)
-    for n, v in vox.items():
-        ball = np.sum((grid - np.array(v)) ** 2, -1) <= 4
-        ct[ball], mask[ball] = 1000, VERSE_ID_OF[n]
-    image = folder / f"{name}{image_suffix}"
-    write_image(image, ct, geometry)
-    if annotation == "mask":
-        write_image(folder / f"{name.removesuffix('_ct')}_seg-vert_msk.nii.gz", mask, geometry)
-    elif annotation is not None:
-        stem = name.removesuffix("_ct")
-        write_centroids(folder / f"{stem}{annotation}", centroids_mm(geometry, vox), geometry=geometry)
-    return image
+    """Tiny CT (-1024 HU air, 1000 HU balls at the centroids) + centroid file, vertebra mask ("mask") or nothing."""
+    stem = name.removesuffix("_ct")
+    target = {"mask": folder / f"{stem}_seg-vert_msk.nii.gz", None: None}.get(annotation, folder / f"{stem}{annotation}")
+    return write_example_case(folder / f"{name}{image_suffix}", target, geometry, vox)[0]
 
 
 def test_shipped_set2_lists_are_the_published_242_60_split():
