@@ -6,7 +6,7 @@ A space has two parts, both optional::
       methods:
         di2in:                                   # a method of the experiment
           learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-          base_channels: {type: categorical, choices: [8, 16]}
+          base_width: {type: categorical, choices: [8, 16]}
       trainer:
         max_epochs: {type: int, low: 2, high: 8, step: 2}
 
