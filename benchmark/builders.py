@@ -35,9 +35,9 @@ def build_method(cfg: ExperimentConfig, entry: MethodEntry):
     return get_method_spec(entry.name).module_cls(cfg.method_config(entry))
 
 
-def build_datamodule(cfg: ExperimentConfig, method):
-    """The shared datamodule, configured from the method's data requirements."""
-    return VertebraDataModule(cfg.data.configure_for(method.data_requirements()))
+def build_datamodule(cfg: ExperimentConfig, method, data=None):
+    """The shared datamodule of ``data`` (default: the run's), configured from the method's data requirements."""
+    return VertebraDataModule((data or cfg.data).configure_for(method.data_requirements()))
 
 
 def label_names(cfg: ExperimentConfig) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from spinebench.benchmark.results import test_metrics, write_projections
 from spinebench.datamodules.atomic import write_text_atomic
 
 TRAIN_PEAK = "train_peak_memory_mb"  # metric: peak memory of the cell's training (benchmark.memory)
+TEST_SETS = "test_sets"  # metrics of a further test set: test_sets/<name>/id_rate, ... (as test/... of the run's own)
 
 
 # --- the cell --------------------------------------------------------------------------------------
@@ -150,20 +151,38 @@ def evaluate_and_write(
     """
     folder = Path(folder)
     metrics = dict(metrics or {})
+    if method is None:
+        set_determinism(seed, cfg.trainer_for(entry))
+        method = build_method(cfg, entry)
     rows, eval_info = evaluate_checkpoint(
         cfg, entry, seed, checkpoint, method=method, datamodule=datamodule, run_name=run_name or "run",
         method_order=method_order, progress=progress, train_peak_memory_mb=metrics.get(TRAIN_PEAK),
     )  # fmt: skip
+    # the further test sets: the same weights and shape prior (fitted on the run's own training data); their rows
+    # are dataset <name> of run <run>/<name>, as those of ``spinebench evaluate`` (a records row is one per
+    # run, method, seed, case and vertebra, and a test set may hold the run's own case ids)
+    set_rows: dict[str, list[dict]] = {}
+    for test_set in cfg.test_sets:
+        set_datamodule = build_datamodule(cfg, method, data=test_set.data)
+        found, _ = evaluate_checkpoint(
+            cfg, entry, seed, None, method=method, datamodule=set_datamodule,
+            run_name=f"{run_name or 'run'}/{test_set.name}",
+            method_order=method_order, progress=progress, train_peak_memory_mb=metrics.get(TRAIN_PEAK),
+            fit_prior=False,
+        )  # fmt: skip
+        set_rows[test_set.name] = [{**row, "dataset": test_set.name} for row in found]
     import torch.distributed as dist
 
     rank_zero = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     records_path = None
     if rank_zero:
-
         predictions = eval_info.pop("_predictions")
         used_datamodule = eval_info.pop("_datamodule")
-        records_path = write_records(folder / RECORDS_FILENAME, rows)
+        records_path = write_records(folder / RECORDS_FILENAME, rows + [r for found in set_rows.values() for r in found])
         metrics.update(test_metrics(rows, label_names(cfg)))
+        for name, found in set_rows.items():
+            metrics.update({f"{TEST_SETS}/{name}/{key.removeprefix('test/')}": value
+                            for key, value in test_metrics(found, label_names(cfg)).items()})
         metrics.update(eval_info)
         if projections_dir is not None and projection_cases > 0:
             write_projections(projections_dir, used_datamodule, predictions, projection_cases, entry.name, rows)

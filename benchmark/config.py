@@ -13,6 +13,8 @@ An experiment file::
     trainer: {max_epochs: 2, devices: 1, strategy: auto, precision: 32-true, accelerator: cpu}
     tracking: {enabled: true, tracking_uri: null, experiment: null, log_model: true}
     output: {dir: null}
+    test_sets:       # optional: further datasets every trained model is tested on (benchmark.config_data)
+      real: {source: folder, folder: {root: /data/cts, test_fraction: 1.0}}
 
 ``methods`` may also be written as a list of names or of ``{name, overrides, trainer}`` mappings; it is
 normalised to the mapping form (the form ``--set methods.di2in.overrides.base_width=16`` addresses).
@@ -33,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from spinebench.benchmark.config_data import resolve_data
+from spinebench.benchmark.config_data import TestSet, resolve_data, resolve_test_sets
 from spinebench.benchmark.config_types import ConfigError, _check_keys, _coerce, _plain, build_typed
 from spinebench.datamodules.datamodule import DataConfig
 from spinebench.datamodules.labels import get_label_set
@@ -122,6 +124,7 @@ class ExperimentConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     description: str = ""
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    test_sets: tuple[TestSet, ...] = ()  # further datasets each trained model is tested on (benchmark.config_data)
 
     def trainer_for(self, entry: MethodEntry) -> TrainerConfig:
         """The trainer settings of one method: the experiment's, with the method's overrides on top."""
@@ -134,8 +137,9 @@ class ExperimentConfig:
         return method_config(entry.name, **_method_overrides(self, entry))
 
     def to_dict(self) -> dict[str, Any]:
-        """The fully resolved experiment as plain YAML-able data (every default filled in)."""
-        return {
+        """The fully resolved experiment as plain YAML-able data (every default filled in; ``test_sets`` only when
+        there are any, so that the hash of an experiment without them stays what it was)."""
+        out = {
             "name": self.name,
             "description": self.description,
             "data": _plain(self.data.to_dict()),
@@ -149,6 +153,9 @@ class ExperimentConfig:
             "output": _plain(dataclasses.asdict(self.output)),
             "execution": _plain(dataclasses.asdict(self.execution)),
         }
+        if self.test_sets:
+            out["test_sets"] = {t.name: _plain(t.to_dict()) for t in self.test_sets}
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -166,7 +173,8 @@ class ExperimentConfig:
 
 
 TRAINER_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainerConfig))
-_TOP_KEYS = ("name", "description", "data", "methods", "seeds", "trainer", "tracking", "output", "execution")
+_TOP_KEYS = ("name", "description", "data", "methods", "seeds", "trainer", "tracking", "output", "execution",
+             "test_sets")
 
 
 def normalize_raw(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -225,6 +233,7 @@ def resolve(raw: Mapping[str, Any], *, check_devices: bool = True) -> Experiment
         tracking=build_typed(TrackingConfig, raw.get("tracking") or {}, "tracking"),
         output=build_typed(OutputConfig, raw.get("output") or {}, "output"),
         execution=build_typed(ExecutionConfig, raw.get("execution") or {}, "execution"),
+        test_sets=resolve_test_sets(raw.get("test_sets"), data),
     )
     if cfg.execution.processes < 0:
         raise ConfigError(f"execution.processes: must be >= 0 (0 = auto), got {cfg.execution.processes}")

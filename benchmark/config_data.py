@@ -1,10 +1,12 @@
 """The ``data:`` section of an experiment: the datamodule's fields plus one section per data source, of which
-``source`` selects one::
+``source`` selects one; and ``test_sets:``, further datasets every trained model is also tested on::
 
     data:
       source: folder
       folder: {root: /data/cts, test_fraction: 1.0}
       spacing_mm: 2.0
+    test_sets:
+      real: {source: folder, folder: {root: /data/real, test_fraction: 1.0}}
 
 Every source section present is checked against that source's ``Options`` (a config can carry several and
 switch with ``--set data.source=...``); only the selected one is kept. The flat keys of spinebench 0.1
@@ -15,7 +17,9 @@ each with a one-line deprecation message.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from spinebench.benchmark.config_types import ConfigError, _check_keys, build_typed
@@ -49,10 +53,10 @@ def resolve_data(raw: Any) -> DataConfig:
     return build_typed(DataConfig, {**raw, "options": options.get(source)}, "data")
 
 
-def source_options(name: str, raw: Any):
-    """The typed ``Options`` of source ``name`` from its YAML section (None or a mapping)."""
+def source_options(name: str, raw: Any, where: str | None = None):
+    """The typed ``Options`` of source ``name`` from its YAML section (None or a mapping) at key ``where``."""
     cls = get_source(name)
-    where = f"data.{name}"
+    where = where or f"data.{name}"
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -83,3 +87,44 @@ def _move_legacy_keys(raw: dict[str, Any], source: str, sources: list[str]) -> N
             raise ConfigError(f"data.{old}: also given as data.{target}.{new}; keep only data.{target}.{new}")
         deprecated(f"data.{old}", f"data.{target}.{new}")
         raw[target] = {**section, new: raw.pop(old)}
+
+
+@dataclass(frozen=True)
+class TestSet:
+    """A further test dataset of a run: its name (the records' ``dataset``) and the run's data section with the
+    set's own source and options (spacing, label set and cache are the run's: the models see what they learnt on)."""
+
+    name: str
+    data: DataConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.data.source, self.data.source: dataclasses.asdict(self.data.options)}
+
+
+RESERVED_TEST_SET_NAMES = ("train", "val", "test", "test_sets")
+
+
+def resolve_test_sets(raw: Any, data: DataConfig) -> tuple[TestSet, ...]:
+    """``test_sets: {NAME: {source: SOURCE, SOURCE: {options}}}`` -> the sets, in the file's order."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"test_sets: expected a mapping NAME -> {{source: SOURCE, SOURCE: {{...}}}}, got {raw!r}")
+    sources = list_sources()
+    out = []
+    for name, body in raw.items():
+        where = f"test_sets.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name)) or name in RESERVED_TEST_SET_NAMES:
+            raise ConfigError(f"{where}: a test set's name is its dataset name in the records: letters, digits, "
+                              f"'.', '_', '-', not {', '.join(RESERVED_TEST_SET_NAMES)}")
+        if not isinstance(body, Mapping) or "source" not in body:
+            raise ConfigError(f"{where}: expected {{source: SOURCE, SOURCE: {{options}}}}; sources: "
+                              f"{', '.join(sorted(sources))}")
+        source = body["source"]
+        if source not in sources:
+            raise ConfigError(f"{where}.source: unknown data source {source!r}; valid sources: "
+                              f"{', '.join(sorted(sources))}")
+        _check_keys(body, ["source", source], where)
+        options = source_options(source, body.get(source), f"{where}.{source}")
+        out.append(TestSet(str(name), dataclasses.replace(data, source=source, options=options)))
+    return tuple(out)

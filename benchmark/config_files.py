@@ -48,8 +48,12 @@ def resolve_config_path(config: str | Path) -> Path | Traversable:
                       f"{', '.join(shipped_config_names())}")
 
 
-def read_raw(config: str | Path) -> dict[str, Any]:
+def read_raw(config: str | Path, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a YAML experiment. ``extends: BASE`` (a shipped name, or a path relative to the file)
+    starts from BASE's mapping: sections merge key by key, the file's values win, lists are replaced."""
     path = resolve_config_path(config)
+    if str(path) in _chain:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(_chain)}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -59,7 +63,21 @@ def read_raw(config: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(_TOP_KEYS)}), got {type(raw).__name__}")
     raw.setdefault("name", Path(path.name).stem)
-    return raw
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: extends: expected the name or path of another config, got {base!r}")
+    beside = Path(str(path)).parent / base
+    base_raw = read_raw(beside if beside.suffix and beside.is_file() else base, (*_chain, str(path)))
+    return _merged(normalize_raw(base_raw), normalize_raw(raw))
+
+
+def _merged(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def parse_set(item: str) -> tuple[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from spinebench.benchmark.builders import build_method
 from spinebench.benchmark.config import ExperimentConfig
-from spinebench.benchmark.runner import check_out_dir, checked_case_ids
+from spinebench.benchmark.runner import check_out_dir, checked_case_ids, checked_test_set_ids
 from spinebench.benchmark.schedule import plan_units, process_count
 from spinebench.benchmark.threads import choose_threads
 from spinebench.benchmark.tracking import check_reachable, default_tracking_uri
@@ -27,6 +27,7 @@ def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, t
                    ) -> str:
     """Validate ``cfg`` as ``spinebench run`` would (raising the same errors) and describe the run."""
     ids = checked_case_ids(cfg)  # the data source, its splits and the sizes it would generate
+    test_set_ids = checked_test_set_ids(cfg)
     check_out_dir(cfg, Path(out_dir), resume)
     uri = tracking_uri or cfg.tracking.tracking_uri or default_tracking_uri()
     tracking = cfg.tracking.enabled or tracking_uri is not None  # as the runner decides
@@ -41,6 +42,7 @@ def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, t
         f"output: {out_dir}",
         f"data: {cfg.data.source} at {cfg.data.spacing_mm:g} mm, "
         + ", ".join(f"{len(v)} {k}" for k, v in ids.items()) + " cases",
+        *(f"test set {t.name}: {t.data.source}, {len(test_set_ids[t.name])} test cases" for t in cfg.test_sets),
         f"cells: {len(cfg.cells())} in {len(units)} trainings, {processes} process{'es' if processes > 1 else ''}"
         + (f" of {threads} torch thread{'s' if threads > 1 else ''} each" if threads else "")
         + f", on {cfg.trainer.accelerator} (devices {cfg.trainer.devices}, precision {cfg.trainer.precision})",

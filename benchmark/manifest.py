@@ -87,9 +87,11 @@ def case_ids_hash(case_ids: Mapping[str, Sequence[str]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def build_manifest(cfg, case_ids: Mapping[str, Sequence[str]], *, command: Sequence[str] | None = None) -> dict:
-    """``cfg``: the resolved ``ExperimentConfig``; ``case_ids``: split name -> case ids in loader order."""
-    return {
+def build_manifest(cfg, case_ids: Mapping[str, Sequence[str]], *, command: Sequence[str] | None = None,
+                   test_sets: Mapping[str, Sequence[str]] | None = None) -> dict:
+    """``cfg``: the resolved ``ExperimentConfig``; ``case_ids``: split name -> case ids in loader order;
+    ``test_sets``: further test set name -> its test case ids (only written when there are any)."""
+    out = {
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": list(command if command is not None else sys.argv),
         "experiment": cfg.name,
@@ -102,6 +104,9 @@ def build_manifest(cfg, case_ids: Mapping[str, Sequence[str]], *, command: Seque
         "git": git_revision(),
         "machine": machine(),
     }
+    if test_sets:
+        out["test_sets"] = {k: list(v) for k, v in test_sets.items()}
+    return out
 
 
 def write_manifest(path: str | os.PathLike, manifest: Mapping[str, Any]) -> None:

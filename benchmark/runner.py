@@ -29,6 +29,7 @@ from pathlib import Path
 
 from spinebench.benchmark.builders import build_method, load_weights
 from spinebench.benchmark.callbacks import duration
+from spinebench.benchmark.cell import TEST_SETS
 from spinebench.benchmark.config import ConfigError, ExperimentConfig, TrainerConfig
 from spinebench.benchmark.config_files import load_experiment
 from spinebench.benchmark.console_tables import build_leaderboard
@@ -47,6 +48,7 @@ from spinebench.benchmark.tracking import (
 from spinebench.benchmark.units import UnitContext, cell_key, run_unit, run_units_parallel
 from spinebench.datamodules.atomic import ensure_folder, write_text_atomic
 from spinebench.datamodules.datamodule import VertebraDataModule
+from spinebench.datamodules.errors import InputError
 from spinebench.leaderboard.curves import draw_curves
 
 RUN_DIR_ENV = "SPINEBENCH_RUN_DIR"  # lets re-launched DDP ranks find the folder rank 0 resolved
@@ -121,10 +123,11 @@ def run_benchmark(
         check_reachable(uri)  # an unreachable server fails before anything is written or trained
     os.environ[RUN_DIR_ENV] = str(out_dir.resolve())
     if is_zero:
-        case_ids = checked_case_ids(cfg)  # the data source is validated before anything is written
+        case_ids = checked_case_ids(cfg)  # the data sources are validated before anything is written
+        test_set_ids = checked_test_set_ids(cfg)
         _prepare_out_dir(cfg, out_dir, resume)
         if not (out_dir / "manifest.json").is_file():
-            write_manifest(out_dir / "manifest.json", build_manifest(cfg, case_ids))
+            write_manifest(out_dir / "manifest.json", build_manifest(cfg, case_ids, test_sets=test_set_ids))
 
     experiment = cfg.tracking.experiment or cfg.name
     tracker = Tracker(uri, experiment, out_dir, enabled=tracking_on and is_zero)
@@ -165,12 +168,14 @@ def run_benchmark(
         if not is_zero:
             return
         _log_unit(tracker, cfg, run_ids, unit, unit_results, out_dir)
-        rate = unit_results[0].metrics.get("test/id_rate", float("nan"))
+        metrics = unit_results[0].metrics
+        rates = [f"test Id.Rate {100 * metrics.get('test/id_rate', float('nan')):.1f} %"] + [
+            f"{t.name} {100 * metrics.get(f'{TEST_SETS}/{t.name}/id_rate', float('nan')):.1f} %" for t in cfg.test_sets]
         left = len(units) - len(done_units)
         # the trainings still to run, at the mean time of those done, shared among the processes
         eta = f", about {duration(sum(done_units) / len(done_units) * left / processes)} left" if left else ""
-        console.print(f"  {unit.trainer.name} seed {unit.seed} done in {duration(done_units[-1])} (test Id.Rate "
-                      f"{100 * rate:.1f} %); {len(done_units)}/{len(units)} trainings in "
+        console.print(f"  {unit.trainer.name} seed {unit.seed} done in {duration(done_units[-1])} ({'; '.join(rates)})"
+                      f"; {len(done_units)}/{len(units)} trainings in "
                       f"{duration(time.monotonic() - run_t0)}{eta}")
 
     status = "FAILED"
@@ -180,7 +185,8 @@ def run_benchmark(
             console.print(f"{len(units)} trainings for {n_cells} cells in {processes} parallel processes, "
                           f"{threads} torch thread{'s' if threads > 1 else ''} each")
         if processes > 1:
-            VertebraDataModule(cfg.data).prepare_data()  # fill the cache once, before the workers read it
+            for data in (cfg.data, *(t.data for t in cfg.test_sets)):
+                VertebraDataModule(data).prepare_data()  # fill the cache once, before the workers read it
             for unit, unit_results in run_units_parallel(cfg, units, ctx, processes, on_start=announce):
                 finished(unit, unit_results)
         else:
@@ -270,6 +276,30 @@ def checked_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
             raise ConfigError(f"data: the {cfg.data.source} source lists no {split} case ({counts}); "
                               f"check the data.{cfg.data.source} section (root, split lists, case counts)")
     return ids
+
+
+def checked_test_set_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
+    """The test case ids of each further test set (``test_sets``), refusing one that lists none or whose name is a
+    dataset of the run's own data (the records' ``dataset`` column tells them apart)."""
+    own = {r.dataset for r in VertebraDataModule(cfg.data).records()}
+    out: dict[str, list[str]] = {}
+    for test_set in cfg.test_sets:
+        where = f"test_sets.{test_set.name}"
+        if test_set.name in own:
+            raise ConfigError(f"{where}: the run's own data has a dataset of that name; rename the test set")
+        try:
+            records = VertebraDataModule(test_set.data).records()
+        except ConfigError:
+            raise
+        except InputError as exc:  # a source names its options data.<source>.<option>; here they are the set's
+            text = str(exc).replace(f"data.{test_set.data.source}.", f"{where}.{test_set.data.source}.")
+            raise ConfigError(f"{where}: {text}") from None
+        out[test_set.name] = [r.case_id for r in records if r.split == "test"]
+        if not out[test_set.name]:
+            splits = {s: sum(r.split == s for r in records) for s in ("train", "val", "test")}
+            raise ConfigError(f"{where}: the {test_set.data.source} source lists no test case ({splits}); a test "
+                              "set is its source's test split (a folder of CTs: test_fraction: 1.0)")
+    return out
 
 
 def check_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None:

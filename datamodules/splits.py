@@ -82,8 +82,9 @@ def assign_splits(
             for i in _shuffled(train, seed)[: int(round(val_fraction * len(train)))]:
                 out[i] = "val"
         return out, extra
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise InputError(f"val_fraction {val_fraction} + test_fraction {test_fraction} must lie in [0, 1)")
+    if not (0 <= val_fraction <= 1 and 0 <= test_fraction <= 1 and val_fraction + test_fraction <= 1):
+        raise InputError(f"val_fraction {val_fraction} + test_fraction {test_fraction} must lie in [0, 1] "
+                         "(test_fraction 1.0: every case is a test case)")
     order = _shuffled(sorted(present), seed)
     n_test = int(round(test_fraction * len(order)))
     n_val = int(round(val_fraction * len(order)))

@@ -171,6 +171,9 @@ def test_a_ct_without_anatomy_is_refused(bad, reason):
     (["data.spacing_mm=-1"], "spacing_mm must be > 0"),
     (["data.source=folder"], "needs data.folder.root"),
     (["data.phantom.n_train=0"], "lists no train case"),
+    (["test_sets.real.source=folder"], "test_sets.real: data source 'folder' needs test_sets.real.folder.root"),
+    (["test_sets.more.source=phantom", "test_sets.more.phantom.n_test=0"], "test_sets.more: the phantom source "
+                                                                          "lists no test case"),
 ])
 def test_run_validates_everything_before_writing(tmp_path, capfd, sets, message):
     out = tmp_path / "run"

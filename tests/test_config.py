@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 import sys
 
@@ -22,10 +24,13 @@ def _raw(**changes):
     return raw
 
 
+# the real-data configs ship without a data root; resolving does not read it
+ROOTS = {"csi2014_set2": ["data.csi2014.root=/nonexistent"], "verse2020": ["data.verse.root=/nonexistent"]}
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_resolve(name):
-    cfg = load_experiment(name, [f"data.{name.split('_')[0].replace('2020', '')}.root=/nonexistent"] if name in ("csi2014_set2", "verse2020") else [],
-                          check_devices=False)
+    cfg = load_experiment(name, ROOTS.get(name, []), check_devices=False)
     assert cfg.methods and cfg.seeds
     # the resolved config is written to the run folder and must load back to the same experiment
     again = load_experiment(yaml.safe_load(cfg.to_yaml()), check_devices=False)
@@ -221,3 +226,52 @@ methods: [di2in]
     # an old key of the selected file source goes to that source's section
     cfg = load_experiment("csi2014_set2", ["data.root=/x", "data.split_seed=4"], check_devices=False)
     assert cfg.data.options.root == "/x" and cfg.data.options.split_seed == 4
+
+
+def test_extends_starts_from_another_config(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: default\ndata: {phantom: {n_test: 3}}\nmethods: {di2in: {trainer: {max_steps: 7}}}\n"
+                     "seeds: [4, 5]\n")
+    cfg, base = load_experiment(child), load_experiment("default")
+    assert cfg.name == "child" and cfg.seeds == (4, 5)  # its own name; lists are replaced
+    assert cfg.data.options.n_test == 3 and cfg.data.options.n_train == base.data.options.n_train  # merged
+    assert cfg.data.options.generator == base.data.options.generator and cfg.data.spacing_mm == 8.0
+    (di2in,) = [m for m in cfg.methods if m.name == "di2in"]
+    assert di2in.trainer == {"max_steps": 7, "check_val_every_n_epoch": 1} and di2in.overrides == [m for m in base.methods if m.name == "di2in"][0].overrides
+    assert [m.name for m in cfg.methods] == [m.name for m in base.methods]
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: extends itself through"):
+        load_experiment(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(ConfigError, match="config 'nowhere' not found"):
+        load_experiment(tmp_path / "c.yaml")
+
+
+def test_test_sets_resolve_with_the_runs_data_and_their_own_source():
+    cfg = load_experiment("sim2real", ["test_sets.real.folder.root=/cts", "test_sets.more.source=phantom",
+                                       "test_sets.more.phantom.seed=9"])
+    real, more = cfg.test_sets
+    assert (real.name, real.data.source, real.data.options.root, real.data.options.test_fraction) == \
+        ("real", "folder", "/cts", 1.0)
+    assert more.data.options.seed == 9 and more.data.options.n_test == 4  # the phantom source's defaults
+    assert real.data.spacing_mm == cfg.data.spacing_mm == 8.0 and real.data.label_set == cfg.data.label_set
+    d = cfg.to_dict()
+    assert d["test_sets"]["real"] == {"source": "folder", "folder": {**dataclasses.asdict(real.data.options)}}
+    assert load_experiment(yaml.safe_load(cfg.to_yaml())).config_hash() == cfg.config_hash()
+    assert "test_sets" not in load_experiment("default").to_dict()  # configs without test sets hash as before
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["test_sets.test.source=phantom"], r"^test_sets\.test: a test set's name is its dataset name"),
+        (["test_sets.x=3"], r"^test_sets\.x: expected \{source: SOURCE"),
+        (["test_sets.x.source=pacs"], r"^test_sets\.x\.source: unknown data source 'pacs'"),
+        (["test_sets.x.source=phantom", "test_sets.x.folder.root=/a"], r"^test_sets\.x\.folder: unknown key"),
+        (["test_sets.x.source=phantom", "test_sets.x.phantom.n_tset=2"], r"^test_sets\.x\.phantom\.n_tset: unknown"),
+    ],
+)
+def test_bad_test_sets_fail_with_one_line_naming_the_key(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment("smoke", sets)

@@ -45,3 +45,10 @@ def test_dry_run_refuses_what_the_run_would_refuse(tmp_path, capfd):
     assert code == 2 and "already holds a run" in capfd.readouterr().err
     code = main(["run", "--config", "smoke", "--set", "data.phantom.n_test=0", "--dry-run", "--out", str(tmp_path / "p")])
     assert code == 2 and "lists no test case" in capfd.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_dry_run_lists_the_further_test_sets(tmp_path, capfd):
+    code = main(["run", "--config", "smoke", "--set", "test_sets.other.source=phantom", "--set",
+                 "test_sets.other.phantom.n_test=3", "--dry-run", "--out", str(tmp_path / "o")])
+    out = capfd.readouterr().out
+    assert code == 0 and "test set other: phantom, 3 test cases" in out and not (tmp_path / "o").exists()

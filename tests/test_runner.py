@@ -307,3 +307,28 @@ def test_evaluate_a_run_on_another_dataset_without_training(trained_run):
     wrong = _cli("evaluate", "--run", str(trained_run), "--set", "trainer.max_epochs=1", "--name", "x")
     assert wrong.returncode == 2 and "only data.* keys" in wrong.stderr
     assert not (trained_run / "evaluations" / "x").exists()
+
+
+def test_test_sets_are_evaluated_with_every_trained_model(tmp_path, cache_dir):
+    """A further test set with the run's own test data gives the run's own predictions (same weights, same shape
+    prior); a folder test set is its own dataset in the records, the metrics, the manifest and the leaderboard."""
+    from spinebench.datamodules.sources.folder import FolderSource
+
+    real = FolderSource.example(tmp_path / "real")  # two tiny CTs: a centroid file, a vertebra mask
+    own = load_experiment("smoke").to_dict()["data"]["phantom"]
+    sets = _sets(cache_dir, "test_sets.again.source=phantom", f"test_sets.again.phantom={json.dumps(own)}",
+                 "test_sets.real.source=folder", f"test_sets.real.folder={{root: {real.root}, test_fraction: 1.0}}")
+    out = run_benchmark(load_experiment("smoke", sets), tmp_path / "run")
+    rows = _records(out / "records.csv", (*TIMING_COLUMNS, "run"))
+    by_dataset = {d: [{k: v for k, v in r.items() if k != "dataset"} for r in rows if r["dataset"] == d]
+                  for d in {r["dataset"] for r in rows}}
+    assert set(by_dataset) == {"phantom", "again", "real"}
+    assert by_dataset["again"] == by_dataset["phantom"] and len(by_dataset["phantom"]) == 2 * 26
+    assert {r["case"] for r in by_dataset["real"]} == {"a", "b"}
+    (cell,) = (out / "cells").iterdir()
+    metrics = json.loads((next(cell.iterdir()) / "result.json").read_text())["metrics"]
+    assert metrics["test_sets/again/id_rate"] == metrics["test/id_rate"] and "test_sets/real/mean_mm" in metrics
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["test_sets"]["real"] == ["a", "b"] and len(manifest["test_sets"]["again"]) == 2
+    board = (out / "leaderboard" / "leaderboard.md").read_text()
+    assert "## phantom" in board and "## real" in board
