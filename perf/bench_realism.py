@@ -1,0 +1,171 @@
+"""Realism report: how the phantom compares with the real CTs beside the project (``../shared/data/real``).
+
+Both sides are resampled to the same canonical 2 mm grid (CT linear, masks nearest), then measured the same way:
+- HU inside the vertebra masks: cortical (within 2 mm of the mask's surface) and cancellous (at least 4 mm deep),
+  mean / 10th / 90th percentile;
+- the share of the volume in HU windows: air (< -950), lung-like (-950..-700), fat (-190..-30), soft tissue
+  (-29..150), bone (> 200);
+- vertebra size per region: the extents of each labelled vertebra along the patient's axes (SI height, AP depth,
+  LR width; axis-aligned, so rotated vertebrae read a little larger), averaged over the levels both sides show.
+Every figure is printed with its ratio phantom / real. The real set: the four VerSe crops and the TPTBox scan
+with their expert VerSe-numbered masks, and the TotalSegmentator example with its model-made labels (SOURCE.md
+of each folder: licences, caveats). Discs, muscle and organs have no masks there and are compared by HU window
+only. Writes ``docs/realism_phantom.png`` (the first phantom without metal) and ``docs/realism_real.png``
+(sagittal and coronal maximum-intensity projections in one window) for the README. Without ``../shared`` it says so and records nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, write_fragment  # noqa: E402
+
+from spinebench.datamodules.ct_io import read_image  # noqa: E402
+from spinebench.datamodules.geometry import Geometry  # noqa: E402
+from spinebench.datamodules.label_maps import vertebra_names  # noqa: E402
+from spinebench.datamodules.labels import VERSE_ID_OF  # noqa: E402
+from spinebench.datamodules.orientation import reoriented_geometry  # noqa: E402
+from spinebench.datamodules.phantom import PhantomConfig, generate_case  # noqa: E402
+from spinebench.datamodules.resample import isotropic_grid, resample_to  # noqa: E402
+from spinebench.leaderboard.projections import volume_views_png  # noqa: E402
+
+REAL = REPO_ROOT.parent / "shared" / "data" / "real"
+SPACING_MM = 2.0
+N_PHANTOMS = 6
+WINDOWS = {"air": (-np.inf, -950), "lung-like": (-950, -700), "fat": (-190, -30), "soft tissue": (-29, 150),
+           "bone": (200, np.inf)}
+REGIONS = {"cervical": "C", "thoracic": "T", "lumbar": "L", "sacral": "S"}
+VIEW_WINDOW = (-250.0, 1250.0)
+
+
+def real_cases() -> list[tuple[str, Path, Path, str]]:
+    """(name, CT, vertebra mask, numbering) of the real CTs with vertebra labels."""
+    out = [(p.name.removesuffix("_ct.nii.gz"), p, p.with_name(p.name.replace("_ct.nii.gz", "_seg-vert_msk.nii.gz")),
+            "verse") for p in sorted((REAL / "verse_cropped_elkhashabs").glob("*_ct.nii.gz"))]
+    tpt = REAL / "tptbox_sample_ct"
+    out.append(("tptbox", tpt / "sub-ct_label-22_ct.nii.gz", tpt / "sub-ct_seg-vert_label-22_msk.nii.gz", "verse"))
+    ts = REAL / "totalsegmentator_tests"
+    out.append(("totalseg", ts / "example_ct.nii.gz", ts / "spine_report" / "example_ct_report" / "totalseg.nii.gz",
+                "totalsegmentator"))
+    return out
+
+
+def on_canonical_grid(ct: np.ndarray, mask: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """CT (linear) and mask (nearest) on the canonical isotropic SPACING_MM grid over the same extent."""
+    grid = isotropic_grid(reoriented_geometry(geometry), SPACING_MM)
+    return (resample_to(ct.astype(np.float32), geometry, grid), resample_to(mask, geometry, grid, "nearest"))
+
+
+def measure(ct: np.ndarray, labels: np.ndarray) -> dict:
+    """Tissue HU, volume shares and per-region vertebra extents of one canonical (S, P, L) volume whose ``labels``
+    hold vertebra names' VerSe ids."""
+    inside = labels > 0
+    depth = ndimage.distance_transform_edt(inside, sampling=SPACING_MM)
+    out: dict = {"cortical": ct[inside & (depth <= 2.0)], "cancellous": ct[inside & (depth >= 4.0)]}
+    out["shares"] = {k: float(np.mean((ct > lo) & (ct <= hi))) for k, (lo, hi) in WINDOWS.items()}
+    names = {v: k for k, v in VERSE_ID_OF.items()}
+    extents: dict[str, list[np.ndarray]] = {r: [] for r in REGIONS}
+    for label in np.unique(labels[inside]):
+        name = names.get(int(label))
+        if name is None:
+            continue
+        idx = np.argwhere(labels == label)
+        size = (idx.max(0) - idx.min(0) + 1) * SPACING_MM  # (SI, AP, LR) mm
+        touches = (idx.min(0) == 0) | (idx.max(0) == np.asarray(labels.shape) - 1)
+        if not touches.any():  # a vertebra cut by the field of view has no true size
+            region = next(r for r, p in REGIONS.items() if name.startswith(p))
+            extents[region].append(size)
+    out["extents"] = extents
+    return out
+
+
+def real_volumes():
+    for name, ct_path, mask_path, numbering in real_cases():
+        ct, geometry = read_image(ct_path)
+        mask, mask_geometry = read_image(mask_path)
+        ids = vertebra_names(numbering)
+        verse = np.zeros(mask.shape, np.uint8)
+        for value, vertebra in ids.items():
+            if vertebra in VERSE_ID_OF:
+                verse[mask == value] = VERSE_ID_OF[vertebra]
+        yield (name, *on_canonical_grid(ct, verse, mask_geometry if mask_geometry == geometry else geometry))
+
+
+def phantom_volumes():
+    config = PhantomConfig(spacing_mm=SPACING_MM)
+    for index in range(N_PHANTOMS):
+        case = generate_case(0, index, config)
+        mask = np.where(case.vertebra_mask == 29, 0, case.vertebra_mask).astype(np.uint8)  # S2 has no VerSe id
+        yield case.case_id, case.ct_hu.astype(np.float32), mask, case.metadata["metal"]["applied"]
+
+
+def pooled(measures: list[dict]) -> dict:
+    hu = {k: np.concatenate([m[k] for m in measures]) for k in ("cortical", "cancellous")}
+    shares = {k: float(np.mean([m["shares"][k] for m in measures])) for k in WINDOWS}
+    extents = {r: [e for m in measures for e in m["extents"][r]] for r in REGIONS}
+    return {"hu": hu, "shares": shares, "extents": {r: np.mean(v, 0) if v else None for r, v in extents.items()},
+            "n_vertebrae": {r: len(v) for r, v in extents.items()}}
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b and np.isfinite(a / b) else "–"
+
+
+def report(phantom: dict, real: dict, n_real: int) -> str:
+    lines = [f"## Realism: phantom vs real CT\n\n{N_PHANTOMS} phantom cases (seed 0, default generator settings) "
+             f"against {n_real} real CTs with vertebra labels, both on a canonical {SPACING_MM:g} mm grid "
+             "(`perf/bench_realism.py` says how each figure is taken).\n",
+             "| tissue (vertebra masks) | phantom mean HU [p10, p90] | real mean HU [p10, p90] | ratio of means |",
+             "|---|---|---|---|"]
+    for k in ("cortical", "cancellous"):
+        p, r = phantom["hu"][k], real["hu"][k]
+        lines.append(f"| {k} | {p.mean():.0f} [{np.percentile(p, 10):.0f}, {np.percentile(p, 90):.0f}] | "
+                     f"{r.mean():.0f} [{np.percentile(r, 10):.0f}, {np.percentile(r, 90):.0f}] | "
+                     f"{ratio(p.mean(), r.mean())} |")
+    lines += ["", "| share of the volume | phantom | real | ratio |", "|---|---|---|---|"]
+    for k, (lo, hi) in WINDOWS.items():
+        lines.append(f"| {k} ({lo:g}..{hi:g} HU) | {100 * phantom['shares'][k]:.1f} % | {100 * real['shares'][k]:.1f} % | "
+                     f"{ratio(phantom['shares'][k], real['shares'][k])} |")
+    lines += ["", "| vertebra size (mm, SI x AP x LR) | phantom | real | ratio |", "|---|---|---|---|"]
+    for region in REGIONS:
+        p, r = phantom["extents"][region], real["extents"][region]
+        if p is None or r is None:
+            continue
+        lines.append(f"| {region} ({phantom['n_vertebrae'][region]} / {real['n_vertebrae'][region]} vertebrae) | "
+                     f"{p[0]:.0f} x {p[1]:.0f} x {p[2]:.0f} | {r[0]:.0f} x {r[1]:.0f} x {r[2]:.0f} | "
+                     + " x ".join(ratio(a, b) for a, b in zip(p, r)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    if not REAL.is_dir():
+        print(f"[bench] {REAL} not found: the realism report needs the real CTs beside the project; nothing recorded")
+        return 0
+    docs = REPO_ROOT / "docs"
+    real, phantom = [], []
+    for name, ct, labels in real_volumes():
+        real.append(measure(ct, labels))
+        if name == "sub-verse005":
+            (docs / "realism_real.png").write_bytes(volume_views_png(
+                ct, [SPACING_MM] * 3, caption="real: VerSe sub-verse005 (CC BY-SA 4.0, VerSe challenge)",
+                window=VIEW_WINDOW))
+    drawn = False
+    for name, ct, labels, metal in phantom_volumes():
+        phantom.append(measure(ct, labels))
+        if not (drawn or metal):  # the first case without metal: its anatomy, not its streaks
+            drawn = True
+            (docs / "realism_phantom.png").write_bytes(volume_views_png(
+                ct, [SPACING_MM] * 3, caption=f"phantom: {name}", window=VIEW_WINDOW))
+    text = report(pooled(phantom), pooled(real), len(real))
+    print(text)
+    write_fragment("realism", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
