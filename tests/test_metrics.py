@@ -200,3 +200,17 @@ def test_bad_convention_names_are_rejected():
         M.identified(np.zeros((1, 3)), np.zeros((1, 3)), [True], search="closest")
     with pytest.raises(ValueError, match="average"):
         LocalizationIdentification(["L1"], average="weighted")
+
+
+def test_mean_average_precision_in_one_call_equals_the_per_label_mean():
+    """The one multilabel scikit-learn call gives the mean of the per-label APs (ties, labels that are always or
+    never present, a single annotated label)."""
+    rng = np.random.default_rng(4)
+    true = rng.random((40, 26)) < 0.6
+    true[:, 3], true[:, 7] = False, True
+    scores = np.round(rng.random((40, 26)), 1)  # ties
+    expected = np.mean([M.average_precision(true[:, k], scores[:, k]) for k in range(26) if true[:, k].any()])
+    assert M.mean_average_precision(true, scores) == pytest.approx(expected, abs=1e-12)
+    one = np.zeros_like(true)
+    one[:5, 2] = True
+    assert M.mean_average_precision(one, scores) == pytest.approx(M.average_precision(one[:, 2], scores[:, 2]))
