@@ -62,6 +62,11 @@ class Geometry:
         offsets = (world_mm - self.origin_mm).reshape(-1, 3)
         return (np.linalg.solve(self.direction, offsets.T).T / self.spacing_mm).reshape(world_mm.shape)
 
+    def cropped(self, lo, hi) -> "Geometry":
+        """The geometry of ``array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]`` (voxel indices, array order)."""
+        lo, hi = np.asarray(lo, int), np.asarray(hi, int)
+        return Geometry(tuple(int(n) for n in hi - lo), self.spacing_mm, self.vox_to_world(lo), self.direction)
+
     def contains_vox(self, vox: np.ndarray, margin: float = 0.5) -> np.ndarray:
         """Whether (..., 3) voxel coordinates lie inside the image (voxel centres +- ``margin``)."""
         vox = np.asarray(vox, dtype=np.float64)

@@ -55,6 +55,10 @@ class PhantomConfig:
     anisotropic_rate: float = 0.15  # thick axial slices: slice spacing = factor x spacing_mm
     anisotropic_factor: tuple[int, int] = (2, 3)
     transitional_rate: float = 0.0  # opt-in: a T13 or an L6 (needs label_set="transitional")
+    # opt-in: a crop around the spine as real spine CTs are (VerSe), not the whole torso: the visible spine's
+    # extent in the AP and LR directions plus a margin drawn per case and axis
+    tight_crop_rate: float = 0.0
+    tight_crop_margin_mm: tuple[float, float] = (35.0, 70.0)
     size_scale: tuple[float, float] = (0.92, 1.08)  # per-case vertebra size factor
     shape_mode_scale: float = 1.0  # scales the shape model's principal modes
     body_max_width_mm: float = 300.0  # left-right extent of the body cross-section at most
@@ -69,7 +73,7 @@ class PhantomConfig:
         if self.transitional_rate > 0 and not {"T13", "L6"} <= set(names):
             raise InputError(f"phantom transitional_rate > 0 needs label_set='transitional', got {self.label_set!r}")
         for key in ("limited_fov_rate", "scoliosis_rate", "kyphosis_rate", "metal_rate", "anisotropic_rate",
-                    "transitional_rate"):
+                    "transitional_rate", "tight_crop_rate"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise InputError(f"phantom {key} must lie in [0, 1], got {getattr(self, key)}")
         if self.fov_vertebrae is not None:
@@ -209,6 +213,8 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     _draw_anatomy(canvas, prof, spine, fov, scan.tissue)
     _add_metal(rng, canvas, config, spine, fov, prof, meta)
     ct, labels, geometry = _acquire(rng, canvas, scan, meta)
+    if config.tight_crop_rate > 0:  # drawn last and only when asked: cases without it stay byte-identical
+        ct, labels, geometry = _tight_crop(rng, config, spine, ct, labels, geometry, meta)
     centroids = _visible_centroids(spine, geometry, meta)
     meta["shape"], meta["spacing_mm"] = list(ct.shape), [float(x) for x in geometry.spacing_mm]
     meta["size_scale"] = round(float(spine.size_k), 4)
@@ -360,6 +366,28 @@ def _acquire(rng, canvas: anat.Canvas, scan: _Scan, meta: dict) -> tuple[np.ndar
     ct = np.clip(np.rint(hu), -1024, 16000).astype(np.int16)
     # Canonical geometry: origin in LPS (x, y, z) = array-order (l, p, s).
     return ct, labels, canonical_geometry(ct.shape, spacing, origin_mm=origin[::-1])
+
+
+def _tight_crop(rng, cfg: PhantomConfig, spine: _Spine, ct: np.ndarray, labels: np.ndarray, geometry: Geometry,
+                meta: dict) -> tuple[np.ndarray, np.ndarray, Geometry]:  # fmt: skip
+    """With probability ``tight_crop_rate``: crop the AP and LR axes to the visible spine plus a margin per axis."""
+    draws = rng.random(3)
+    applied = bool(draws[0] < cfg.tight_crop_rate)
+    meta["tight_crop"] = {"applied": applied}
+    if not applied:
+        return ct, labels, geometry
+    vox = geometry.world_to_vox(spine.spl[:, ::-1])  # array-order (s, p, l) mm -> LPS -> voxels
+    inside = (vox[:, 0] >= 0) & (vox[:, 0] <= ct.shape[0] - 1)
+    lo_m, hi_m = cfg.tight_crop_margin_mm
+    margins = lo_m + draws[1:] * (hi_m - lo_m)  # mm, for the AP and the LR axis
+    lo, hi = [0, 0, 0], list(ct.shape)
+    for axis, margin in zip((1, 2), margins):
+        pad = margin / float(geometry.spacing_mm[axis])
+        lo[axis] = max(0, int(np.floor(vox[inside, axis].min() - pad)))
+        hi[axis] = min(ct.shape[axis], int(np.ceil(vox[inside, axis].max() + pad)) + 1)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    meta["tight_crop"].update(margin_mm=[round(float(m), 3) for m in margins])
+    return ct[box].copy(), labels[box].copy(), geometry.cropped(lo, hi)
 
 
 def _visible_centroids(spine: _Spine, geometry: Geometry, meta: dict) -> Centroids:

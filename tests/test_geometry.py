@@ -22,3 +22,11 @@ def test_sitk_round_trip_matches_itk_point_transform():
     back = geo.to_sitk(arr)
     assert Geometry.from_sitk(back) == geo
     assert geo.contains_vox([3.4, 4.4, 5.4]) and not geo.contains_vox([4.6, 0, 0])
+
+
+def test_cropped_geometry_maps_the_crop_voxels_to_the_same_world_points():
+    g = Geometry((20, 30, 40), (3.0, 1.0, 2.0), (5.0, -7.0, 11.0), np.array([[0, 0, 1.0], [0, -1.0, 0], [1.0, 0, 0]]))
+    c = g.cropped((2, 5, 7), (12, 25, 30))
+    assert c.shape == (10, 20, 23)
+    vox = np.array([[0.0, 0.0, 0.0], [9.0, 19.0, 22.0], [3.5, 1.25, 8.0]])
+    np.testing.assert_allclose(c.vox_to_world(vox), g.vox_to_world(vox + [2, 5, 7]))

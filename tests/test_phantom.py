@@ -167,6 +167,22 @@ def test_transitional_is_opt_in():
         PhantomConfig(transitional_rate=0.5)
 
 
+def test_tight_crop_is_opt_in_and_cuts_the_same_voxels_around_the_spine():
+    whole = generate_case(12, 0, plain())
+    assert "tight_crop" not in whole.metadata  # off: no draw, no key (cases stay as they were)
+    crop = generate_case(12, 0, plain(tight_crop_rate=1.0))
+    meta = crop.metadata["tight_crop"]
+    assert meta["applied"] and all(35.0 <= m <= 70.0 for m in meta["margin_mm"])
+    assert crop.ct_hu.shape[0] == whole.ct_hu.shape[0] and crop.ct_hu.size < 0.7 * whole.ct_hu.size
+    lo = np.round(whole.geometry.world_to_vox(crop.geometry.origin_mm)).astype(int)
+    box = tuple(slice(a, a + n) for a, n in zip(lo, crop.ct_hu.shape))
+    np.testing.assert_array_equal(crop.ct_hu, whole.ct_hu[box])  # the same voxels, on the cropped geometry
+    np.testing.assert_array_equal(crop.vertebra_mask, whole.vertebra_mask[box])
+    assert list(crop.centroids_mm) == list(whole.centroids_mm)
+    assert crop.geometry.contains_vox(crop.geometry.world_to_vox(_xyz(crop)), margin=0.0).all()
+    assert np.mean(crop.ct_hu < -950) < np.mean(whole.ct_hu < -950)  # less air around the spine
+
+
 def test_bad_config_values_raise():
     with pytest.raises(InputError, match="metal_rate"):
         PhantomConfig(metal_rate=1.5)

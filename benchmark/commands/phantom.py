@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def difficulty_summary(meta: dict) -> str:
-    flags = [k for k in ("limited_fov", "scoliosis", "kyphosis", "metal", "anisotropic", "transitional")
-             if meta[k]["applied"]]
+    """The difficulties applied to a case: its metadata entries ``{"applied": true, ...}``, in generation order."""
+    flags = [k for k, v in meta.items() if isinstance(v, dict) and v.get("applied") is True]
     return "difficulties: " + (", ".join(flags) if flags else "none")
 
 
