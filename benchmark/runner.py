@@ -281,6 +281,8 @@ def checked_case_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
 def checked_test_set_ids(cfg: ExperimentConfig) -> dict[str, list[str]]:
     """The test case ids of each further test set (``test_sets``), refusing one that lists none or whose name is a
     dataset of the run's own data (the records' ``dataset`` column tells them apart)."""
+    if not cfg.test_sets:
+        return {}
     own = {r.dataset for r in VertebraDataModule(cfg.data).records()}
     out: dict[str, list[str]] = {}
     for test_set in cfg.test_sets:
