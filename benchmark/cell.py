@@ -9,6 +9,7 @@ rank 0 gathers them, so every case is evaluated exactly once.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from spinebench.benchmark.memory import PeakMemory
 from spinebench.benchmark.records import case_rows, write_records
 from spinebench.benchmark.results import test_metrics, write_projections
 from spinebench.datamodules.atomic import write_text_atomic
+from spinebench.datamodules.datamodule import SkippedCaseWarning
+from spinebench.datamodules.errors import InputError
 
 TRAIN_PEAK = "train_peak_memory_mb"  # metric: peak memory of the cell's training (benchmark.memory)
 TEST_SETS = "test_sets"  # metrics of a further test set: test_sets/<name>/id_rate, ... (as test/... of the run's own)
@@ -164,12 +167,17 @@ def evaluate_and_write(
     set_rows: dict[str, list[dict]] = {}
     for test_set in cfg.test_sets:
         set_datamodule = build_datamodule(cfg, method, data=test_set.data)
-        found, _ = evaluate_checkpoint(
-            cfg, entry, seed, None, method=method, datamodule=set_datamodule,
-            run_name=f"{run_name or 'run'}/{test_set.name}",
-            method_order=method_order, progress=progress, train_peak_memory_mb=metrics.get(TRAIN_PEAK),
-            fit_prior=False,
-        )  # fmt: skip
+        try:
+            found, _ = evaluate_checkpoint(
+                cfg, entry, seed, None, method=method, datamodule=set_datamodule,
+                run_name=f"{run_name or 'run'}/{test_set.name}",
+                method_order=method_order, progress=progress, train_peak_memory_mb=metrics.get(TRAIN_PEAK),
+                fit_prior=False,
+            )  # fmt: skip
+        except InputError as exc:  # listed but not one case usable: the cell's own results still count
+            warnings.warn(f"test set {test_set.name} left out of {entry.name} seed {seed}: {exc}", SkippedCaseWarning,
+                          stacklevel=2)
+            continue
         set_rows[test_set.name] = [{**row, "dataset": test_set.name} for row in found]
     import torch.distributed as dist
 

@@ -332,3 +332,17 @@ def test_test_sets_are_evaluated_with_every_trained_model(tmp_path, cache_dir):
     assert manifest["test_sets"]["real"] == ["a", "b"] and len(manifest["test_sets"]["again"]) == 2
     board = (out / "leaderboard" / "leaderboard.md").read_text()
     assert "## phantom" in board and "## real" in board
+
+
+def test_a_test_set_without_one_usable_case_is_left_out_with_a_warning(tmp_path, cache_dir):
+    """Listing cannot tell that every CT of a folder is unreadable; the cell's own results must not be lost."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "scan.nii.gz").write_bytes(b"not a nifti" * 20)
+    sets = _sets(cache_dir, "test_sets.broken.source=folder",
+                 f"test_sets.broken.folder={{root: {broken}, test_fraction: 1.0}}")
+    with pytest.warns(UserWarning, match=r"test set broken left out of di2in seed 0: .*no usable case"):
+        out = run_benchmark(load_experiment("smoke", sets), tmp_path / "run")
+    rows = _records(out / "records.csv")
+    assert {r["dataset"] for r in rows} == {"phantom"} and rows
+    assert (broken / "scan.nii.gz").read_bytes() == b"not a nifti" * 20
