@@ -1,4 +1,5 @@
-"""One (method, seed) cell: train with the best-``val/id_rate`` checkpoint, predict the test split, write records.
+"""One (method, seed) cell: train, keep the best-``val/id_rate`` (or the last) checkpoint, predict the test split,
+write records.
 
 ``train_and_evaluate_cell`` is also the objective body of ``spinebench tune`` (extra callbacks and loggers,
 ``evaluate_test=False``). ``evaluate_checkpoint`` evaluates a saved checkpoint on the test split with any
@@ -106,7 +107,7 @@ def train_and_evaluate_cell(
         on_datamodule(datamodule)
 
     best = Path(best_cb.best_model_path) if best_cb.best_model_path else None
-    if best is None or not best.is_file():
+    if trainer_cfg.test_checkpoint == "last" or best is None or not best.is_file():
         best = last if last.is_file() else None
     best_score = best_cb.best_model_score
     metrics: dict[str, float] = {
@@ -117,15 +118,18 @@ def train_and_evaluate_cell(
         "train/seconds": phases.fit_seconds,  # this session's fit (a resumed cell: since the resume)
         "val/seconds": phases.validation_seconds,
     }
+    # which weights the test sets see, for the reader of result.json (trainer.test_checkpoint)
+    evaluated = {"test_checkpoint": trainer_cfg.test_checkpoint if best == last else "best",
+                 "test_checkpoint_step": _checkpoint_step(best) if best is not None else None}
     if not evaluate_test:
-        result = CellResult(entry.name, seed, metrics, None, best, resume_step)
+        result = CellResult(entry.name, seed, metrics, None, best, resume_step, evaluated)
         if rank_zero:
             write_text_atomic(folder / RESULT_FILE, result.to_json(folder))
         return result
     return evaluate_and_write(
         cfg, entry, seed, folder, best, method=method, datamodule=datamodule, metrics=metrics,
         resumed_from_step=resume_step, run_name=run_name, method_order=method_order, progress=progress,
-        projections_dir=projections_dir, projection_cases=projection_cases,
+        projections_dir=projections_dir, projection_cases=projection_cases, extra=evaluated,
     )  # fmt: skip
 
 

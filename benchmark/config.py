@@ -31,7 +31,7 @@ import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -74,6 +74,10 @@ class TrainerConfig:
     gradient_clip_val: float | None = None
     log_every_n_steps: int = 5
     checkpoint_every_n_steps: int | None = None  # also write last.ckpt every N steps (finer resume)
+    # the weights the test sets are evaluated with: "best" = highest validation Id.Rate (best.ckpt; a tie keeps
+    # the earlier one), "last" = the final weights (last.ckpt), for budgets whose schedule decays the learning
+    # rate to zero, where a small validation set picks among near-equal checkpoints by noise
+    test_checkpoint: Literal["best", "last"] = "best"
     deterministic: bool = True
     enable_progress_bar: bool = True
     # CPU intra-op threads of torch; None: the free cores shared among the run's processes (benchmark.threads).

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from spinebench.datamodules.atomic import json_default
+from spinebench.datamodules.errors import InputError
 from spinebench.leaderboard.schema import RECORDS_FILENAME
 
 RESULT_FILE = "result.json"
 CURVES_DIR = "curves"  # <cell>/curves/metrics.csv: Lightning's CSVLogger of the training
 
-__all__ = ["RECORDS_FILENAME", "RESULT_FILE", "CURVES_DIR", "CellResult", "cell_dir", "cell_complete"]
+__all__ = ["RECORDS_FILENAME", "RESULT_FILE", "CURVES_DIR", "CellResult", "cell_dir", "cell_complete",
+           "evaluated_checkpoint"]
 
 
 @dataclass
@@ -29,6 +31,7 @@ class CellResult:
     seed: int
     metrics: dict[str, float]
     records_path: Path | None = None
+    # the checkpoint the test sets were evaluated with: best.ckpt, or last.ckpt with trainer.test_checkpoint: last
     best_checkpoint: Path | None = None
     resumed_from_step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -66,3 +69,19 @@ def cell_dir(out_dir: Path, entry, seed: int) -> Path:
 def cell_complete(folder: Path) -> bool:
     """A cell is complete once its ``result.json`` exists (written last)."""
     return (Path(folder) / RESULT_FILE).is_file()
+
+
+def evaluated_checkpoint(run_dir: Path, folder: Path, result: CellResult) -> Path:
+    """The checkpoint a complete cell's test results came from: the one ``result.json`` names if it lies inside
+    the run folder, else the cell's own ``best.ckpt`` (runs written before paths were relative name it relative to
+    where they ran). One outside the run folder is never loaded."""
+    recorded, own = result.best_checkpoint, Path(folder) / "checkpoints" / "best.ckpt"
+    inside = lambda path: path.resolve().is_relative_to(Path(run_dir).resolve())  # noqa: E731
+    if recorded is not None and inside(recorded) and recorded.is_file():
+        return recorded
+    if own.is_file():
+        return own
+    if recorded is not None and not inside(recorded):
+        raise InputError(f"--run {run_dir}: the checkpoint of {result.method} seed {result.seed} lies outside the run "
+                         f"folder ({recorded}); a run folder must hold its own checkpoints")
+    raise InputError(f"--run {run_dir}: checkpoint of {result.method} seed {result.seed} is missing ({recorded or own})")

@@ -15,7 +15,7 @@ import torch
 from spinebench.benchmark.builders import build_method, load_weights
 from spinebench.benchmark.config import ConfigError
 from spinebench.benchmark.config_files import load_experiment
-from spinebench.benchmark.layout import CellResult, cell_complete, cell_dir
+from spinebench.benchmark.layout import CellResult, cell_complete, cell_dir, evaluated_checkpoint
 from spinebench.benchmark.threads import choose_threads
 from spinebench.datamodules.atomic import ensure_folder, write_bytes_atomic
 from spinebench.datamodules.centroids import Centroids, write_centroids
@@ -46,18 +46,7 @@ def choose_cell(run_dir: Path, cfg, method: str | None, seed: int | None):
         what = f"method {method!r}" if method else "any method"
         raise InputError(f"--run {run_dir}: no completed cell for {what}; finish it with spinebench run --resume {run_dir}")
     _, _, s, name, result = sorted(candidates, key=lambda c: c[:3])[0]
-    # the checkpoint result.json names if it lies inside the run, else the cell's own (runs written before paths
-    # were relative name it relative to where they ran); one outside the run folder is never loaded
-    recorded, own = result.best_checkpoint, cell_dir(run_dir, entries[name], s) / "checkpoints" / "best.ckpt"
-    inside = lambda path: path.resolve().is_relative_to(Path(run_dir).resolve())  # noqa: E731
-    if recorded is not None and inside(recorded) and recorded.is_file():
-        return entries[name], s, recorded
-    if own.is_file():
-        return entries[name], s, own
-    if recorded is not None and not inside(recorded):
-        raise InputError(f"--run {run_dir}: the checkpoint of {name} seed {s} lies outside the run folder "
-                         f"({recorded}); a run folder must hold its own checkpoints")
-    raise InputError(f"--run {run_dir}: checkpoint of {name} seed {s} is missing ({recorded or own})")
+    return entries[name], s, evaluated_checkpoint(run_dir, cell_dir(run_dir, entries[name], s), result)
 
 
 class Predictor:

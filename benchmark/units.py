@@ -85,7 +85,8 @@ def run_unit(cfg: ExperimentConfig, unit: TrainingUnit, ctx: UnitContext) -> lis
             datamodule=datamodule, metrics=shared, run_name=ctx.run_name,
             method_order=ctx.method_order[member.name], progress=ctx.progress,
             projections_dir=projections(member.name), projection_cases=cfg.output.projection_cases,
-            extra={"trained_in": cell_key(first.name, seed)},
+            extra={"trained_in": cell_key(first.name, seed),
+                   **{k: v for k, v in trained.extra.items() if k.startswith("test_checkpoint")}},
         ))  # fmt: skip
     return results
 

@@ -92,6 +92,8 @@ def test_label_set_sets_num_vertebrae():
         (["trainer.devices=two"], r"^trainer\.devices: expected an integer, got 'two'"),
         (["trainer.max_time=1h"], r"^trainer\.max_time: expected DD:HH:MM:SS"),
         (["trainer.num_threads=0"], r"^trainer\.num_threads: must be >= 1"),
+        (["trainer.test_checkpoint=middle"], r"^trainer\.test_checkpoint: 'middle' is not one of best, last"),
+        (["methods.di2in.trainer.test_checkpoint=first"], r"^methods\.di2in\.trainer\.test_checkpoint: 'first' is not"),
         (["trainer.max_epochs=0", "trainer.max_steps=-1"], r"^trainer: set a budget"),
         (["seeds=[1, 1]"], r"^seeds: duplicate seeds"),
         (["seeds=abc"], r"^seeds: expected a non-empty list of integers"),

@@ -64,6 +64,8 @@ def test_run_writes_every_output(trained_run):
     assert 0.0 <= result["metrics"]["val/id_rate"] <= 1.0 and result["metrics"]["test/cases"] == cfg.data.options.n_test
     # paths inside the run are relative to the cell folder: a copied run points at its own files
     assert result["best_checkpoint"] == "checkpoints/best.ckpt" and result["records_path"] == "records.csv"
+    # which weights the test set saw (trainer.test_checkpoint, default best)
+    assert result["extra"]["test_checkpoint"] == "best" and 1 <= result["extra"]["test_checkpoint_step"] <= 4
     assert (out / "cells/di2in/seed0/checkpoints/last.ckpt").is_file() and (out / "cells/di2in/seed0/records.csv").is_file()
     # the fit's wall time, the share its validations took, and the thread count the cell used
     assert result["metrics"]["train/seconds"] > result["metrics"]["val/seconds"] > 0
@@ -91,6 +93,30 @@ def test_same_seed_gives_identical_records(trained_run, tmp_path, cache_dir):
     first = _records(trained_run / "records.csv")
     second = _records(again / "records.csv")
     assert first == second and len(first) > 0
+
+
+def test_test_checkpoint_last_evaluates_the_final_weights_in_every_cell_of_the_training(tmp_path, cache_dir):
+    """With ``trainer.test_checkpoint: last`` the training cell and the cells sharing its training are evaluated
+    with the final weights, and ``spinebench evaluate`` uses the same checkpoint as the run did."""
+    import torch
+
+    cfg = load_experiment("smoke", _sets(cache_dir, "methods=[di2in, di2in_mp]", "trainer.test_checkpoint=last"))
+    out = run_benchmark(cfg, tmp_path / "run")
+    cells = out / "cells"
+    trained, member = (json.loads((cells / m / "seed0" / "result.json").read_text()) for m in ("di2in", "di2in_mp"))
+    assert trained["best_checkpoint"] == "checkpoints/last.ckpt"
+    for result in (trained, member):
+        assert result["extra"]["test_checkpoint"] == "last"
+        assert result["extra"]["test_checkpoint_step"] == result["metrics"]["train/steps"] == 4
+    weights_of = lambda path: torch.load(cells / path, map_location="cpu", weights_only=False)["state_dict"]  # noqa: E731
+    last, shared = weights_of("di2in/seed0/checkpoints/last.ckpt"), weights_of("di2in_mp/seed0/checkpoints/best.ckpt")
+    weights = [k for k in last if k.startswith("net.")]
+    assert weights and all(torch.equal(last[k], shared[k]) for k in weights)
+    again = _cli("evaluate", "--run", str(out), "--set", "data.phantom.seed=0", "--name", "same")
+    assert again.returncode == 0, again.stderr
+    own = _records(out / "records.csv", (*TIMING_COLUMNS, "run", "dataset"))
+    evaluated = _records(out / "evaluations/same/records.csv", (*TIMING_COLUMNS, "run", "dataset"))
+    assert own == evaluated and len(own) == 2 * 2 * 26
 
 
 def test_existing_output_folder_is_refused(trained_run, cache_dir):

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from spinebench.benchmark.config import ConfigError
     from spinebench.benchmark.config_files import load_experiment
     from spinebench.benchmark.console_tables import print_leaderboard
-    from spinebench.benchmark.layout import RECORDS_FILENAME, cell_complete, cell_dir
+    from spinebench.benchmark.layout import RECORDS_FILENAME, CellResult, cell_complete, cell_dir, evaluated_checkpoint
     from spinebench.benchmark.records import write_records
     from spinebench.benchmark.runner import listed_case_ids
     from spinebench.datamodules.atomic import ensure_folder
@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
                       f"({len(ids['test'])} test cases)")
         set_determinism(seed, cfg.trainer)
         method = build_method(run_cfg, entry)
-        load_weights(method, cell_dir(run_dir, entry, seed) / "checkpoints" / "best.ckpt")  # with its own prior
+        folder = cell_dir(run_dir, entry, seed)
+        load_weights(method, evaluated_checkpoint(run_dir, folder, CellResult.read(folder)))  # with its own prior
         datamodule = build_datamodule(cfg, method)
         cell_rows, _ = evaluate_checkpoint(cfg, entry, seed, None, method=method, datamodule=datamodule,
                                            run_name=f"{run_dir.name}/{name}", method_order=i - 1, fit_prior=False)
