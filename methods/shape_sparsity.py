@@ -13,8 +13,10 @@ objective times ``|S|`` with ``alpha = λ / |S|``.
 Trusted subset: the longest subsequence of the present vertebrae (in C1 → S2 order) whose vertical
 coordinate strictly decreases. Array axis 0 grows toward superior, so going down the chain the axis-0
 coordinate must decrease. That chain only catches outliers that break the vertical order; ``refine`` with
-``max_residual`` also drops trusted points that a smoother sparse fit cannot explain (any direction) and keeps
-the consistent ones where they were predicted (``ShapeDictionary.refine``; measured in perf/bench_sparsity.py).
+``max_residual`` then keeps the largest part of the chain whose pairwise offsets the training spines allow,
+drops trusted points that a smoother sparse fit cannot explain (any direction), lets wrongly dropped points back
+in, and keeps the consistent ones where they were predicted (``ShapeDictionary.refine``; measured in
+perf/bench_sparsity.py).
 λ is given for coordinates in 2 mm units and rescaled to the dictionary's own unit (``unit_scale``).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 
+import networkx as nx
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
@@ -32,6 +35,10 @@ VERTICAL_AXIS = 0
 # Median distance between neighbouring centroids in 2 mm units (CSI-2014 training spines: 11.9, VerSe'20: 12.9);
 # λ is given for coordinates in 2 mm units (``ShapeDictionary.unit_scale``).
 REFERENCE_NEIGHBOUR_DISTANCE = 12.0
+# A pair of predicted levels is consistent when its offset deviates from the training mean by at most this
+# percentile of the training spines' deviations (plus half the residual threshold): 90-99 measured alike on the
+# real tables (perf/bench_sparsity.py)
+PAIR_PERCENTILE = 95.0
 
 
 def longest_decreasing_subsequence(values: np.ndarray) -> np.ndarray:
@@ -95,15 +102,34 @@ def impute_missing_levels(centroids: np.ndarray, offsets: np.ndarray) -> np.ndar
     return out
 
 
+def pair_statistics(centroids: np.ndarray, percentile: float = PAIR_PERCENTILE) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, K, 3)`` mean offset ``c_j - c_i`` and ``(K, K)`` ``percentile`` of ``‖c_j - c_i - mean‖`` over the
+    ``(N, K, 3)`` shapes that have both levels (NaN = absent). Pairs never seen together get NaN."""
+    c = np.asarray(centroids, dtype=np.float64)
+    offsets = c[:, None, :, :] - c[:, :, None, :]  # (N, i, j, 3): c_j - c_i
+    seen = ~np.isnan(offsets).any(axis=-1)  # (N, K, K)
+    counts = seen.sum(axis=0)
+    mean = np.full(offsets.shape[1:], np.nan)
+    ok = counts > 0
+    mean[ok] = np.where(seen[..., None], offsets, 0.0).sum(axis=0)[ok] / counts[ok, None]
+    deviation = np.linalg.norm(offsets - mean[None], axis=-1)  # NaN where unseen
+    tolerance = np.full(counts.shape, np.nan)
+    if ok.any():
+        tolerance[ok] = np.nanpercentile(deviation[:, ok], percentile, axis=0)
+    return mean, tolerance
+
+
 class ShapeDictionary(nn.Module):
     """The dictionary ``D`` as a buffer ``(3, K, N)`` (per axis, level, training shape) + the ℓ1 refinement."""
 
     def __init__(
         self, num_vertebrae: int, lam: float = 1.0, positive: bool = False, min_trusted: int = 3, max_iter: int = 2000,
-        held_out_check: bool = True,
+        held_out_check: bool = True, consensus: bool = True,
     ) -> None:
         super().__init__()
         self.held_out_check = held_out_check  # verify each rejection with the fit of the points that agree
+        # start the rejection from the chain's largest pairwise-consistent subset, let wrongly dropped points back in
+        self.consensus = consensus
         if lam <= 0:
             raise ValueError(f"sparsity lambda must be positive, got {lam}")
         self.num_vertebrae = num_vertebrae
@@ -116,6 +142,9 @@ class ShapeDictionary(nn.Module):
         # on real spine tables (perf/bench_sparsity.py; 30x and 300x detected fewer outliers).
         self.detect_lam = 100.0 * lam
         self.register_buffer("atoms", torch.zeros(3, num_vertebrae, 0, dtype=torch.float64))
+        # training statistics of the offset between two levels (``pair_statistics``): mean and tolerance
+        self.register_buffer("pair_mean", torch.zeros(num_vertebrae, num_vertebrae, 3, dtype=torch.float64))
+        self.register_buffer("pair_tolerance", torch.zeros(num_vertebrae, num_vertebrae, dtype=torch.float64))
 
     @property
     def fitted(self) -> bool:
@@ -132,6 +161,17 @@ class ShapeDictionary(nn.Module):
             raise ValueError(f"no training shape has {min_levels} or more annotated levels")
         full = impute_missing_levels(c, mean_neighbour_offsets(c))
         self.atoms = torch.from_numpy(np.ascontiguousarray(full.transpose(2, 1, 0)))
+        mean, tolerance = pair_statistics(c)
+        self._set_pairs(mean, tolerance)
+
+    def _set_pairs(self, mean: np.ndarray, tolerance: np.ndarray) -> None:
+        """Store pair statistics; pairs the training shapes never showed together take the imputed shapes'."""
+        unseen = np.isnan(tolerance)
+        if unseen.any():
+            imputed_mean, imputed_tolerance = pair_statistics(self.atoms.cpu().numpy().transpose(2, 1, 0))
+            mean[unseen], tolerance[unseen] = imputed_mean[unseen], imputed_tolerance[unseen]
+        self.pair_mean = torch.from_numpy(mean)
+        self.pair_tolerance = torch.from_numpy(tolerance)
 
     @property
     def unit_scale(self) -> float:
@@ -148,6 +188,14 @@ class ShapeDictionary(nn.Module):
         key = prefix + "atoms"
         if key in state_dict:
             self.atoms = torch.empty_like(state_dict[key])
+            if prefix + "pair_tolerance" not in state_dict:
+                # a checkpoint written before the pair statistics: take them from its (imputed) dictionary
+                k = self.num_vertebrae
+                mean, tolerance = np.zeros((k, k, 3)), np.zeros((k, k))
+                if state_dict[key].shape[2] > 0:
+                    mean, tolerance = pair_statistics(state_dict[key].cpu().numpy().transpose(2, 1, 0))
+                state_dict[prefix + "pair_mean"] = torch.from_numpy(mean)
+                state_dict[prefix + "pair_tolerance"] = torch.from_numpy(tolerance)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _fit(self, v: np.ndarray, trusted: np.ndarray, lam: float) -> np.ndarray:
@@ -195,19 +243,63 @@ class ShapeDictionary(nn.Module):
                 return int(i)
         return None
 
+    def _consistent_subset(self, v: np.ndarray, points: np.ndarray, slack: float) -> np.ndarray:
+        """The largest subset of ``points`` whose every pair is consistent: the offset ``v_j - v_i`` lies within
+        the pair's training tolerance + ``slack`` of its training mean (a maximum clique of the consistency graph,
+        networkx). Of equally large subsets, the one with the smallest summed deviation/tolerance wins."""
+        mean = self.pair_mean.cpu().numpy()[np.ix_(points, points)]
+        tolerance = self.pair_tolerance.cpu().numpy()[np.ix_(points, points)] + slack
+        ratio = np.linalg.norm(v[points][None, :, :] - v[points][:, None, :] - mean, axis=-1) / tolerance
+        graph = nx.Graph()
+        graph.add_nodes_from(range(points.size))
+        graph.add_edges_from(zip(*np.nonzero(np.triu(ratio <= 1.0, k=1)), strict=True))
+        best = min(nx.find_cliques(graph), key=lambda c: (-len(c), float(ratio[np.ix_(c, c)].sum()), sorted(c)))
+        return points[np.sort(best)]
+
+    def _reject(self, v: np.ndarray, trusted: np.ndarray, lam: float, detect_lam: float,
+                max_residual: float) -> np.ndarray | None:
+        """``trusted`` less the outliers ``_next_outlier`` finds one at a time; None when no ``min_trusted`` agree."""
+        while (drop := self._next_outlier(v, trusted, lam, detect_lam, max_residual)) is not None:
+            if trusted.size == self.min_trusted:
+                return None
+            trusted = np.delete(trusted, drop)
+        return trusted
+
+    def _readmit(self, v: np.ndarray, trusted: np.ndarray, present: np.ndarray, lam: float, detect_lam: float,
+                 max_residual: float) -> np.ndarray:
+        """Let present points outside ``trusted`` back in, nearest to the fit first: a point joins when the
+        rejection of ``trusted`` + it keeps it and ends with more points, or as many with a smaller summed
+        residual (it may then push out the outlier that had displaced it). Repeats until nothing changes."""
+        cost = lambda t: float(np.linalg.norm(v[t] - self._fit(v, t, lam)[t], axis=1).sum())  # noqa: E731
+        changed = True
+        while changed:
+            changed = False
+            fit = self._fit(v, trusted, lam)
+            others = np.setdiff1d(present, trusted)
+            for p in others[np.argsort(np.linalg.norm(v[others] - fit[others], axis=1), kind="stable")]:
+                grown = self._reject(v, np.union1d(trusted, [p]), lam, detect_lam, max_residual)
+                if grown is None or p not in grown or grown.size < trusted.size:
+                    continue
+                if grown.size > trusted.size or cost(grown) < cost(trusted):
+                    trusted, changed = grown, True
+                    break
+        return trusted
+
     def refine(
         self, centroids_vox: np.ndarray, present: np.ndarray, max_residual: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Refined ``(K, 3)`` coordinates for all levels and the indices kept as inliers.
 
         1. Trusted: the longest chain of present vertebrae that is monotone along the vertical axis.
-        2. With ``max_residual`` (coordinate units): the trusted point that a strongly penalised fit
-           (``detect_lam``) explains worst is dropped while its residual ``‖v_i − v̂_i‖`` exceeds ``max_residual``
-           and the points that fit does explain do not predict it within ``max_residual`` either
-           (``_next_outlier``; one at a time, refitting after each); then a present point the chain had rejected
-           is an inlier again when it lies within ``max_residual`` of the final fit (at ``lam``). Inliers keep the
-           network's coordinates; all other levels (outliers in any direction, absent levels) take the
-           reconstruction ``D a + t`` of the final fit.
+        2. With ``max_residual`` (coordinate units):
+           a. with ``consensus``, trusted becomes the chain's largest subset whose pairwise offsets all lie within
+              the training spines' tolerance (``_consistent_subset``, slack ``max_residual / 2``);
+           b. the trusted point that a strongly penalised fit (``detect_lam``) explains worst is dropped while its
+              residual ``‖v_i − v̂_i‖`` exceeds ``max_residual`` and the points that fit does explain do not predict
+              it within ``max_residual`` either (``_next_outlier``; one at a time, refitting after each);
+           c. with ``consensus``, present points left out may come back (``_readmit``); any present point within
+              ``max_residual`` of the final fit (at ``lam``) is an inlier. Inliers keep the network's coordinates;
+              all other levels (outliers in any direction, absent levels) take the reconstruction ``D a + t``.
         3. Without ``max_residual`` (the paper's Algorithm 1 as written): every level takes ``D a + t``.
 
         When fewer than ``min_trusted`` present vertebrae form a monotone chain, or (with ``max_residual``) no
@@ -226,13 +318,14 @@ class ShapeDictionary(nn.Module):
         lam, detect_lam = self.lam * scale2, self.detect_lam * scale2
         if max_residual is None:
             return self._fit(v, trusted, lam), trusted
-        while True:
-            drop = self._next_outlier(v, trusted, lam, detect_lam, max_residual)
-            if drop is None:
-                break
-            if trusted.size == self.min_trusted:
-                return v.copy(), np.zeros(0, dtype=np.int64)  # no consistent subset: nothing can be vouched for
-            trusted = np.delete(trusted, drop)
+        if self.consensus:
+            trusted = self._consistent_subset(v, trusted, max_residual / 2.0)
+        if trusted.size >= self.min_trusted:
+            trusted = self._reject(v, trusted, lam, detect_lam, max_residual)
+        if trusted is None or trusted.size < self.min_trusted:
+            return v.copy(), np.zeros(0, dtype=np.int64)  # no consistent subset: nothing can be vouched for
+        if self.consensus:
+            trusted = self._readmit(v, trusted, idx_present, lam, detect_lam, max_residual)
         fit = self._fit(v, trusted, lam)
         others = np.setdiff1d(idx_present, trusted)
         inliers = np.union1d(trusted, others[np.linalg.norm(v[others] - fit[others], axis=1) <= max_residual])

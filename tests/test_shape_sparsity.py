@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from spinebench.methods.shape_sparsity import (
     ShapeDictionary,
     impute_missing_levels,
     longest_decreasing_subsequence,
     mean_neighbour_offsets,
+    pair_statistics,
 )
 
 
@@ -156,10 +158,53 @@ def test_a_rejection_is_verified_by_the_fit_of_the_other_points_on_a_real_spine(
     good = np.setdiff1d(np.flatnonzero(present), list(moves_mm))
     moved = {}
     for check in (False, True):
-        dictionary = ShapeDictionary(26, lam=1.0, held_out_check=check)
+        dictionary = ShapeDictionary(26, lam=1.0, held_out_check=check, consensus=False)
         dictionary.fit(train)
         refined, _ = dictionary.refine(predicted, present, max_residual=6.0)  # 12 mm
         moved[check] = 2.0 * np.linalg.norm(refined[good] - predicted[good], axis=1).max()
         if check:  # both outliers brought back (from about 50 and 41 mm)
             assert (2.0 * np.linalg.norm(refined[list(moves_mm)] - truth[list(moves_mm)], axis=1) < 25.0).all()
     assert moved[False] > 20.0 and moved[True] < 1e-9
+
+
+@pytest.mark.needs_shared
+def test_the_chain_is_narrowed_to_its_pairwise_consistent_part_on_a_real_spine(shared_real):
+    """CSI-2014 test spine 39 (T1-S2) with S1 moved 27 mm down and 11 mm back (a case of perf/bench_sparsity.py):
+    the chain keeps S1 and drops the good S2, which the fit then moves 37 mm. S1's offsets to L4 and L5 lie outside
+    what the training spines allow, so the consistent part of the chain leaves S1 out, S2 comes back, and every
+    good centroid stays where it was predicted."""
+    train, test = _load_csi(shared_real / "csi2014_landmarks_payer")
+    truth = test[39]
+    present = ~np.isnan(truth).any(axis=1)
+    assert np.flatnonzero(present).tolist() == list(range(7, 26))
+    predicted = np.where(present[:, None], truth, 0.0)
+    predicted[24] += np.array([-26.78, 11.16, 5.09]) / 2.0  # (axis 0, 1, 2) in mm
+    good = np.setdiff1d(np.flatnonzero(present), [24])
+    moved, inliers = {}, {}
+    for consensus in (False, True):
+        dictionary = ShapeDictionary(26, lam=1.0, consensus=consensus)
+        dictionary.fit(train)
+        refined, inliers[consensus] = dictionary.refine(predicted, present, max_residual=6.0)  # 12 mm
+        moved[consensus] = 2.0 * np.linalg.norm(refined[good] - predicted[good], axis=1).max()
+    assert moved[False] > 20.0 and 25 not in inliers[False]
+    assert moved[True] < 1e-9 and inliers[True].tolist() == good.tolist()
+    assert 2.0 * np.linalg.norm(refined[24] - truth[24]) < 0.5 * 2.0 * np.linalg.norm(predicted[24] - truth[24])
+
+
+def test_pair_statistics_and_checkpoints_without_them():
+    """Offsets between two levels: the mean over the shapes that show both, a tolerance from their spread; a
+    dictionary saved before the statistics existed loads and gets them from its atoms."""
+    rng = np.random.default_rng(0)
+    shapes = np.arange(5)[None, :, None] * np.array([-10.0, 1.0, 0.0]) + rng.normal(0, 1, (40, 5, 3))
+    shapes[:20, 4] = np.nan  # level 4 only in half the shapes
+    mean, tolerance = pair_statistics(shapes)
+    assert np.allclose(mean[0, 4], np.nanmean(shapes[:, 4] - shapes[:, 0], axis=0))
+    assert np.allclose(mean[4, 0], -mean[0, 4]) and np.allclose(np.diagonal(tolerance), 0.0)
+    assert 1.0 < tolerance[0, 1] < 4.0  # the 95th percentile of the norm of a 3D normal with sd sqrt(2)
+    d = ShapeDictionary(5)
+    d.fit(shapes)
+    state = {k: v for k, v in d.state_dict().items() if not k.startswith("pair_")}
+    loaded = ShapeDictionary(5)
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.atoms, d.atoms) and loaded.pair_tolerance.shape == (5, 5)
+    assert np.allclose(loaded.pair_mean.numpy()[0, 1], mean[0, 1], atol=0.1)
