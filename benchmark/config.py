@@ -99,7 +99,7 @@ class TrackingConfig:
     enabled: bool = True
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder
     experiment: str | None = None  # default: the config's name
-    log_model: bool = True  # each cell's best checkpoint as an MLflow model (mlflow.pytorch)
+    log_model: bool = True  # each cell's tested checkpoint as an MLflow model (mlflow.pytorch)
 
 
 @dataclass(frozen=True)

@@ -243,7 +243,7 @@ def _start_child_runs(tracker, cfg: ExperimentConfig, units: list[TrainingUnit],
 
 def _log_unit(tracker, cfg: ExperimentConfig, run_ids: dict[str, str | None], unit: TrainingUnit,
               results: list[CellResult], out_dir: Path) -> None:
-    """A finished unit's metrics and files into its cells' child runs, and each cell's best checkpoint as an
+    """A finished unit's metrics and files into its cells' child runs, and each cell's tested checkpoint as an
     MLflow model (the trainer's run also gets the checkpoint file)."""
     for member, result in zip(unit.members, results, strict=True):
         run_id = run_ids.get(cell_key(member.name, unit.seed))
@@ -323,7 +323,7 @@ def _prepare_out_dir(cfg: ExperimentConfig, out_dir: Path, resume: bool) -> None
 
 def log_cell_model(tracker, run_id: str | None, cfg: ExperimentConfig, member, result: CellResult,
                    out_dir: Path) -> None:
-    """The cell's best checkpoint, loaded into its method, as the MLflow model of its child run, with the run's
+    """The cell's tested checkpoint, loaded into its method, as the MLflow model of its child run, with the run's
     config and the cell's result beside it."""
     if not tracker.enabled or run_id is None:
         return

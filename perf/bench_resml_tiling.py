@@ -49,7 +49,7 @@ def main() -> None:
     for entry in cfg.methods:
         if get_method_spec(entry.name).family != FAMILY or not (cell_dir(run, entry, seed) / RESULT_FILE).is_file():
             continue
-        checkpoint = CellResult.read(cell_dir(run, entry, seed)).best_checkpoint
+        checkpoint = CellResult.read(cell_dir(run, entry, seed)).best_checkpoint  # the evaluated one
         for overlap in args.overlaps:
             variant = dataclasses.replace(entry, overrides={**entry.overrides, "tile_overlap": overlap})
             method = build_method(cfg, variant)
@@ -71,8 +71,8 @@ def main() -> None:
     write_fragment(
         "resml_tiling",
         "## Residual network: tile overlap of whole-CT inference vs. test accuracy\n\n"
-        f"Run `{run.name}` ({cfg.data.source}, {cfg.data.spacing_mm:g} mm, test split, seed {seed}), its best "
-        "checkpoints re-evaluated with each `tile_overlap`; one torch thread; time per case is the prediction "
+        f"Run `{run.name}` ({cfg.data.source}, {cfg.data.spacing_mm:g} mm, test split, seed {seed}), the "
+        "checkpoints its test results came from re-evaluated with each `tile_overlap`; one torch thread; time per case is the prediction "
         "alone (tiling, network, clustering), as in the records.\n\n"
         "| cell | tile_overlap | crops per case | test Id.Rate | mean error | per case |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows_md) + "\n",
