@@ -119,7 +119,7 @@ def train_and_evaluate_cell(
         "val/seconds": phases.validation_seconds,
     }
     # which weights the test sets see, for the reader of result.json (trainer.test_checkpoint)
-    evaluated = {"test_checkpoint": trainer_cfg.test_checkpoint if best == last else "best",
+    evaluated = {"test_checkpoint": "last" if best == last else "best",  # "last" too when no best was kept
                  "test_checkpoint_step": _checkpoint_step(best) if best is not None else None}
     if not evaluate_test:
         result = CellResult(entry.name, seed, metrics, None, best, resume_step, evaluated)
