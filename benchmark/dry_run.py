@@ -56,7 +56,9 @@ def dry_run_report(cfg: ExperimentConfig, out_dir: Path, resume: bool = False, t
         trainer = cfg.trainer_for(unit.trainer)
         budget = f"{trainer.max_steps} steps" if trainer.max_steps > 0 else f"{trainer.max_epochs} epochs"
         for member in unit.members:
-            how = (f"trains ({budget}, {params / 1e6:.2f} M parameters)" if member is unit.trainer
+            tested = "final" if trainer.test_checkpoint == "last" else "best-validation"
+            how = (f"trains ({budget}, {params / 1e6:.2f} M parameters; tested with its {tested} weights)"
+                   if member is unit.trainer
                    else f"evaluated on the training of {unit.trainer.name}")
             lines.append(f"  {member.name} seed {unit.seed}: {how}")
     n_cases = sum(len(v) for v in ids.values())

@@ -3,6 +3,8 @@ written."""
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from spinebench.benchmark.cli import main
@@ -20,11 +22,15 @@ def test_print_config_is_the_resolved_config_and_runs_again(tmp_path, capsys):
 
 
 def test_dry_run_shows_cells_data_and_memory_and_writes_nothing(tmp_path, capsys):
-    sets = ["--set", "methods=[di2in, di2in_mp, resml_cls]", "--set", "execution.processes=1"]
+    sets = ["--set", "methods=[di2in, di2in_mp, resml_cls]", "--set", "execution.processes=1",
+            "--set", "methods.resml_cls.trainer.test_checkpoint=last"]
     assert main(["run", "--config", "smoke", *sets, "--dry-run", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "nothing was written" in out and "3 in 2 trainings" in out
-    assert "di2in_mp seed 0: evaluated on the training of di2in" in out and "resml_cls seed 0: trains" in out
+    assert "di2in_mp seed 0: evaluated on the training of di2in" in out
+    trains = r"seed 0: trains \(2 epochs, [\d.]+ M parameters; tested with its"
+    assert re.search(rf"di2in {trains} best-validation weights\)", out)  # the default: trainer.test_checkpoint best
+    assert re.search(rf"resml_cls {trains} final weights\)", out)
     assert "data: phantom at 8 mm, 4 train, 2 val, 2 test cases" in out and "model state up to" in out
     assert "tracking: off" in out  # the smoke config does not track
     assert not (tmp_path / "o").exists()
