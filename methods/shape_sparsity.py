@@ -275,12 +275,13 @@ class ShapeDictionary(nn.Module):
         while changed:
             changed = False
             fit = self._fit(v, trusted, lam)
+            current = float(np.linalg.norm(v[trusted] - fit[trusted], axis=1).sum())
             others = np.setdiff1d(present, trusted)
             for p in others[np.argsort(np.linalg.norm(v[others] - fit[others], axis=1), kind="stable")]:
                 grown = self._reject(v, np.union1d(trusted, [p]), lam, detect_lam, max_residual)
                 if grown is None or p not in grown or grown.size < trusted.size:
                     continue
-                if grown.size > trusted.size or cost(grown) < cost(trusted):
+                if grown.size > trusted.size or cost(grown) < current:
                     trusted, changed = grown, True
                     break
         return trusted

@@ -36,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from spinebench.benchmark.builders import build_method, label_names, quiet_lightning
     from spinebench.benchmark.cell import evaluate_checkpoint
-    from spinebench.benchmark.layout import RESULT_FILE, CellResult, cell_dir
+    from spinebench.benchmark.layout import RESULT_FILE, CellResult, cell_dir, evaluated_checkpoint
     from spinebench.benchmark.config_files import load_experiment
     from spinebench.benchmark.results import test_metrics
     from spinebench.methods.crop_inference import tile_origins
@@ -49,7 +49,8 @@ def main() -> None:
     for entry in cfg.methods:
         if get_method_spec(entry.name).family != FAMILY or not (cell_dir(run, entry, seed) / RESULT_FILE).is_file():
             continue
-        checkpoint = CellResult.read(cell_dir(run, entry, seed)).best_checkpoint  # the evaluated one
+        folder = cell_dir(run, entry, seed)
+        checkpoint = evaluated_checkpoint(run, folder, CellResult.read(folder))
         for overlap in args.overlaps:
             variant = dataclasses.replace(entry, overrides={**entry.overrides, "tile_overlap": overlap})
             method = build_method(cfg, variant)
