@@ -53,6 +53,7 @@ class DataConfig:
     options: Any = None  # the source's Options (a mapping is checked and converted; None: its defaults)
     label_set: str = "default"
     spacing_mm: float = 2.0
+    antialias: bool = True  # average blocks of voxels when downsampling by more than 2x (preprocess.PreprocessParams)
     cache_dir: str | None = None  # None: <cache root>/preprocessed (SPINEBENCH_CACHE, else the XDG cache folder)
     batch_size: int = 2
     num_workers: int = 0
@@ -113,7 +114,7 @@ class DataConfig:
 
     @property
     def preprocess_params(self) -> PreprocessParams:
-        return PreprocessParams(spacing_mm=float(self.spacing_mm))
+        return PreprocessParams(spacing_mm=float(self.spacing_mm), antialias=bool(self.antialias))
 
     @property
     def augmentation(self) -> Augmentation | None:

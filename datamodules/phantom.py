@@ -25,7 +25,7 @@ from spinebench.datamodules.labels import get_label_set
 from spinebench.datamodules.resources import require_disk, require_memory
 from spinebench.datamodules.shape_model import load_shape_model
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MAX_SPACING_MM = 16.0  # coarser than a cervical vertebra is tall (about 15 mm): neighbours would share voxels
 # Measured upper bounds (2026-12-04): a whole spine with its margins spans about 600 x 270 x 300 mm (297 x 132 x
 # 147 voxels at 2 mm); generating a case peaks at about 25 bytes per voxel (1.5-4 mm); a written .nii.gz takes
@@ -38,7 +38,11 @@ METAL_THRESHOLD_HU = 3000.0
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    spacing_mm: float = 2.0  # isotropic generation grid
+    spacing_mm: float = 2.0  # isotropic grid of the case
+    # partial volume: a case coarser than this is drawn on a grid of at most this spacing (``spacing_mm`` / a whole
+    # number) and block-averaged to ``spacing_mm``, as a scanner integrates over a voxel. Point samples of a 1.5 mm
+    # cortical shell at 8 mm are 6 mm bright rims; real CTs at 8 mm show bone as a dimmer, partial-volume blob.
+    fine_spacing_mm: float = 2.0
     label_set: str = "default"  # "transitional" is required when transitional_rate > 0
     limited_fov_rate: float = 0.3  # a random section of the spine instead of all of it
     min_fov_vertebrae: int = 4  # fewest annotated vertebrae in a limited field of view
@@ -63,9 +67,17 @@ class PhantomConfig:
     shape_mode_scale: float = 1.0  # scales the shape model's principal modes
     body_max_width_mm: float = 300.0  # left-right extent of the body cross-section at most
     body_max_depth_mm: float = 250.0  # antero-posterior extent at most
+    # the scan's field of view, not the body, limited (None: the whole body cross-section): a window of this width
+    # (left-right) and depth (antero-posterior, 45 % in front of the spine's centroids and 55 % behind, for the
+    # posterior elements and back muscles) beside the spine's own extent, cutting the body as a reconstruction
+    # field of view or a spine crop does. Unlike ``body_max_*``, which squash the torso, anatomy keeps its size.
+    scan_max_width_mm: float | None = None
+    scan_max_depth_mm: float | None = None
     with_mask: bool = True
 
     def __post_init__(self) -> None:
+        if not self.fine_spacing_mm > 0:
+            raise InputError(f"phantom fine_spacing_mm must be > 0, got {self.fine_spacing_mm}")
         if not 0 < self.spacing_mm <= MAX_SPACING_MM:
             raise InputError(f"phantom spacing_mm must be > 0 and <= {MAX_SPACING_MM:g} (a vertebra spans a few "
                              f"voxels), got {self.spacing_mm}")
@@ -76,6 +88,10 @@ class PhantomConfig:
                     "transitional_rate", "tight_crop_rate"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise InputError(f"phantom {key} must lie in [0, 1], got {getattr(self, key)}")
+        for key in ("scan_max_width_mm", "scan_max_depth_mm"):
+            if getattr(self, key) is not None and not getattr(self, key) >= 40.0:
+                raise InputError(f"phantom {key} must be >= 40 mm (a vertebra with its processes) or null, got "
+                                 f"{getattr(self, key)}")
         if self.fov_vertebrae is not None:
             lo, hi = self.fov_vertebrae
             if not 1 <= lo <= hi:
@@ -153,6 +169,11 @@ def _profiles(s_axis: np.ndarray, spl: np.ndarray, pos: np.ndarray, body_k: floa
     }
 
 
+def supersampling(config: PhantomConfig) -> int:
+    """Fine voxels per case voxel along each axis: ``ceil(spacing_mm / fine_spacing_mm)``."""
+    return max(1, int(np.ceil(config.spacing_mm / config.fine_spacing_mm - 1e-9)))
+
+
 def case_voxels(config: PhantomConfig) -> float:
     """Upper bound of a case's voxel count at ``config.spacing_mm`` (a whole, curved spine)."""
     return WHOLE_SPINE_MM3 / config.spacing_mm**3
@@ -162,8 +183,9 @@ def check_resources(config: PhantomConfig, n_cases: int = 1, folder=None) -> Non
     """Refuse a spacing whose cases cannot be generated in this machine's memory, or ``n_cases`` files that
     cannot fit the disk of ``folder`` (when given), before any is generated."""
     voxels = case_voxels(config)
-    require_memory(voxels * GENERATION_BYTES_PER_VOXEL, f"a phantom case at {config.spacing_mm:g} mm "
-                   f"(up to {voxels / 1e6:,.0f} million voxels)")
+    fine = voxels * supersampling(config) ** 3  # drawn on the fine grid
+    require_memory(fine * GENERATION_BYTES_PER_VOXEL, f"a phantom case at {config.spacing_mm:g} mm "
+                   f"(drawn on up to {fine / 1e6:,.0f} million voxels)")
     if folder is not None:
         require_disk(n_cases * voxels * FILE_BYTES_PER_VOXEL, folder, f"{n_cases:,} phantom cases at "
                      f"{config.spacing_mm:g} mm")
@@ -212,7 +234,7 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     canvas, prof = _make_canvas(config, spine, fov, scan)
     _draw_anatomy(canvas, prof, spine, fov, scan.tissue)
     _add_metal(rng, canvas, config, spine, fov, prof, meta)
-    ct, labels, geometry = _acquire(rng, canvas, scan, meta)
+    ct, labels, geometry = _acquire(rng, canvas, scan, supersampling(config), meta)
     if config.tight_crop_rate > 0:  # drawn last and only when asked: cases without it stay byte-identical
         ct, labels, geometry = _tight_crop(rng, config, spine, ct, labels, geometry, meta)
     centroids = _visible_centroids(spine, geometry, meta)
@@ -264,9 +286,9 @@ def _draw_scan(rng, cfg: PhantomConfig, meta: dict) -> _Scan:
     t = rng.random(12)
     tissue = {
         "air": -1000.0, "lung": -870.0 + 60.0 * t[0], "fat": -110.0 + 30.0 * t[1], "soft": 30.0 + 25.0 * t[2],
-        "cortical": 700.0 + 500.0 * t[3], "cancellous": 160.0 + 130.0 * t[4], "disc": 70.0 + 25.0 * t[5],
+        "cortical": 350.0 + 300.0 * t[3], "cancellous": 20.0 + 130.0 * t[4], "disc": 70.0 + 25.0 * t[5],
     }
-    tissue["posterior"] = 0.5 * (tissue["cortical"] + tissue["cancellous"]) + 150.0
+    tissue["posterior"] = tissue["cancellous"] + 0.75 * (tissue["cortical"] - tissue["cancellous"])
     noise_hu = cfg.noise_hu[0] + t[8] * (cfg.noise_hu[1] - cfg.noise_hu[0])
     blur_mm = cfg.blur_sigma_mm[0] + t[9] * (cfg.blur_sigma_mm[1] - cfg.blur_sigma_mm[0])
     aniso = bool(t[10] < cfg.anisotropic_rate)
@@ -279,9 +301,10 @@ def _draw_scan(rng, cfg: PhantomConfig, meta: dict) -> _Scan:
 
 
 def _make_canvas(cfg: PhantomConfig, spine: _Spine, fov: _FieldOfView, scan: _Scan) -> tuple[anat.Canvas, dict]:
-    """The isotropic generation grid around the torso (a multiple of the slice factor along s) and the torso's
-    per-slice profiles."""
-    sp, factor = float(cfg.spacing_mm), scan.slice_factor
+    """The isotropic generation grid around the torso and the torso's per-slice profiles: the case's grid
+    (a multiple of the slice factor along s) refined ``supersampling`` times, so that averaging blocks of fine
+    voxels gives the case's voxels."""
+    sp, factor, f = float(cfg.spacing_mm), scan.slice_factor, supersampling(cfg)
     n_s = int(np.floor((fov.top - fov.bottom) / sp)) + 1
     n_s = max(n_s + (-n_s) % factor, factor)
     s_axis = fov.bottom + sp * np.arange(n_s)
@@ -292,9 +315,20 @@ def _make_canvas(cfg: PhantomConfig, spine: _Spine, fov: _FieldOfView, scan: _Sc
     mid_l = 0.5 * (lo_l + hi_l)
     half_l = min(0.5 * (hi_l - lo_l), cfg.body_max_width_mm / 2 + 6.0)
     lo_l, hi_l = mid_l - half_l, mid_l + half_l
+    if cfg.scan_max_depth_mm is not None:
+        lo_p = max(lo_p, float(np.min(prof["spine_p"])) - 0.45 * cfg.scan_max_depth_mm)
+        hi_p = min(hi_p, float(np.max(prof["spine_p"])) + 0.55 * cfg.scan_max_depth_mm)
+    if cfg.scan_max_width_mm is not None:
+        lo_l = max(lo_l, float(np.min(prof["spine_l"])) - 0.5 * cfg.scan_max_width_mm)
+        hi_l = min(hi_l, float(np.max(prof["spine_l"])) + 0.5 * cfg.scan_max_width_mm)
     origin = np.round(np.array([fov.bottom, lo_p, lo_l]), 6)
     shape = (n_s, int((hi_p - lo_p) // sp) + 1, int((hi_l - lo_l) // sp) + 1)
-    return anat.Canvas(shape, origin, (sp, sp, sp)), prof
+    if f == 1:
+        return anat.Canvas(shape, origin, (sp, sp, sp)), prof
+    fine = sp / f
+    origin = np.round(origin - (f - 1) * fine / 2, 6)  # block centres on the case's voxel centres
+    canvas = anat.Canvas(tuple(n * f for n in shape), origin, (fine, fine, fine))
+    return canvas, _profiles(canvas.axis_mm(0), spine.spl, spine.pos, scan.body_k, scan.fat_mm, cfg)
 
 
 def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfView, tissue: dict) -> None:
@@ -350,12 +384,16 @@ def _add_metal(rng, canvas: anat.Canvas, cfg: PhantomConfig, spine: _Spine, fov:
     meta["metal"] = metal
 
 
-def _acquire(rng, canvas: anat.Canvas, scan: _Scan, meta: dict) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """Point-spread blur, thick slices, noise and int16 quantisation; the canonical geometry of the result."""
+def _acquire(rng, canvas: anat.Canvas, scan: _Scan, f: int, meta: dict) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Point-spread blur, partial volume (blocks of ``f`` fine voxels per axis averaged), thick slices, noise and
+    int16 quantisation; the canonical geometry of the result."""
     hu = art.blur(canvas.hu, scan.blur_mm, canvas.spacing_mm)
     labels = canvas.labels
-    sp = float(canvas.spacing_mm[0])
-    origin, spacing = np.asarray(canvas.origin_mm, float), np.array([sp, sp, sp])
+    for axis in range(3):
+        hu, labels = art.block_average(hu, labels, axis, f)
+    sp = float(canvas.spacing_mm[0]) * f
+    origin = np.asarray(canvas.origin_mm, float) + (f - 1) * float(canvas.spacing_mm[0]) / 2
+    spacing = np.array([sp, sp, sp])
     factor = scan.slice_factor
     if factor > 1:
         hu, labels = art.thick_slices(hu, labels, factor)

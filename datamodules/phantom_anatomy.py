@@ -43,6 +43,8 @@ _SIZE_ANCHORS: dict[str, list[tuple[float, float]]] = {
     "tp_len": [(0, 16), (1, 10), (6, 14), (7, 20), (12, 18), (18, 8), (19, 15), (21, 25), (23, 20), (24, 0)],
     "tp_deg": [(0, 0), (6, 0), (7, 25), (12, 35), (18, 40), (19, 5), (23, 10)],
     "tp_r": [(0, 3.5), (6, 3), (7, 4), (23, 4.5)],
+    # articular processes (radius of each side's column of superior + inferior process; C1: its lateral masses)
+    "facet_r": [(0, 7), (1, 5), (6, 5), (7, 4.5), (18, 5.5), (19, 6.5), (23, 7.5), (24, 6.5), (25, 0)],
     "rib_a": [(7, 45), (9, 70), (13, 90), (16, 92), (18, 86)],  # AP semi-axis of the rib arc
     "rib_b": [(7, 55), (9, 85), (13, 112), (16, 118), (18, 116)],  # lateral semi-axis
     "rib_r": [(7, 4), (9, 5), (18, 5)],
@@ -164,7 +166,9 @@ def _part(canvas: Canvas, center: np.ndarray, frame: np.ndarray, lo_local, hi_lo
 
 
 def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float, c1_c2: dict | None = None) -> None:
-    """Body (cortical shell + cancellous core), arch around the canal, spinous and transverse processes.
+    """Body (cortical shell + cancellous core), arch around the canal, articular processes (a column each side,
+    from above the body's upper endplate to below its lower one, meeting the neighbours' at the facet joints),
+    spinous and transverse processes.
 
     C1 has no body: a ring with an anterior tubercle at its centroid. C2 carries the dens (``c1_c2`` gives the
     dens tip in array-order mm). Each part is evaluated in its own oriented bounding box."""
@@ -188,7 +192,7 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
             canvas.paint(sl, _capsule_d2(u, a, b) <= np.float32(r * r), hu, label)
 
     # Posterior elements first; the body is painted over them.
-    arch_h, arch_c = 0.62 * hh, 0.15 * hh
+    arch_h, arch_c = 0.8 * hh, 0.1 * hh
     p_min = canal_cp - crp - t_arch if v.name == "C1" else rp * 0.5
     sl, (us, up, ul) = _part(canvas, c, f, (arch_c - arch_h, p_min, -crl - t_arch),
                              (arch_c + arch_h, canal_cp + crp + t_arch, crl + t_arch))
@@ -197,6 +201,12 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
         arch &= _ellipse_q(up, ul, canal_cp, 0.0, crp + t_arch, crl + t_arch) <= 1
         arch &= _ellipse_q(up, ul, canal_cp, 0.0, crp, crl) > 1
         canvas.paint(sl, arch, posterior, label)
+    facet_r = k * size("facet_r", pos)
+    if facet_r > 0:
+        for side in (-1.0, 1.0):
+            at = np.array([0.0, canal_cp + 0.2 * crp, side * (crl + 0.3 * t_arch)])
+            capsule(at + np.array([0.95 * hh, 0.0, 0.0]), at - np.array([1.25 * hh, -0.15 * crp, 0.0]), facet_r,
+                    posterior)
     base_p = canal_cp + crp + t_arch * 0.5
     if sp_len > 0:
         a = np.deg2rad(sp_deg)

@@ -141,15 +141,27 @@ def blur(volume: np.ndarray, sigma_mm: float, spacing_mm: np.ndarray) -> np.ndar
     return out
 
 
+def block_average(volume: np.ndarray, labels: np.ndarray, axis: int, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``factor`` consecutive samples along ``axis`` into one (thick slices; partial volume of a coarse
+    voxel); labels take the middle sample. A remainder shorter than ``factor`` is dropped."""
+    if factor == 1:
+        return volume, labels
+    n = (volume.shape[axis] // factor) * factor
+
+    def take(a, start, step):
+        index = [slice(None)] * 3
+        index[axis] = slice(start, n, step)
+        return a[tuple(index)]
+
+    total = take(volume, 0, factor).copy()
+    for t in range(1, factor):
+        total += take(volume, t, factor)
+    return total / np.float32(factor), take(labels, factor // 2, factor)
+
+
 def thick_slices(volume: np.ndarray, labels: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Average ``factor`` consecutive axial slices (axis 0) into one thick slice; labels take the middle slice."""
-    n = (volume.shape[0] // factor) * factor
-    total = volume[0:n:factor].copy()
-    for t in range(1, factor):
-        total += volume[t:n:factor]
-    hu = total / np.float32(factor)
-    lab = labels[factor // 2 : n : factor]
-    return hu, lab
+    return block_average(volume, labels, 0, factor)
 
 
 def add_noise(volume: np.ndarray, rng: np.random.Generator, sigma_hu: float) -> np.ndarray:

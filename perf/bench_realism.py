@@ -7,6 +7,10 @@ Both sides are resampled to the same canonical 2 mm grid (CT linear, masks neare
   (-29..150), bone (> 200);
 - vertebra size per region: the extents of each labelled vertebra along the patient's axes (SI height, AP depth,
   LR width; axis-aligned, so rotated vertebrae read a little larger), averaged over the levels both sides show.
+- at the default benchmark's 8 mm (CT preprocessed as a run does it, block-averaged; the phantom as the default
+  config generates it): the mean 11 x 11 x 11 voxel neighbourhood of the lumbar vertebrae's centroids, read at a
+  few points (body centre, posterior elements, soft tissue in front) - what the networks see of a vertebra, and
+  the figure the tissue HU ranges of the phantom (``phantom._draw_scan``) were fitted to.
 Every figure is printed with its ratio phantom / real. The real set: the four VerSe crops and the TPTBox scan
 with their expert VerSe-numbered masks, and the TotalSegmentator example with its model-made labels (SOURCE.md
 of each folder: licences, caveats). Discs, muscle and organs have no masks there and are compared by HU window
@@ -31,6 +35,7 @@ from spinebench.datamodules.label_maps import vertebra_names  # noqa: E402
 from spinebench.datamodules.labels import VERSE_ID_OF  # noqa: E402
 from spinebench.datamodules.orientation import reoriented_geometry  # noqa: E402
 from spinebench.datamodules.phantom import PhantomConfig, generate_case  # noqa: E402
+from spinebench.datamodules.preprocess import PreprocessParams, preprocess_volume  # noqa: E402
 from spinebench.datamodules.resample import isotropic_grid, resample_to  # noqa: E402
 from spinebench.leaderboard.projections import volume_views_png  # noqa: E402
 
@@ -41,6 +46,13 @@ WINDOWS = {"air": (-np.inf, -950), "lung-like": (-950, -700), "fat": (-190, -30)
            "bone": (200, np.inf)}
 REGIONS = {"cervical": "C", "thoracic": "T", "lumbar": "L", "sacral": "S"}
 VIEW_WINDOW = (-250.0, 1250.0)
+BENCH_SPACING_MM = 8.0  # configs/default.yaml
+BENCH_GENERATOR = {"scan_max_width_mm": 160.0, "scan_max_depth_mm": 120.0}  # configs/default.yaml
+PATCH_R = 5
+# (label, offset in voxels (s, p, l) from the centroid) of the points the neighbourhood table reads
+PATCH_POINTS = [("body centre", (0, 0, 0)), ("body, 1 voxel up", (1, 0, 0)), ("body, 1 voxel left", (0, 0, 1)),
+                ("pedicles / facets (2 behind, 2 aside)", (0, 2, 2)), ("lamina / spinous (4 behind)", (0, 4, 0)),
+                ("in front of the body (4 ahead)", (0, -4, 0)), ("beside the body (4 aside)", (0, 0, 4))]
 
 
 def real_cases() -> list[tuple[str, Path, Path, str]]:
@@ -84,7 +96,8 @@ def measure(ct: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
-def real_volumes():
+def real_masks():
+    """(name, CT, its geometry, VerSe-numbered mask, the mask's geometry) of each real CT."""
     for name, ct_path, mask_path, numbering in real_cases():
         ct, geometry = read_image(ct_path)
         mask, mask_geometry = read_image(mask_path)
@@ -93,6 +106,11 @@ def real_volumes():
         for value, vertebra in ids.items():
             if vertebra in VERSE_ID_OF:
                 verse[mask == value] = VERSE_ID_OF[vertebra]
+        yield name, ct, geometry, verse, mask_geometry
+
+
+def real_volumes():
+    for name, ct, geometry, verse, mask_geometry in real_masks():
         yield (name, *on_canonical_grid(ct, verse, mask_geometry if mask_geometry == geometry else geometry))
 
 
@@ -102,6 +120,35 @@ def phantom_volumes():
         case = generate_case(0, index, config)
         mask = np.where(case.vertebra_mask == 29, 0, case.vertebra_mask).astype(np.uint8)  # S2 has no VerSe id
         yield case.case_id, case.ct_hu.astype(np.float32), mask, case.metadata["metal"]["applied"]
+
+
+def lumbar_patches(ct_hu, geometry: Geometry, mask: np.ndarray, mask_geometry: Geometry) -> list[np.ndarray]:
+    """The 8 mm neighbourhoods (z-scored as a run does) of the lumbar vertebrae whose centroid (centre of mass of
+    the VerSe-numbered mask) lies at least ``PATCH_R`` voxels inside the volume."""
+    image, grid = preprocess_volume(ct_hu, geometry, PreprocessParams(spacing_mm=BENCH_SPACING_MM))
+    names = {v: k for k, v in VERSE_ID_OF.items()}
+    out = []
+    for label in np.unique(mask[mask > 0]):
+        if not names.get(int(label), "").startswith("L"):
+            continue
+        world = mask_geometry.vox_to_world(np.argwhere(mask == label).mean(0))
+        v = np.rint(grid.world_to_vox(world)).astype(int)
+        if np.all(v >= PATCH_R) and np.all(v < np.asarray(image.shape) - PATCH_R):
+            out.append(image[tuple(slice(c - PATCH_R, c + PATCH_R + 1) for c in v)])
+    return out
+
+
+def patch_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
+    p, r = np.mean(phantom, 0), np.mean(real, 0)
+    hu = lambda z: z * 450.0 - 350.0  # noqa: E731  (preprocess.HU_STD, HU_MEAN)
+    lines = [f"\nAt the default run's {BENCH_SPACING_MM:g} mm, as a run preprocesses it: the mean neighbourhood of "
+             f"{len(phantom)} phantom and {len(real)} real lumbar vertebrae (centroids from the masks; phantom: "
+             f"seed 0, the default config's generator), in HU:\n",
+             "| point | phantom | real | phantom - real |", "|---|---|---|---|"]
+    for name, (ds, dp, dl) in PATCH_POINTS:
+        a, b = hu(p[PATCH_R + ds, PATCH_R + dp, PATCH_R + dl]), hu(r[PATCH_R + ds, PATCH_R + dp, PATCH_R + dl])
+        lines.append(f"| {name} | {a:.0f} | {b:.0f} | {a - b:+.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 def pooled(measures: list[dict]) -> dict:
@@ -161,7 +208,14 @@ def main() -> int:
             drawn = True
             (docs / "realism_phantom.png").write_bytes(volume_views_png(
                 ct, [SPACING_MM] * 3, caption=f"phantom: {name}", window=VIEW_WINDOW))
-    text = report(pooled(phantom), pooled(real), len(real))
+    real_patches, phantom_patches = [], []
+    for _, ct, geometry, verse, mask_geometry in real_masks():
+        real_patches += lumbar_patches(ct, geometry, verse, mask_geometry)
+    config = PhantomConfig(spacing_mm=BENCH_SPACING_MM, **BENCH_GENERATOR)
+    for index in range(40):
+        case = generate_case(0, index, config)
+        phantom_patches += lumbar_patches(case.ct_hu, case.geometry, case.vertebra_mask, case.geometry)
+    text = report(pooled(phantom), pooled(real), len(real)) + patch_report(phantom_patches, real_patches)
     print(text)
     write_fragment("realism", text)
     return 0

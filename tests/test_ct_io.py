@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from spinebench.datamodules.ct_io import read_geometry, read_image, read_sitk_image, write_image
 from spinebench.datamodules.orientation import orientation_code, reorient, reorient_canonical
-from spinebench.datamodules.resample import resample_isotropic
+from spinebench.datamodules.resample import box_factors, resample_isotropic
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import CANONICAL_DIRECTION, Geometry, canonical_geometry
 
@@ -79,7 +79,7 @@ def test_resample_isotropic_keeps_extent_centre_and_linear_ramps():
     vox = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape], indexing="ij"), axis=-1)
     world = geometry.vox_to_world(vox)
     ct = (2.0 * world[..., 0] - world[..., 1] + 0.5 * world[..., 2]).astype(np.float32)  # linear in mm
-    out, out_geometry = resample_isotropic(ct, geometry, 2.0, "linear")
+    out, out_geometry = resample_isotropic(ct, geometry, 2.0, "linear", antialias=False)  # point samples
     assert out.shape == (15, 10, 8) and out.dtype == np.float32
     np.testing.assert_allclose(out_geometry.spacing_mm, 2.0)
     np.testing.assert_allclose(out_geometry.direction, geometry.direction)
@@ -104,6 +104,28 @@ def test_resample_isotropic_keeps_extent_centre_and_linear_ramps():
         resample_isotropic(labels, geometry, 2.0, "cubic")
 
 
+def test_downsampling_beyond_twice_the_spacing_averages_blocks_instead_of_aliasing():
+    # 1 mm slabs alternating 0 / 1000 HU along every axis (a 3D checkerboard), 61 voxels: not a whole number of
+    # 8 mm blocks, and one -1000 HU voxel at the origin corner makes "outside" (the fill value) visible
+    geometry = Geometry((61, 61, 61), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), CANONICAL_DIRECTION)
+    i, j, k = np.indices(geometry.shape)
+    ct = (1000 * ((i + j + k) % 2)).astype(np.int16)
+    ct[0, 0, 0] = -1000
+    averaged, grid = resample_isotropic(ct, geometry, 8.0)
+    aliased, _ = resample_isotropic(ct, geometry, 8.0, antialias=False)
+    assert averaged.shape == (8, 8, 8) and grid.spacing_mm.tolist() == [8.0, 8.0, 8.0]
+    inner = averaged[1:, 1:, 1:]  # away from the -1000 corner; the far edges' blocks are completed with edge values
+    np.testing.assert_allclose(inner[:-1, :-1, :-1], 500.0, atol=2.0)  # the mean of what each voxel covers
+    np.testing.assert_allclose(inner, 500.0, atol=50.0)  # no fill value (-1000) reaches the far edges
+    assert np.abs(aliased[1:, 1:, 1:] - 500.0).mean() > 400  # point samples of the pattern alias to 0 or 1000
+    # up to a factor 2 nothing changes: linear interpolation already blends every input voxel
+    half, _ = resample_isotropic(ct, geometry, 2.0)
+    np.testing.assert_array_equal(half, resample_isotropic(ct, geometry, 2.0, antialias=False)[0])
+    # one axis thin, the others not: only the thin axis is averaged
+    thick = Geometry((61, 61, 61), (1.0, 4.0, 4.0), (0.0, 0.0, 0.0), CANONICAL_DIRECTION)
+    assert box_factors(thick.spacing_mm, 8.0) == [8, 1, 1] and box_factors([0.7, 3.0, 1.0], 2.0) == [2, 1, 1]
+
+
 OBLIQUE = np.linalg.qr(np.array([[0.1, 0.98, 0.05], [0.02, -0.06, 1.0], [-0.99, 0.1, 0.03]]))[0]
 
 
@@ -113,7 +135,9 @@ def test_one_pass_preprocessing_equals_reorienting_then_resampling(tmp_path, dir
     into (no full-resolution copies), gives what reorienting first and then resampling gives."""
     from spinebench.datamodules.preprocess import PreprocessParams, preprocess_volume
 
-    geometry = Geometry((23, 17, 30), (2.5, 0.9, 0.7), (5.0, -3.0, 100.0), direction)
+    # 0.9 and 0.7 mm axes are averaged in pairs before resampling to 2 mm: whole pairs (18, 30), so the blocks are
+    # the same whichever way an axis runs
+    geometry = Geometry((23, 18, 30), (2.5, 0.9, 0.7), (5.0, -3.0, 100.0), direction)
     ct = np.random.default_rng(1).integers(-1024, 1500, geometry.shape).astype(np.int16)
     params = PreprocessParams(spacing_mm=2.0)
     canon, canon_geometry = reorient_canonical(ct, geometry)

@@ -72,8 +72,13 @@ def test_cache_miss_then_hit_without_reading_the_original(tmp_path):
     np.testing.assert_array_equal(np.array(again.load_array()), array)
     np.testing.assert_allclose(again.centroids_mm["L1"], entry.centroids_mm["L1"])
     assert again.original_geometry == g
-    # another spacing is another entry; a touched source file is a miss
+    # another spacing is another entry, and so is switching the anti-aliasing off (``data.antialias``);
+    # a touched source file is a miss
     assert read_entry(cache, rec, PreprocessParams(spacing_mm=3.0)) is None
+    assert read_entry(cache, rec, PreprocessParams(antialias=False)) is None
+    from spinebench.datamodules.datamodule import DataConfig
+
+    assert DataConfig(antialias=False).preprocess_params == PreprocessParams(antialias=False)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert read_entry(cache, rec, params) is None
 
