@@ -286,9 +286,9 @@ def _draw_scan(rng, cfg: PhantomConfig, meta: dict) -> _Scan:
     t = rng.random(12)
     tissue = {
         "air": -1000.0, "lung": -870.0 + 60.0 * t[0], "fat": -110.0 + 30.0 * t[1], "soft": 30.0 + 25.0 * t[2],
-        "cortical": 350.0 + 300.0 * t[3], "cancellous": 20.0 + 130.0 * t[4], "disc": 70.0 + 25.0 * t[5],
+        "cortical": 250.0 + 250.0 * t[3], "cancellous": 0.0 + 120.0 * t[4], "disc": 70.0 + 25.0 * t[5],
     }
-    tissue["posterior"] = tissue["cancellous"] + 0.75 * (tissue["cortical"] - tissue["cancellous"])
+    tissue["posterior"] = tissue["cancellous"] + 0.6 * (tissue["cortical"] - tissue["cancellous"])
     noise_hu = cfg.noise_hu[0] + t[8] * (cfg.noise_hu[1] - cfg.noise_hu[0])
     blur_mm = cfg.blur_sigma_mm[0] + t[9] * (cfg.blur_sigma_mm[1] - cfg.blur_sigma_mm[0])
     aniso = bool(t[10] < cfg.anisotropic_rate)
