@@ -73,9 +73,16 @@ class PhantomConfig:
     # field of view or a spine crop does. Unlike ``body_max_*``, which squash the torso, anatomy keeps its size.
     scan_max_width_mm: float | None = None
     scan_max_depth_mm: float | None = None
+    # which point of a vertebra is annotated: "body", the vertebral body's centre (CSI-2014's convention, the shape
+    # model's curve), or "mask", the centre of mass of the whole vertebra as drawn, posterior elements included
+    # (VerSe's convention, and what `spinebench centroids` and the folder source compute from a mask): about 12 mm
+    # behind the body's centre on lumbar levels
+    centroids: str = "body"
     with_mask: bool = True
 
     def __post_init__(self) -> None:
+        if self.centroids not in ("body", "mask"):
+            raise InputError(f"phantom centroids must be 'body' or 'mask', got {self.centroids!r}")
         if not self.fine_spacing_mm > 0:
             raise InputError(f"phantom fine_spacing_mm must be > 0, got {self.fine_spacing_mm}")
         if not 0 < self.spacing_mm <= MAX_SPACING_MM:
@@ -234,10 +241,11 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     canvas, prof = _make_canvas(config, spine, fov, scan)
     _draw_anatomy(canvas, prof, spine, fov, scan.tissue)
     _add_metal(rng, canvas, config, spine, fov, prof, meta)
+    points = _mask_centres(canvas, spine) if config.centroids == "mask" else spine.spl
     ct, labels, geometry = _acquire(rng, canvas, scan, supersampling(config), meta)
     if config.tight_crop_rate > 0:  # drawn last and only when asked: cases without it stay byte-identical
         ct, labels, geometry = _tight_crop(rng, config, spine, ct, labels, geometry, meta)
-    centroids = _visible_centroids(spine, geometry, meta)
+    centroids = _visible_centroids(spine, points, geometry, meta)
     meta["shape"], meta["spacing_mm"] = list(ct.shape), [float(x) for x in geometry.spacing_mm]
     meta["size_scale"] = round(float(spine.size_k), 4)
     meta["mask_ids"] = {nm: anat.PHANTOM_MASK_ID[nm] for nm in spine.names}
@@ -428,13 +436,33 @@ def _tight_crop(rng, cfg: PhantomConfig, spine: _Spine, ct: np.ndarray, labels: 
     return ct[box].copy(), labels[box].copy(), geometry.cropped(lo, hi)
 
 
-def _visible_centroids(spine: _Spine, geometry: Geometry, meta: dict) -> Centroids:
-    """The vertebrae whose centroid lies inside the volume (LPS mm), and which they are in the metadata."""
+def _mask_centres(canvas: anat.Canvas, spine: _Spine) -> np.ndarray:
+    """(n, 3) array-order mm: each vertebra's centre of mass on the drawing grid (the part inside the scan); the
+    body centre for a vertebra with no voxel drawn."""
+    ids = [anat.PHANTOM_MASK_ID[name] for name in spine.names]
+    flat = canvas.labels.ravel()
+    size = max(ids) + 1
+    counts = np.bincount(flat, minlength=size)
+    sums = np.zeros((size, 3))
+    for axis in range(3):  # per axis: the sum of each label's voxel indices, from the per-slice label counts
+        moved = np.moveaxis(canvas.labels, axis, 0).reshape(canvas.shape[axis], -1)
+        per_slice = np.stack([np.bincount(row, minlength=size) for row in moved])  # (n_axis, size)
+        sums[:, axis] = np.arange(canvas.shape[axis]) @ per_slice
+    out = spine.spl.copy()
+    for k, label in enumerate(ids):
+        if counts[label]:
+            out[k] = canvas.origin_mm + canvas.spacing_mm * (sums[label] / counts[label])
+    return np.round(out, 6)
+
+
+def _visible_centroids(spine: _Spine, points: np.ndarray, geometry: Geometry, meta: dict) -> Centroids:
+    """The vertebrae whose annotated point (``points``, array-order mm: body centres or mask centres) lies inside
+    the volume (LPS mm), and which they are in the metadata."""
     origin = np.asarray(geometry.origin_mm, float)[::-1]  # array order (s, p, l)
-    vox = (spine.spl - origin) / np.asarray(geometry.spacing_mm, float)  # spacing is in array order already
+    vox = (points - origin) / np.asarray(geometry.spacing_mm, float)  # spacing is in array order already
     keep = np.all((vox >= 0) & (vox <= np.asarray(geometry.shape) - 1), axis=1)
     visible = [i for i in range(len(spine.names)) if keep[i]]
     meta["visible_vertebrae"] = [spine.names[i] for i in visible]
     meta["first_visible"] = meta["visible_vertebrae"][0] if visible else None
     meta["last_visible"] = meta["visible_vertebrae"][-1] if visible else None
-    return Centroids((spine.names[i], spine.spl[i][::-1]) for i in visible)
+    return Centroids((spine.names[i], points[i][::-1]) for i in visible)

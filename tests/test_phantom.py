@@ -284,3 +284,21 @@ def test_articular_processes_form_columns_beside_the_canal():
     assert len(body) and len(side)
     span = lambda a: np.ptp(a[:, 0])  # noqa: E731
     assert span(side) >= span(body) + 3  # 6 mm longer than the body is tall
+
+
+def test_mask_centroids_are_the_centres_of_mass_of_the_drawn_vertebrae():
+    """``centroids="mask"`` annotates what VerSe and `spinebench centroids` compute from a mask (posterior elements
+    included); the image is the same, and on lumbar levels that point lies behind the body's centre."""
+    from spinebench.datamodules.centroids import centroids_from_mask
+
+    body = generate_case(16, 0, plain(spacing_mm=2.0))
+    mask = generate_case(16, 0, plain(spacing_mm=2.0, centroids="mask"))
+    assert mask.ct_hu.tobytes() == body.ct_hu.tobytes() and mask.geometry == body.geometry
+    labels = np.where(mask.vertebra_mask == PHANTOM_MASK_ID["S2"], 0, mask.vertebra_mask)  # S2: no VerSe id
+    expected = centroids_from_mask(labels, mask.geometry)
+    for name in expected:
+        np.testing.assert_allclose(mask.centroids_mm[name], expected[name], atol=1e-3)
+    behind = [mask.centroids_mm[n][1] - body.centroids_mm[n][1] for n in ("L1", "L2", "L3", "L4")]  # LPS y: posterior
+    assert all(6.0 < b < 20.0 for b in behind)
+    with pytest.raises(InputError, match="centroids"):
+        PhantomConfig(centroids="vertebra")
