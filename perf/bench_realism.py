@@ -115,7 +115,7 @@ def real_volumes():
 
 
 def phantom_volumes():
-    config = PhantomConfig(spacing_mm=SPACING_MM)
+    config = PhantomConfig(spacing_mm=SPACING_MM, **BENCH_GENERATOR)  # the default run's field of view, at 2 mm
     for index in range(N_PHANTOMS):
         case = generate_case(0, index, config)
         mask = np.where(case.vertebra_mask == 29, 0, case.vertebra_mask).astype(np.uint8)  # S2 has no VerSe id
@@ -164,7 +164,7 @@ def ratio(a: float, b: float) -> str:
 
 
 def report(phantom: dict, real: dict, n_real: int) -> str:
-    lines = [f"## Realism: phantom vs real CT\n\n{N_PHANTOMS} phantom cases (seed 0, default generator settings) "
+    lines = [f"## Realism: phantom vs real CT\n\n{N_PHANTOMS} phantom cases (seed 0, the default generator with the default run's 160 x 120 mm field of view) "
              f"against {n_real} real CTs with vertebra labels, both on a canonical {SPACING_MM:g} mm grid "
              "(`perf/bench_realism.py` says how each figure is taken).\n",
              "| tissue (vertebra masks) | phantom mean HU [p10, p90] | real mean HU [p10, p90] | ratio of means |",
