@@ -35,7 +35,7 @@ from spinebench.datamodules.label_maps import vertebra_names  # noqa: E402
 from spinebench.datamodules.labels import VERSE_ID_OF  # noqa: E402
 from spinebench.datamodules.orientation import reoriented_geometry  # noqa: E402
 from spinebench.datamodules.phantom import PhantomConfig, generate_case  # noqa: E402
-from spinebench.datamodules.preprocess import PreprocessParams, preprocess_volume  # noqa: E402
+from spinebench.datamodules.preprocess import HU_MEAN, HU_STD, PreprocessParams, preprocess_volume  # noqa: E402
 from spinebench.datamodules.resample import isotropic_grid, resample_to  # noqa: E402
 from spinebench.leaderboard.projections import volume_views_png  # noqa: E402
 
@@ -140,7 +140,7 @@ def lumbar_patches(ct_hu, geometry: Geometry, mask: np.ndarray, mask_geometry: G
 
 def patch_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
     p, r = np.mean(phantom, 0), np.mean(real, 0)
-    hu = lambda z: z * 450.0 - 350.0  # noqa: E731  (preprocess.HU_STD, HU_MEAN)
+    hu = lambda z: z * HU_STD + HU_MEAN  # noqa: E731  (the run's z-score, undone)
     lines = [f"\nAt the default run's {BENCH_SPACING_MM:g} mm, as a run preprocesses it: the mean neighbourhood of "
              f"{len(phantom)} phantom and {len(real)} real lumbar vertebrae (centroids from the masks; phantom: "
              f"seed 0, the default config's generator), in HU:\n",
