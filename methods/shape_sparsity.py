@@ -15,8 +15,8 @@ coordinate strictly decreases. Array axis 0 grows toward superior, so going down
 coordinate must decrease. That chain only catches outliers that break the vertical order; ``refine`` with
 ``max_residual`` then keeps the largest part of the chain whose pairwise offsets the training spines allow,
 drops trusted points that a smoother sparse fit cannot explain (any direction), lets wrongly dropped points back
-in, and keeps the consistent ones where they were predicted (``ShapeDictionary.refine``; measured in
-perf/bench_sparsity.py).
+in or exchanges them for a neighbour that the other points predict worse, and keeps the consistent ones where
+they were predicted (``ShapeDictionary.refine``; measured in perf/bench_sparsity.py).
 λ is given for coordinates in 2 mm units and rescaled to the dictionary's own unit (``unit_scale``).
 """
 
@@ -39,6 +39,8 @@ REFERENCE_NEIGHBOUR_DISTANCE = 12.0
 # percentile of the training spines' deviations (plus half the residual threshold): 90-99 measured alike on the
 # real tables (perf/bench_sparsity.py)
 PAIR_PERCENTILE = 95.0
+# A trusted point may be exchanged for a left-out one at most this many levels away (``ShapeDictionary._exchange``)
+EXCHANGE_LEVELS = 2
 
 
 def longest_decreasing_subsequence(values: np.ndarray) -> np.ndarray:
@@ -124,9 +126,11 @@ class ShapeDictionary(nn.Module):
 
     def __init__(
         self, num_vertebrae: int, lam: float = 1.0, positive: bool = False, min_trusted: int = 3, max_iter: int = 2000,
-        held_out_check: bool = True, consensus: bool = True,
+        held_out_check: bool = True, consensus: bool = True, exchange: bool = True,
     ) -> None:
         super().__init__()
+        # with consensus: exchange a trusted point for a left-out neighbour when the held-out error falls
+        self.exchange = exchange
         self.held_out_check = held_out_check  # verify each rejection with the fit of the points that agree
         # start the rejection from the chain's largest pairwise-consistent subset, let wrongly dropped points back in
         self.consensus = consensus
@@ -286,6 +290,38 @@ class ShapeDictionary(nn.Module):
                     break
         return trusted
 
+    def _held_out_error(self, v: np.ndarray, trusted: np.ndarray, lam: float) -> float:
+        """Summed distance of each trusted point from the fit of the other trusted points. Unlike the residual of a
+        fit that includes the point, a point at the end of the chain (high leverage) cannot vouch for itself."""
+        return float(sum(np.linalg.norm(v[p] - self._fit(v, np.delete(trusted, i), lam)[p])
+                         for i, p in enumerate(trusted)))
+
+    def _exchange(self, v: np.ndarray, trusted: np.ndarray, present: np.ndarray, lam: float, detect_lam: float,
+                  max_residual: float) -> np.ndarray:
+        """Exchange one trusted point for a left-out present point at most ``EXCHANGE_LEVELS`` levels away when the
+        rejection keeps the whole new set and its held-out error (``_held_out_error``) is smaller; repeat until no
+        exchange helps. Two neighbours compete for one place when a displaced point happens to agree with the fit
+        as well as the good one does; the one the other points predict wins."""
+        if np.setdiff1d(present, trusted).size == 0:
+            return trusted
+        current = self._held_out_error(v, trusted, lam)
+        improved = True
+        while improved:
+            improved = False
+            for p in np.setdiff1d(present, trusted):
+                for q in trusted[np.abs(trusted - p) <= EXCHANGE_LEVELS]:
+                    swapped = np.union1d(np.setdiff1d(trusted, [q]), [p])
+                    kept = self._reject(v, swapped, lam, detect_lam, max_residual)
+                    if kept is None or kept.size < swapped.size:
+                        continue
+                    error = self._held_out_error(v, swapped, lam)
+                    if error < current:
+                        trusted, current, improved = swapped, error, True
+                        break
+                if improved:
+                    break
+        return trusted
+
     def refine(
         self, centroids_vox: np.ndarray, present: np.ndarray, max_residual: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -298,9 +334,11 @@ class ShapeDictionary(nn.Module):
            b. the trusted point that a strongly penalised fit (``detect_lam``) explains worst is dropped while its
               residual ``‖v_i − v̂_i‖`` exceeds ``max_residual`` and the points that fit does explain do not predict
               it within ``max_residual`` either (``_next_outlier``; one at a time, refitting after each);
-           c. with ``consensus``, present points left out may come back (``_readmit``); any present point within
-              ``max_residual`` of the final fit (at ``lam``) is an inlier. Inliers keep the network's coordinates;
-              all other levels (outliers in any direction, absent levels) take the reconstruction ``D a + t``.
+           c. with ``consensus``, present points left out may come back (``_readmit``), and with ``exchange`` take
+              the place of a trusted neighbour that the other points predict worse (``_exchange``); any present point
+              within ``max_residual`` of the final fit (at ``lam``) is an inlier. Inliers keep the network's
+              coordinates; all other levels (outliers in any direction, absent levels) take the reconstruction
+              ``D a + t``.
         3. Without ``max_residual`` (the paper's Algorithm 1 as written): every level takes ``D a + t``.
 
         When fewer than ``min_trusted`` present vertebrae form a monotone chain, or (with ``max_residual``) no
@@ -327,6 +365,8 @@ class ShapeDictionary(nn.Module):
             return v.copy(), np.zeros(0, dtype=np.int64)  # no consistent subset: nothing can be vouched for
         if self.consensus:
             trusted = self._readmit(v, trusted, idx_present, lam, detect_lam, max_residual)
+            if self.exchange:
+                trusted = self._exchange(v, trusted, idx_present, lam, detect_lam, max_residual)
         fit = self._fit(v, trusted, lam)
         others = np.setdiff1d(idx_present, trusted)
         inliers = np.union1d(trusted, others[np.linalg.norm(v[others] - fit[others], axis=1) <= max_residual])

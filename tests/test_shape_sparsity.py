@@ -191,6 +191,33 @@ def test_the_chain_is_narrowed_to_its_pairwise_consistent_part_on_a_real_spine(s
     assert 2.0 * np.linalg.norm(refined[24] - truth[24]) < 0.5 * 2.0 * np.linalg.norm(predicted[24] - truth[24])
 
 
+@pytest.mark.needs_shared
+def test_a_displaced_neighbour_is_exchanged_for_the_good_one_on_a_real_spine(shared_real):
+    """CSI-2014 test spine 10 (T9-L3) with T10, T11 and L3 moved 49, 20 and 37 mm (a case of perf/bench_sparsity.py):
+    T11, 20 mm off, fits the lower thoracic points as well as the good T9 does, and only one of the two can stay;
+    without the exchange T11 stays and the fit it bends moves T9 by 38 mm. The other points predict T9 better than
+    T11 (held-out error), so T9 takes T11's place: no good centroid moves, and all three outliers come back."""
+    train, test = _load_csi(shared_real / "csi2014_landmarks_payer")
+    truth = test[10]
+    present = ~np.isnan(truth).any(axis=1)
+    assert np.flatnonzero(present).tolist() == list(range(15, 22))
+    predicted = np.where(present[:, None], truth, 0.0)
+    moves_mm = {16: [37.03, -29.44, -8.96], 17: [-7.5, -17.65, -5.73], 21: [-10.0, 33.29, 12.58]}  # (axis 0, 1, 2)
+    for k, move in moves_mm.items():
+        predicted[k] += np.array(move) / 2.0
+    bad = list(moves_mm)
+    good = np.setdiff1d(np.flatnonzero(present), bad)
+    moved, inliers, refined = {}, {}, {}
+    for exchange in (False, True):
+        dictionary = ShapeDictionary(26, lam=1.0, exchange=exchange)
+        dictionary.fit(train)
+        refined[exchange], inliers[exchange] = dictionary.refine(predicted, present, max_residual=6.0)  # 12 mm
+        moved[exchange] = 2.0 * np.linalg.norm(refined[exchange][good] - predicted[good], axis=1).max()
+    assert moved[False] > 20.0 and 17 in inliers[False] and 15 not in inliers[False]
+    assert moved[True] < 1e-9 and inliers[True].tolist() == good.tolist()
+    assert (2.0 * np.linalg.norm(refined[True][bad] - truth[bad], axis=1) < 6.0).all()
+
+
 def test_pair_statistics_and_checkpoints_without_them():
     """Offsets between two levels: the mean over the shapes that show both, a tolerance from their spread; a
     dictionary saved before the statistics existed loads and gets them from its atoms."""
