@@ -9,6 +9,9 @@ logs the cells' results and artifacts when a unit comes back.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -109,8 +112,21 @@ def write_member_checkpoint(method, datamodule, source: Path, folder: Path, trai
     return path
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     quiet_lightning()
+    _exit_with_parent(parent)
+
+
+def _exit_with_parent(parent: int, interval_s: float = 0.5) -> None:
+    """End this worker as soon as the run that spawned it is gone (``kill -9`` of ``spinebench run``): an orphan
+    would go on training and writing into the run folder, beside the ``--resume`` that continues the same cells.
+    Its cell keeps the last checkpoint written (writes are atomic), so the resumed run continues from there."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="spinebench-parent-watch", daemon=True).start()
 
 
 def run_units_parallel(
@@ -125,7 +141,8 @@ def run_units_parallel(
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch/OpenMP threads
     pending = list(units)
     running: dict = {}
-    with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_worker_init,
+                             initargs=(os.getpid(),)) as pool:
         while pending or running:
             while pending and len(running) < processes:
                 unit = pending.pop(0)

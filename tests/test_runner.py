@@ -167,6 +167,61 @@ def test_resume_after_kill_keeps_complete_cells_and_continues(tmp_path, cache_di
     assert parents[0].data.params["config_hash"] == json.loads((out / "manifest.json").read_text())["config_hash"]
 
 
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (Linux /proc; zombies excluded)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from Linux's /proc")
+def test_killing_a_parallel_run_ends_its_worker_processes(tmp_path, cache_dir):
+    """kill -9 of ``spinebench run`` must not leave its training workers running (they would go on writing
+    into the run folder beside a ``--resume``)."""
+    sets = _sets(cache_dir, "methods=[di2in, resml_cls]", "execution.processes=2", "trainer.max_epochs=100000",
+                 "trainer.limit_train_batches=2", "tracking.enabled=false")
+    args = ["run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen([sys.executable, "-m", "spinebench", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    started = tmp_path / "run" / "cells" / "di2in" / "seed0" / "curves"
+    deadline = time.time() + 300
+    while not started.exists():  # a worker is training
+        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.1)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2  # the two trainings' processes (and multiprocessing's resource tracker)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [w for w in workers if _alive(w) and "resource_tracker" not in _cmdline(w)]
+    for w in left:  # a failing run of this test must not leave them either
+        os.kill(w, signal.SIGKILL)
+    assert not left, f"worker processes still running after their run was killed: {left}"
+
+
 def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, cache_dir):
     out = tmp_path / "ddp"
     sets = _sets(cache_dir, "trainer.devices=2", "trainer.strategy=ddp", "data.phantom.n_test=3")
