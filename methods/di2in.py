@@ -63,6 +63,10 @@ class DI2INConfig:
     # 12 mm: best of 8-24 mm on the default run's validation split. None: the paper's Algorithm 1 as written
     # (every level takes the fit).
     sparsity_residual_mm: float | None = 12.0
+    # Training samples: None trains on whole (padded) volumes, as the paper does; (D, H, W) trains on random crops
+    # of that size in voxels (multiples of 2**depth), as the residual network does, so that finer spacings fit a
+    # CPU budget. Inference is whole-volume either way (the network is fully convolutional).
+    train_crop_vox: tuple[int, int, int] | None = None
     max_window_voxels: int = 2_500_000  # whole-volume inference beyond this runs on blended tiles
     tile_overlap: float = 0.25  # overlap of the blended tiles (the name resml uses for its crops' overlap)
     # Squared-error weight of target voxels relative to background: w = 1 + (foreground_weight - 1) · target.
@@ -83,6 +87,12 @@ class DI2INConfig:
                 object.__setattr__(self, name, value)
             elif int(getattr(self, name)) < 1:
                 raise InputError(f"di2in option {name}: must be >= 1, got {getattr(self, name)}")
+        if self.train_crop_vox is not None:
+            crop = tuple(int(n) for n in self.train_crop_vox) if isinstance(self.train_crop_vox, (list, tuple)) else ()
+            if len(crop) != 3 or any(n < 2**self.depth or n % 2**self.depth for n in crop):
+                raise InputError(f"di2in option train_crop_vox: must be three sizes, each a multiple of 2**depth = "
+                                 f"{2**self.depth}, got {self.train_crop_vox!r}")
+            object.__setattr__(self, "train_crop_vox", crop)
         if self.lr_schedule not in SCHEDULES:
             raise InputError(f"di2in option lr_schedule: unknown {self.lr_schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.mp_mode not in ("post", "unrolled"):
@@ -248,6 +258,8 @@ class DI2IN(VertebraMethod):
     # --- contract ---------------------------------------------------------------------------
     def data_requirements(self) -> DataRequirements:
         # no precomputed heatmaps: the loss builds its separable targets from the centroids (methods.heatmap_loss)
+        if self.config.train_crop_vox is not None:
+            return DataRequirements("crop", crop_size_vox=self.config.train_crop_vox)
         return DataRequirements("volume", pad_multiple=2**self.config.depth)
 
     def fit_shape_prior(self, centroids_vox: np.ndarray) -> None:

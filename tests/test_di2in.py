@@ -32,6 +32,31 @@ def test_presets_and_explicit_sizes():
         method_config("di2in", mp_iteration=3)
 
 
+def test_training_on_crops_asks_for_crops_of_its_size_and_lowers_the_loss():
+    """``train_crop_vox`` turns DI2IN's whole-volume training into crop sampling; inference stays whole-volume."""
+    for bad in ([30, 16, 16], [16, 16], [4, 8, 8]):
+        with pytest.raises(InputError, match="train_crop_vox"):
+            method_config("di2in", depth=3, train_crop_vox=bad)
+    assert create_method("di2in").data_requirements().sample_mode == "volume"
+    method = tiny_method("di2in", train_crop_vox=[16, 16, 16])
+    req = method.data_requirements()
+    assert (req.sample_mode, req.crop_size_vox) == ("crop", (16, 16, 16))
+    method.fit_shape_prior(train_centroids())
+    batch = tiny_batch(method, seeds=SMALL_SEEDS[:2])
+    assert tuple(batch["image"].shape[-3:]) == (16, 16, 16) and batch["present"].any()
+    optimizer = torch.optim.Adam(method.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = method.training_loss(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-3:]) < 0.9 * losses[0], losses
+    image = tiny_case(SMALL_SEEDS[0])[0]  # a whole, odd-sized volume: predicted in one pass, not in crops
+    assert method.predict_volume(image).centroids_vox.shape == (method.config.num_vertebrae, 3)
+
+
 def test_variants_differ_only_by_flags():
     a, b, c = (method_config(n) for n in ("di2in", "di2in_mp", "di2in_mp_sparsity"))
     assert (a.message_passing, a.sparsity) == (False, False)
