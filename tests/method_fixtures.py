@@ -115,3 +115,16 @@ def tiny_batch(method, seeds: tuple[int, ...] = SMALL_SEEDS[:2]) -> dict:
             batch["centroids_vox"], batch["present"], tuple(batch["image"].shape[-3:]), req.heatmap_sigma_vox
         )
     return batch
+
+
+def adam_losses(method, batch: dict, steps: int = 20, lr: float = 3e-3) -> list[float]:
+    """The training loss of ``method`` over ``steps`` Adam steps on one fixed ``batch`` (its trainable parameters)."""
+    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = method.training_loss(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses

@@ -15,7 +15,7 @@ from spinebench.methods.blocks import argmax_subvoxel
 from spinebench.methods.di2in import DI2IN, DI2INNet
 from spinebench.methods.registry import MethodRegistryError
 from spinebench.methods.sliding_window import sliding_window_inference, tile_shape
-from tests.method_fixtures import SMALL_SEEDS, tiny_batch, tiny_case, tiny_method, train_centroids
+from tests.method_fixtures import SMALL_SEEDS, adam_losses, tiny_batch, tiny_case, tiny_method, train_centroids
 
 
 def test_presets_and_explicit_sizes():
@@ -44,14 +44,7 @@ def test_training_on_crops_asks_for_crops_of_its_size_and_lowers_the_loss():
     method.fit_shape_prior(train_centroids())
     batch = tiny_batch(method, seeds=SMALL_SEEDS[:2])
     assert tuple(batch["image"].shape[-3:]) == (16, 16, 16) and batch["present"].any()
-    optimizer = torch.optim.Adam(method.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(20):
-        loss = method.training_loss(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = adam_losses(method, batch)
     assert np.mean(losses[-3:]) < 0.9 * losses[0], losses
     image = tiny_case(SMALL_SEEDS[0])[0]  # a whole, odd-sized volume: predicted in one pass, not in crops
     assert method.predict_volume(image).centroids_vox.shape == (method.config.num_vertebrae, 3)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from spinebench.methods import DataRequirements, VolumePrediction, list_methods
-from tests.method_fixtures import NUM_VERTEBRAE, SMALL_SEEDS, tiny_batch, tiny_case, tiny_method, train_centroids
+from tests.method_fixtures import (
+    NUM_VERTEBRAE, SMALL_SEEDS, adam_losses, tiny_batch, tiny_case, tiny_method, train_centroids,
+)
 
 METHODS = list_methods()
 
@@ -67,12 +69,5 @@ def test_training_lowers_the_loss(name):
     method = tiny_method(name)
     method.fit_shape_prior(train_centroids())
     batch = tiny_batch(method, seeds=SMALL_SEEDS[:2])
-    optimizer = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(20):
-        loss = method.training_loss(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    losses = adam_losses(method, batch)
     assert np.mean(losses[-3:]) < 0.9 * losses[0], losses
