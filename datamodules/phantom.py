@@ -18,6 +18,7 @@ import numpy as np
 
 from spinebench.datamodules import phantom_anatomy as anat
 from spinebench.datamodules import phantom_artifacts as art
+from spinebench.datamodules import phantom_organs as organs
 from spinebench.datamodules.centroids import Centroids
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import Geometry, canonical_geometry
@@ -25,7 +26,7 @@ from spinebench.datamodules.labels import get_label_set
 from spinebench.datamodules.resources import require_disk, require_memory
 from spinebench.datamodules.shape_model import load_shape_model
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: abdominal organs, bowel gas, vessels, hip joints and pubic/ischial rami
 MAX_SPACING_MM = 16.0  # coarser than a cervical vertebra is tall (about 15 mm): neighbours would share voxels
 # Measured upper bounds (2026-12-04): a whole spine with its margins spans about 600 x 270 x 300 mm (297 x 132 x
 # 147 voxels at 2 mm); generating a case peaks at about 25 bytes per voxel (1.5-4 mm); a written .nii.gz takes
@@ -78,6 +79,10 @@ class PhantomConfig:
     # (VerSe's convention, and what `spinebench centroids` and the folder source compute from a mask): about 12 mm
     # behind the body's centre on lumbar levels
     centroids: str = "body"
+    # abdominal organs (kidneys, aorta and vena cava with plaques, liver, spleen, bowel with gas, bladder) and the
+    # hip joints with the pubic and ischial rami (``datamodules.phantom_organs``); False draws generator version 2's
+    # torso (the same case otherwise: their draws come from a stream of their own)
+    organs: bool = True
     with_mask: bool = True
 
     def __post_init__(self) -> None:
@@ -239,7 +244,9 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     fov = _draw_field_of_view(rng, config, spine, meta)
     scan = _draw_scan(rng, config, meta)
     canvas, prof = _make_canvas(config, spine, fov, scan)
-    _draw_anatomy(canvas, prof, spine, fov, scan.tissue)
+    # The organs draw from a stream of their own, so that every other draw is as without them.
+    organ_rng = np.random.Generator(np.random.PCG64([int(seed), int(index), 1])) if config.organs else None
+    _draw_anatomy(canvas, prof, spine, fov, scan.tissue, organ_rng, meta)
     _add_metal(rng, canvas, config, spine, fov, prof, meta)
     points = _mask_centres(canvas, spine) if config.centroids == "mask" else spine.spl
     ct, labels, geometry = _acquire(rng, canvas, scan, supersampling(config), meta)
@@ -284,7 +291,8 @@ def _draw_field_of_view(rng, cfg: PhantomConfig, spine: _Spine, meta: dict) -> _
         n_vis, first = n, 0
     last = first + n_vis - 1
     top = s[0] + 22.0 if first == 0 else s[first] + (0.15 + 0.7 * draws[3]) * (s[first - 1] - s[first])
-    bottom = s[-1] - 28.0 if last == n - 1 else s[last] - (0.15 + 0.7 * draws[3]) * (s[last] - s[last + 1])
+    below_s2 = 75.0 if cfg.organs else 28.0  # with the hips drawn, a whole spine's scan reaches the femoral heads
+    bottom = s[-1] - below_s2 if last == n - 1 else s[last] - (0.15 + 0.7 * draws[3]) * (s[last] - s[last + 1])
     meta["limited_fov"] = {"applied": bool(limited and n_vis < n), "n_vertebrae": n_vis}
     return _FieldOfView(first, last, top, bottom)
 
@@ -339,8 +347,9 @@ def _make_canvas(cfg: PhantomConfig, spine: _Spine, fov: _FieldOfView, scan: _Sc
     return canvas, _profiles(canvas.axis_mm(0), spine.spl, spine.pos, scan.body_k, scan.fat_mm, cfg)
 
 
-def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfView, tissue: dict) -> None:
-    """Torso, lungs, pelvis, vertebrae (caudal first: cranial parts win overlaps), discs and ribs."""
+def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfView, tissue: dict,
+                  organ_rng: np.random.Generator | None, meta: dict) -> None:  # fmt: skip
+    """Torso, lungs, organs, pelvis, vertebrae (caudal first: cranial parts win overlaps), discs and ribs."""
     shell_mm = max(1.5, 0.75 * float(canvas.spacing_mm[0]))
     poses, pos, size_k = spine.poses, spine.pos, spine.size_k
     anat.draw_torso(canvas, prof, tissue)
@@ -348,8 +357,12 @@ def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfV
     lung_top = by_name["T1"].center_mm[0] + 25.0
     lung_bottom = float(np.interp(17.3, pos, spine.spl[:, 0]))  # diaphragm near T11 (pos increases downwards)
     anat.draw_lungs(canvas, prof, lung_top, lung_bottom, tissue)
+    if organ_rng is not None:
+        organs.draw_organs(organ_rng, canvas, prof, spine.spl, spine.pos, size_k, tissue, meta)
     for side in (-1.0, 1.0):
         anat.draw_ilium(canvas, by_name["S1"], side, tissue, shell_mm)
+    if organ_rng is not None:
+        organs.draw_hips(canvas, by_name["S1"], tissue, shell_mm)
     c1 = by_name["C1"]
     dens = {"dens_tip_mm": c1.center_mm + size_k * 7.0 * c1.frame[1] + 3.0 * c1.frame[0]}
     near = [fov.bottom - 90.0 <= v.center_mm[0] <= fov.top + 90.0 for v in poses]  # parts reach < 90 mm along s
