@@ -26,7 +26,8 @@ from spinebench.datamodules.labels import get_label_set
 from spinebench.datamodules.resources import require_disk, require_memory
 from spinebench.datamodules.shape_model import load_shape_model
 
-GENERATOR_VERSION = 3  # 3: abdominal organs, bowel gas, vessels, hip joints and pubic/ischial rami
+GENERATOR_VERSION = 3  # 3: organs, bowel gas, vessels, hips, sternum, costal cartilage, table, bone texture
+NOISE_CORRELATION_MM = 1.0  # sigma of the Gaussian that correlates the noise (texture=True)
 MAX_SPACING_MM = 16.0  # coarser than a cervical vertebra is tall (about 15 mm): neighbours would share voxels
 # Measured upper bounds (2026-12-04): a whole spine with its margins spans about 600 x 270 x 300 mm (297 x 132 x
 # 147 voxels at 2 mm); generating a case peaks at about 25 bytes per voxel (1.5-4 mm); a written .nii.gz takes
@@ -79,10 +80,14 @@ class PhantomConfig:
     # (VerSe's convention, and what `spinebench centroids` and the folder source compute from a mask): about 12 mm
     # behind the body's centre on lumbar levels
     centroids: str = "body"
-    # abdominal organs (kidneys, aorta and vena cava with plaques, liver, spleen, bowel with gas, bladder) and the
-    # hip joints with the pubic and ischial rami (``datamodules.phantom_organs``); False draws generator version 2's
-    # torso (the same case otherwise: their draws come from a stream of their own)
+    # abdominal organs (kidneys, aorta and vena cava with plaques, liver, spleen, bowel with gas, bladder), the hip
+    # joints with the pubic and ischial rami, costal cartilage and sternum, and the patient table when the scan
+    # reaches behind the body (``datamodules.phantom_organs``); False draws generator version 2's torso (the same
+    # case otherwise: their draws come from a random stream of their own)
     organs: bool = True
+    # trabecular texture of cancellous bone and noise correlated over NOISE_CORRELATION_MM (white at coarse
+    # spacings); False: uniform cancellous bone and white noise, as generator version 2 (a stream of their own)
+    texture: bool = True
     with_mask: bool = True
 
     def __post_init__(self) -> None:
@@ -247,9 +252,13 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     # The organs draw from a stream of their own, so that every other draw is as without them.
     organ_rng = np.random.Generator(np.random.PCG64([int(seed), int(index), 1])) if config.organs else None
     _draw_anatomy(canvas, prof, spine, fov, scan.tissue, organ_rng, meta)
+    if config.texture:
+        texture_rng = np.random.Generator(np.random.PCG64([int(seed), int(index), 2]))
+        organs.add_bone_texture(texture_rng, canvas, scan.tissue, meta)
     _add_metal(rng, canvas, config, spine, fov, prof, meta)
     points = _mask_centres(canvas, spine) if config.centroids == "mask" else spine.spl
-    ct, labels, geometry = _acquire(rng, canvas, scan, supersampling(config), meta)
+    correlation = NOISE_CORRELATION_MM if config.texture else 0.0
+    ct, labels, geometry = _acquire(rng, canvas, scan, supersampling(config), correlation, meta)
     if config.tight_crop_rate > 0:  # drawn last and only when asked: cases without it stay byte-identical
         ct, labels, geometry = _tight_crop(rng, config, spine, ct, labels, geometry, meta)
     centroids = _visible_centroids(spine, points, geometry, meta)
@@ -337,6 +346,8 @@ def _make_canvas(cfg: PhantomConfig, spine: _Spine, fov: _FieldOfView, scan: _Sc
     if cfg.scan_max_width_mm is not None:
         lo_l = max(lo_l, float(np.min(prof["spine_l"])) - 0.5 * cfg.scan_max_width_mm)
         hi_l = min(hi_l, float(np.max(prof["spine_l"])) + 0.5 * cfg.scan_max_width_mm)
+    if cfg.organs and cfg.scan_max_depth_mm is None:  # room behind the back for the patient table
+        hi_p += organs.TABLE_EXTENT_MM
     origin = np.round(np.array([fov.bottom, lo_p, lo_l]), 6)
     shape = (n_s, int((hi_p - lo_p) // sp) + 1, int((hi_l - lo_l) // sp) + 1)
     if f == 1:
@@ -357,8 +368,10 @@ def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfV
     lung_top = by_name["T1"].center_mm[0] + 25.0
     lung_bottom = float(np.interp(17.3, pos, spine.spl[:, 0]))  # diaphragm near T11 (pos increases downwards)
     anat.draw_lungs(canvas, prof, lung_top, lung_bottom, tissue)
+    organ_hu = None
     if organ_rng is not None:
-        organs.draw_organs(organ_rng, canvas, prof, spine.spl, spine.pos, size_k, tissue, meta)
+        organ_hu = organs.draw_organs(organ_rng, canvas, prof, spine.spl, spine.pos, size_k, tissue, meta)
+        organs.draw_table(organ_rng, canvas, prof, tissue, meta)
     for side in (-1.0, 1.0):
         anat.draw_ilium(canvas, by_name["S1"], side, tissue, shell_mm)
     if organ_rng is not None:
@@ -378,6 +391,10 @@ def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfV
             r = size_k * float(anat.size("rib_r", v.pos))
             for side in (-1.0, 1.0):
                 anat.draw_rib(canvas, anat.rib_polyline(v, side, end), r, tissue, shell_mm)
+                if organ_hu is not None and end > 100.0:  # T1-T10 reach the front through cartilage
+                    organs.draw_costal_cartilage(canvas, v, side, end, 0.9 * r, organ_hu["cartilage"])
+    if organ_hu is not None:
+        organs.draw_sternum(canvas, [v for v in poses if v.name.startswith("T")], tissue, shell_mm)
 
 
 def _add_metal(rng, canvas: anat.Canvas, cfg: PhantomConfig, spine: _Spine, fov: _FieldOfView, prof: dict,
@@ -405,7 +422,8 @@ def _add_metal(rng, canvas: anat.Canvas, cfg: PhantomConfig, spine: _Spine, fov:
     meta["metal"] = metal
 
 
-def _acquire(rng, canvas: anat.Canvas, scan: _Scan, f: int, meta: dict) -> tuple[np.ndarray, np.ndarray, Geometry]:
+def _acquire(rng, canvas: anat.Canvas, scan: _Scan, f: int, correlation_mm: float,
+             meta: dict) -> tuple[np.ndarray, np.ndarray, Geometry]:  # fmt: skip
     """Point-spread blur, partial volume (blocks of ``f`` fine voxels per axis averaged), thick slices, noise and
     int16 quantisation; the canonical geometry of the result."""
     hu = art.blur(canvas.hu, scan.blur_mm, canvas.spacing_mm)
@@ -421,7 +439,9 @@ def _acquire(rng, canvas: anat.Canvas, scan: _Scan, f: int, meta: dict) -> tuple
         origin = origin + np.array([(factor - 1) * sp / 2, 0.0, 0.0])
         spacing[0] = factor * sp
     meta["anisotropic"] = {"applied": scan.anisotropic, "slice_factor": factor, "slice_spacing_mm": float(spacing[0])}
-    hu = art.add_noise(np.array(hu, dtype=np.float32), rng, scan.noise_hu)
+    hu = art.add_noise(np.array(hu, dtype=np.float32), rng, scan.noise_hu, correlation_mm, spacing)
+    if correlation_mm > 0:
+        meta["noise"]["correlation_mm"] = correlation_mm
     ct = np.clip(np.rint(hu), -1024, 16000).astype(np.int16)
     # Canonical geometry: origin in LPS (x, y, z) = array-order (l, p, s).
     return ct, labels, canonical_geometry(ct.shape, spacing, origin_mm=origin[::-1])

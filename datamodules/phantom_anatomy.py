@@ -269,15 +269,20 @@ def draw_disc(canvas: Canvas, upper: VertebraPose, lower: VertebraPose, hu: floa
     canvas.paint(sl, disc & (canvas.labels[sl] == 0), hu)
 
 
-def rib_polyline(v: VertebraPose, side: float, end_deg: float) -> np.ndarray:
-    """(n, 3) array-order mm points of one rib: head at the body, then an arc round the thorax, descending."""
+def rib_polyline(v: VertebraPose, side: float, end_deg: float, start_deg: float | None = None) -> np.ndarray:
+    """(n, 3) array-order mm points of one rib: head at the body, then an arc round the thorax (from 20 degrees
+    behind the side to ``end_deg``; 180 is the front midline), descending. With ``start_deg`` only the arc from
+    there on, no head: the costal cartilage that continues a rib, the sternum at 180."""
     a, b = v.scale * size("rib_a", v.pos), v.scale * size("rib_b", v.pos)
     rl = v.scale * size("body_rl", v.pos)
     pc = 15.0 - 0.94 * a
-    phis = np.deg2rad(np.linspace(20.0, end_deg, max(3, int(end_deg / 20))))
+    if start_deg is None:
+        phis = np.deg2rad(np.linspace(20.0, end_deg, max(3, int(end_deg / 20))))
+    else:
+        phis = np.deg2rad(np.linspace(start_deg, end_deg, max(2, int((end_deg - start_deg) / 10) + 1)))
     cos_p, sin_p = np.round(np.cos(phis), 9), np.round(np.sin(phis), 9)
-    drop = 0.22 * a * (phis - phis[0])  # ribs descend towards the front
-    local = [np.array([0.0, 3.0, side * (rl + 3.0)])]
+    drop = 0.22 * a * (phis - np.deg2rad(20.0))  # ribs descend towards the front
+    local = [np.array([0.0, 3.0, side * (rl + 3.0)])] if start_deg is None else []
     local += [np.array([-d, pc + a * c, side * b * s]) for d, c, s in zip(drop, cos_p, sin_p)]
     local = np.stack(local)
     return v.center_mm + local @ v.frame

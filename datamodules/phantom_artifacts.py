@@ -164,9 +164,13 @@ def thick_slices(volume: np.ndarray, labels: np.ndarray, factor: int) -> tuple[n
     return block_average(volume, labels, 0, factor)
 
 
-def add_noise(volume: np.ndarray, rng: np.random.Generator, sigma_hu: float) -> np.ndarray:
+def add_noise(volume: np.ndarray, rng: np.random.Generator, sigma_hu: float, correlation_mm: float = 0.0,
+              spacing_mm: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """Add zero-mean noise of standard deviation ``sigma_hu``: the sum of 4 uniform int8 draws (Irwin-Hall, close
-    to Gaussian; 4x cheaper to draw than float normals and exact integer arithmetic)."""
+    to Gaussian; 4x cheaper to draw than float normals and exact integer arithmetic). ``correlation_mm`` > 0:
+    the noise is smoothed by a Gaussian of that sigma (``blur``; axes where it is under a quarter voxel stay
+    white), then scaled back to ``sigma_hu``: CT noise is correlated over about a millimetre, reconstruction
+    kernels spread each projection's noise over neighbouring voxels."""
     if sigma_hu <= 0:
         return volume
     draws = rng.integers(-128, 128, size=(4, *volume.shape), dtype=np.int8)
@@ -174,7 +178,15 @@ def add_noise(volume: np.ndarray, rng: np.random.Generator, sigma_hu: float) -> 
     for k in (1, 2, 3):
         total += draws[k]
     total += np.int16(2)  # each draw has mean -0.5
-    volume += total.astype(np.float32) * np.float32(sigma_hu / _IRWIN_HALL_STD)
+    noise = total.astype(np.float32)
+    scale = sigma_hu / _IRWIN_HALL_STD
+    if correlation_mm > 0 and spacing_mm is not None:
+        noise = blur(noise, correlation_mm, spacing_mm)
+        for axis in range(3):  # a normalised kernel w shrinks the std of white noise by sqrt(sum w^2)
+            s = correlation_mm / float(spacing_mm[axis])
+            if s >= 0.25:
+                scale /= float(np.sqrt(np.sum(gaussian_kernel(s).astype(np.float32).astype(np.float64) ** 2)))
+    volume += noise * np.float32(scale)
     return volume
 
 

@@ -1,6 +1,7 @@
-"""The phantom's abdomen and hips: kidneys in their fat, aorta (with or without contrast, calcified plaques) and
-inferior vena cava, liver, spleen, bowel loops with gas and fluid, bladder; acetabula, femoral heads and necks,
-pubic and ischial rami.
+"""The anatomy around the phantom's spine (generator version 3): kidneys in their fat, aorta (with or without
+contrast, calcified plaques) and inferior vena cava, liver, spleen, bowel loops with gas and fluid, bladder;
+acetabula, femoral heads and necks, pubic and ischial rami; costal cartilage and sternum; the patient table; and
+the trabecular texture of cancellous bone.
 
 Same frame and rules as ``phantom_anatomy`` (array-order mm ``(s, p, l)``; implicit shapes evaluated in their own
 bounding boxes with element-wise float32 arithmetic, so the output is reproducible byte for byte). Organs are
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, size
+from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, rib_polyline, size
+from spinebench.datamodules.phantom_artifacts import blur, gaussian_kernel
 
 
 def _level(spine_pos: np.ndarray, spl: np.ndarray, pos: float) -> np.ndarray:
@@ -76,8 +78,8 @@ def _tube(canvas: Canvas, rows: np.ndarray, cp: np.ndarray, cl: np.ndarray, r: n
 
 
 def organ_tissue(rng: np.random.Generator) -> dict:
-    """The case's organ values (HU) and contrast phase: 9 draws."""
-    t = rng.random(9)
+    """The case's organ values (HU) and contrast phase: 10 draws."""
+    t = rng.random(10)
     contrast = bool(t[0] < 0.5)
     c = t[1]  # how strong the enhancement is, shared by the organs
     return {
@@ -90,13 +92,15 @@ def organ_tissue(rng: np.random.Generator) -> dict:
         "bladder": 15.0 * t[6],
         "bowel_fluid": 10.0 + 30.0 * t[7],
         "plaque": 300.0 + 500.0 * t[8],
+        "cartilage": 70.0 + 90.0 * t[9],
     }
 
 
 def draw_organs(rng: np.random.Generator, canvas: Canvas, prof: dict, spl: np.ndarray, pos: np.ndarray,
-                size_k: float, tissue: dict, meta: dict) -> None:  # fmt: skip
+                size_k: float, tissue: dict, meta: dict) -> dict:  # fmt: skip
     """Kidneys in their fat, aorta and vena cava with plaques, liver, spleen, bowel and bladder (in this order:
-    an organ does not paint over one drawn before it), each placed by the spine level it lies at."""
+    an organ does not paint over one drawn before it), each placed by the spine level it lies at. Returns the
+    case's organ values (``organ_tissue``)."""
     organs = organ_tissue(rng)
     soft, fat = tissue["soft"], tissue["fat"]
     k = float(size_k)
@@ -164,6 +168,7 @@ def draw_organs(rng: np.random.Generator, canvas: Canvas, prof: dict, spl: np.nd
     meta["organs"] = {"contrast": organs["contrast"], "plaques": n_plaques, "bowel_loops": n_loops,
                       "bowel_gas_loops": int(np.sum(draws[:, 6] < 0.45)),
                       "tissue_hu": {key: round(float(v), 3) for key, v in organs.items() if key != "contrast"}}
+    return organs
 
 
 def _bone_sphere(canvas: Canvas, center, radius: float, tissue: dict, shell_mm: float) -> None:
@@ -215,3 +220,75 @@ def draw_hips(canvas: Canvas, s1: VertebraPose, tissue: dict, shell_mm: float) -
         tuber = hip + np.array([-48.0 * k, 20.0 * k, -side * 22.0 * k])
         _bone_bar(canvas, hip + np.array([-14.0 * k, 14.0 * k, -side * 14.0 * k]), tuber, 10.0 * k, tissue, shell_mm)
         _bone_bar(canvas, tuber, symphysis + np.array([-12.0 * k, 0.0, 0.0]), 7.0 * k, tissue, shell_mm)
+
+
+def draw_costal_cartilage(canvas: Canvas, v: VertebraPose, side: float, rib_end_deg: float, radius: float,
+                          hu: float) -> None:  # fmt: skip
+    """The cartilage that continues a true or false rib (T1-T10) from its bony end to the front (176 degrees)."""
+    points = rib_polyline(v, side, 176.0, start_deg=rib_end_deg)
+    for a, b in zip(points[:-1], points[1:]):
+        box = canvas.box(np.minimum(a, b) - radius - 1, np.maximum(a, b) + radius + 1, a)
+        if box is None:
+            continue
+        sl, coords = box
+        inside = _capsule_d2(coords, (0.0, 0.0, 0.0), b - a) <= radius**2
+        canvas.paint(sl, inside & (canvas.labels[sl] == 0), hu)
+
+
+def draw_sternum(canvas: Canvas, thoracic: list[VertebraPose], tissue: dict, shell_mm: float) -> None:
+    """Manubrium and body of the sternum in the front midline, where the arcs of the first seven ribs meet (a flat
+    bar of three capsules side by side, about 36 x 12 mm), and the xiphoid below."""
+    true_ribs = [v for v in thoracic if v.name in {f"T{i}" for i in range(1, 8)}]
+    if len(true_ribs) < 2:
+        return
+    front = np.stack([rib_polyline(v, 1.0, 180.0, start_deg=180.0)[0] for v in true_ribs])
+    xiphoid = front[-1] + 0.8 * (front[-1] - front[-2])
+    points = np.concatenate([front, xiphoid[None]])
+    for v_lat in (-12.0, 0.0, 12.0):
+        offset = v_lat * true_ribs[-1].scale * true_ribs[-1].frame[2]
+        for a, b in zip(points[:-1], points[1:]):
+            _bone_bar(canvas, a + offset, b + offset, 6.0 * true_ribs[-1].scale, tissue, shell_mm)
+
+
+TABLE_EXTENT_MM = 50.0  # how far behind the body a whole-body canvas reaches for the table (gap + table)
+
+
+def draw_table(rng: np.random.Generator, canvas: Canvas, prof: dict, tissue: dict, meta: dict) -> None:
+    """The patient table under the back (3 draws): a 3 mm carbon-fibre shell above and below a 25 mm foam core,
+    4-16 mm behind the body's most posterior point, across the whole width; only in air, and only where the
+    canvas reaches (a scan cut to a depth around the spine does not)."""
+    t = rng.random(3)
+    gap, shell_hu, core_hu = 4.0 + 12.0 * t[0], 200.0 + 300.0 * t[1], -850.0 + 150.0 * t[2]
+    top = float(np.max(prof["cp"] + prof["rp"])) + gap
+    p = canvas.axis_mm(1)
+    drawn = bool(p[-1] >= top)
+    layers = ((top, top + 3.0, shell_hu), (top + 3.0, top + 28.0, core_hu), (top + 28.0, top + 31.0, shell_hu))
+    for lo, hi, hu in layers:
+        cols = np.nonzero((p >= lo) & (p < hi))[0]
+        if cols.size:
+            sub = canvas.hu[:, cols[0] : cols[-1] + 1, :]
+            sub[sub == np.float32(tissue["air"])] = np.float32(hu)
+    meta["table"] = {"drawn": drawn, "gap_mm": round(float(gap), 3), "shell_hu": round(float(shell_hu), 3),
+                     "core_hu": round(float(core_hu), 3)}
+
+
+def add_bone_texture(rng: np.random.Generator, canvas: Canvas, tissue: dict, meta: dict) -> None:
+    """Trabecular texture: cancellous bone's value varies voxel to voxel by a smoothed random field (sigma 0.7 mm)
+    of 15-50 HU standard deviation, drawn per case, in the box that holds every cancellous voxel."""
+    std = 15.0 + 35.0 * float(rng.random())
+    region = canvas.hu == np.float32(tissue["cancellous"])
+    extent = [np.nonzero(region.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
+    meta["texture"] = {"trabecular_std_hu": round(std, 3)}
+    if any(e.size == 0 for e in extent):
+        return
+    sl = tuple(slice(int(e[0]), int(e[-1]) + 1) for e in extent)
+    inside = region[sl]
+    draws = rng.integers(-128, 128, size=(2, *inside.shape), dtype=np.int8)
+    field = (draws[0].astype(np.int16) + draws[1] + np.int16(1)).astype(np.float32)  # each draw has mean -0.5
+    field = blur(field, 0.7, canvas.spacing_mm)
+    scale = std / float(np.sqrt(2 * (256**2 - 1) / 12.0))
+    for axis in range(3):
+        s = 0.7 / float(canvas.spacing_mm[axis])
+        if s >= 0.25:
+            scale /= float(np.sqrt(np.sum(gaussian_kernel(s).astype(np.float32).astype(np.float64) ** 2)))
+    canvas.hu[sl][inside] += field[inside] * np.float32(scale)

@@ -7,9 +7,9 @@ from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.phantom import METAL_THRESHOLD_HU, PhantomConfig, generate_case
 from spinebench.datamodules.phantom_anatomy import PHANTOM_MASK_ID
 
-# 4 mm and no random difficulties: each test switches on only what it checks.
+# 4 mm and no random difficulties, uniform cancellous bone: each test switches on only what it checks.
 PLAIN = dict(spacing_mm=4.0, limited_fov_rate=0.0, scoliosis_rate=0.0, kyphosis_rate=0.0, metal_rate=0.0,
-             anisotropic_rate=0.0, noise_hu=(10.0, 10.0))
+             anisotropic_rate=0.0, noise_hu=(10.0, 10.0), texture=False)
 
 
 def plain(**overrides) -> PhantomConfig:
@@ -36,17 +36,18 @@ def test_same_seed_same_bytes_other_index_differs():
 # kyphosis, metal + streaks, thick slices, noise, blur; drawn at 2 mm, averaged to 4 mm). It pins the output across
 # machines and numpy/scipy builds; a deliberate change of the generator updates it (and GENERATOR_VERSION).
 GOLDEN_CASE = (2024, 2)
-GOLDEN_SHA256 = "94bb2514dd98844c39eed04b715d8e0ea24ab94faf170c9a623c174cd2fbd26f"
-GOLDEN_SHA256_VERSION_2 = "634b95bb98d9b1a9979f40f8baf3dda99277636f1b14c9f890ca02807a9f5388"  # organs=False
+GOLDEN_SHA256 = "d0fd7bcec582ff650157dbbf622d2ef54bfc827f5c2e1782a4d2a38814ace042"
+GOLDEN_SHA256_VERSION_2 = "634b95bb98d9b1a9979f40f8baf3dda99277636f1b14c9f890ca02807a9f5388"  # organs, texture off
 
 
 @pytest.mark.parametrize("organs,expected", [(True, GOLDEN_SHA256), (False, GOLDEN_SHA256_VERSION_2)])
 def test_golden_case_is_byte_identical_on_this_machine(organs, expected):
-    """Without organs the generator draws version 2's cases byte for byte: their draws are a stream of their own."""
+    """Without organs and texture the generator draws version 2's cases byte for byte: their draws are streams of
+    their own."""
     import hashlib
 
     cfg = PhantomConfig(spacing_mm=4.0, fov_vertebrae=(6, 8), scoliosis_rate=1.0, kyphosis_rate=1.0,
-                        metal_rate=1.0, anisotropic_rate=1.0, organs=organs)
+                        metal_rate=1.0, anisotropic_rate=1.0, organs=organs, texture=organs)
     case = generate_case(*GOLDEN_CASE, cfg)
     assert case.metadata["metal"]["applied"] and case.metadata["anisotropic"]["applied"]
     assert ("organs" in case.metadata) == organs
@@ -67,7 +68,7 @@ def test_canonical_geometry_and_centroids_inside():
     assert np.all(np.diff(vox[:, 0]) < 0)  # axis 0 grows towards the head: C1 has the largest index
     assert case.geometry.contains_vox(vox, margin=0.0).all()
     # Body cross-section stays small: at most ~300 x 250 mm plus margins.
-    assert case.ct_hu.shape[2] * 4.0 <= 320 and case.ct_hu.shape[1] * 4.0 <= 275
+    assert case.ct_hu.shape[2] * 4.0 <= 320 and case.ct_hu.shape[1] * 4.0 <= 275 + 50  # + room for the table
 
 
 @pytest.mark.parametrize("seed,overrides", [
@@ -310,14 +311,18 @@ def test_mask_centroids_are_the_centres_of_mass_of_the_drawn_vertebrae():
 
 
 def test_organs_lie_where_anatomy_puts_them_and_leave_the_vertebrae_alone():
-    """Point samples of a noise-free 4 mm case (C4-L5: a section, so its grid is that of the case without organs):
-    each organ's value appears on its side of the spine and at its level, bowel gas lies inside the body in front
-    of the lumbar spine; the vertebrae, their mask and centroids are those of the same case without organs."""
+    """Point samples of a noise-free 4 mm case (C4-L5: a section, so its grid is that of the case without organs,
+    which ends before the room for the table behind the back): each organ's value appears on its side of the spine
+    and at its level, bowel gas lies inside the body in front of the lumbar spine; the vertebrae, their mask and
+    centroids are those of the same case without organs."""
     cfg = dict(noise_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0), fine_spacing_mm=4.0, fov_vertebrae=(20, 24))
     case = generate_case(23, 0, plain(**cfg))
     bare = generate_case(23, 0, plain(organs=False, **cfg))
-    assert list(case.centroids_mm)[-1] == "L5" and case.geometry == bare.geometry
-    assert case.vertebra_mask.tobytes() == bare.vertebra_mask.tobytes() and case.centroids_mm == bare.centroids_mm
+    n = bare.ct_hu.shape[1]
+    assert list(case.centroids_mm)[-1] == "L5" and case.centroids_mm == bare.centroids_mm
+    assert np.allclose(case.geometry.origin_mm, bare.geometry.origin_mm) and not case.vertebra_mask[:, n:].any()
+    case.ct_hu, case.vertebra_mask = case.ct_hu[:, :n], case.vertebra_mask[:, :n]
+    assert case.vertebra_mask.tobytes() == bare.vertebra_mask.tobytes()
     bone = case.vertebra_mask > 0
     assert np.array_equal(case.ct_hu[bone], bare.ct_hu[bone])
     organs = case.metadata["organs"]
@@ -353,3 +358,51 @@ def test_whole_spine_scans_reach_the_hips():
     bone = np.argwhere((case.ct_hu >= case.metadata["tissue_hu"]["cortical"] - 1) & (case.vertebra_mask == 0))
     below = bone[bone[:, 0] < s1[0] - 12]  # more than 48 mm below S1's centre: below the iliac wings
     assert (below[:, 2] < s1[2] - 15).any() and (below[:, 2] > s1[2] + 15).any()
+
+
+def test_sternum_costal_cartilage_and_table():
+    """A whole-body case: bone in the front midline at T5 (the sternum, where the true ribs' arcs meet), the
+    cartilage's value beside it, and the table's shell behind the back; a scan cut to a depth around the spine
+    has no table."""
+    cfg = dict(noise_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0), fine_spacing_mm=4.0)
+    case = generate_case(21, 0, plain(**cfg))
+    tissue, organs, table = case.metadata["tissue_hu"], case.metadata["organs"]["tissue_hu"], case.metadata["table"]
+    t5 = case.geometry.world_to_vox(case.centroids_mm["T5"])
+    i, j, k = (int(round(x)) for x in t5)
+    rows = case.ct_hu[i - 8 : i + 3]  # the sternum sits below the level of its ribs' heads
+    bone = np.argwhere((rows >= tissue["cortical"] - 1) & (case.vertebra_mask[i - 8 : i + 3] == 0))
+    front = bone[(bone[:, 1] < j - 20) & (np.abs(bone[:, 2] - k) <= 3)]  # > 80 mm in front, within 12 mm of midline
+    assert len(front) > 0
+    assert np.any(np.abs(case.ct_hu.astype(float) - round(organs["cartilage"])) < 0.5)
+    assert table["drawn"]
+    behind = case.ct_hu[:, -12:, :]  # the last 48 mm of the canvas: the table, outside the body
+    assert np.mean(np.abs(behind.astype(float) - round(table["shell_hu"])) < 0.5) > 0.03
+    windowed = generate_case(21, 0, plain(scan_max_depth_mm=120.0, **cfg))
+    assert not windowed.metadata["table"]["drawn"]
+    assert not np.any(np.abs(windowed.ct_hu.astype(float) - round(table["shell_hu"])) < 0.5)
+
+
+def test_trabecular_texture_and_correlated_noise():
+    """With texture, cancellous bone varies around its value with the drawn standard deviation (mean kept), and
+    2 mm noise is correlated between neighbouring voxels at the set standard deviation; without, bone is uniform
+    and the noise white."""
+    cfg = dict(spacing_mm=2.0, fine_spacing_mm=2.0, blur_sigma_mm=(0.0, 0.0), fov_vertebrae=(4, 4))
+    flat = generate_case(22, 0, plain(noise_hu=(0.0, 0.0), **cfg))
+    tex = generate_case(22, 0, plain(noise_hu=(0.0, 0.0), texture=True, **cfg))
+    cancellous = flat.ct_hu == round(flat.metadata["tissue_hu"]["cancellous"])
+    values = tex.ct_hu[cancellous].astype(float)
+    std = tex.metadata["texture"]["trabecular_std_hu"]
+    assert cancellous.sum() > 500 and 0.7 * std < values.std() < 1.3 * std
+    assert abs(values.mean() - flat.metadata["tissue_hu"]["cancellous"]) < 0.2 * std
+    assert np.array_equal(tex.ct_hu[~cancellous], flat.ct_hu[~cancellous])  # only cancellous bone changes
+
+    def soft_noise(texture):  # in soft tissue: air's noise is clipped at -1024 HU
+        case = generate_case(22, 0, plain(noise_hu=(40.0, 40.0), texture=texture, **cfg))
+        soft = flat.ct_hu == round(flat.metadata["tissue_hu"]["soft"])
+        pairs = soft[:, :, :-1] & soft[:, :, 1:]
+        a, b = case.ct_hu[:, :, :-1][pairs].astype(float), case.ct_hu[:, :, 1:][pairs].astype(float)
+        return (a - round(flat.metadata["tissue_hu"]["soft"])).std(), np.corrcoef(a, b)[0, 1]
+
+    (std_white, r_white), (std_corr, r_corr) = soft_noise(False), soft_noise(True)
+    assert abs(r_white) < 0.05 and r_corr > 0.15
+    assert 36 < std_white < 44 and 36 < std_corr < 44
