@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,14 @@ def test_phantom_records_test_cases_do_not_depend_on_training_size():
     assert len({r.case_id for r in large.records}) == 53
     other_seed = list_cases("phantom", n_train=1, n_val=0, n_test=0, seed=8).records[0]
     assert record_fingerprint(small.records[0]) != record_fingerprint(other_seed)
+
+
+def test_phantom_cache_key_covers_every_generator_module_and_the_shape_model():
+    """A cached phantom case is keyed by the hash of what draws it: every ``phantom*.py`` module (the organs and
+    the config included, and any added later), the shape model's code and its fitted parameters."""
+    from spinebench.datamodules.sources.phantom import generator_files
+
+    names = {p.name for p in generator_files()}
+    modules = {p.name for p in (Path(__file__).resolve().parents[1] / "datamodules").glob("phantom*.py")}
+    assert modules <= names and {"phantom_organs.py", "phantom_config.py", "phantom.py"} <= modules
+    assert {"shape_model.py", "spine_shape_model.npz"} <= names

@@ -23,7 +23,8 @@ from spinebench.datamodules.sources.base import DataSource, register_source
 
 # Phantom case index = offset of the split + i (fixed, so the test cases do not depend on n_train / n_val).
 PHANTOM_INDEX_OFFSET: dict[str, int] = {"train": 0, "val": 100_000, "test": 200_000}
-_GENERATOR_FILES = ("phantom.py", "phantom_anatomy.py", "phantom_artifacts.py")
+# what a cached case depends on: every phantom module (a glob, so a new one is never left out) and the shape model
+_GENERATOR_GLOBS = ("phantom*.py", "shape_model.py", "data/spine_shape_model.npz")
 
 
 @dataclass(frozen=True)
@@ -130,14 +131,19 @@ class PhantomSource(DataSource):
 _SHA1: str | None = None
 
 
+def generator_files() -> list[Path]:
+    """The files a cached phantom case depends on (their hash is part of the cache key)."""
+    folder = Path(phantom.__file__).resolve().parent
+    return sorted({f for pattern in _GENERATOR_GLOBS for f in folder.glob(pattern) if f.is_file()})
+
+
 def _generator_sha1() -> str:
     global _SHA1
     if _SHA1 is None:
         h = hashlib.sha1()
-        folder = Path(phantom.__file__).resolve().parent
-        for name in _GENERATOR_FILES:
-            if (folder / name).is_file():
-                h.update((folder / name).read_bytes())
+        for path in generator_files():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
         _SHA1 = h.hexdigest()
     return _SHA1
 
