@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, rib_polyline, size
+from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, draw_rib, rib_polyline, size
 from spinebench.datamodules.phantom_artifacts import blur, gaussian_kernel
 
 
@@ -181,15 +181,8 @@ def _bone_sphere(canvas: Canvas, center, radius: float, tissue: dict, shell_mm: 
 
 
 def _bone_bar(canvas: Canvas, a, b, radius: float, tissue: dict, shell_mm: float) -> None:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    box = canvas.box(np.minimum(a, b) - radius - 1, np.maximum(a, b) + radius + 1, a)
-    if box is None:
-        return
-    sl, coords = box
-    d2 = _capsule_d2(coords, (0.0, 0.0, 0.0), b - a)
-    free = canvas.labels[sl] == 0
-    canvas.paint(sl, (d2 <= radius**2) & free, tissue["cortical"])
-    canvas.paint(sl, (d2 <= max(radius - shell_mm, 0.5) ** 2) & free, tissue["cancellous"])
+    """A straight bone from ``a`` to ``b``: a one-segment rib (cortical shell, cancellous core)."""
+    draw_rib(canvas, np.stack([np.asarray(a, float), np.asarray(b, float)]), radius, tissue, shell_mm)
 
 
 def draw_hips(canvas: Canvas, s1: VertebraPose, tissue: dict, shell_mm: float) -> None:
