@@ -182,12 +182,20 @@ def add_noise(volume: np.ndarray, rng: np.random.Generator, sigma_hu: float, cor
     scale = sigma_hu / _IRWIN_HALL_STD
     if correlation_mm > 0 and spacing_mm is not None:
         noise = blur(noise, correlation_mm, spacing_mm)
-        for axis in range(3):  # a normalised kernel w shrinks the std of white noise by sqrt(sum w^2)
-            s = correlation_mm / float(spacing_mm[axis])
-            if s >= 0.25:
-                scale /= float(np.sqrt(np.sum(gaussian_kernel(s).astype(np.float32).astype(np.float64) ** 2)))
+        scale /= blurred_noise_std(correlation_mm, spacing_mm)
     volume += noise * np.float32(scale)
     return volume
+
+
+def blurred_noise_std(sigma_mm: float, spacing_mm) -> float:
+    """The standard deviation of unit white noise after ``blur`` with ``sigma_mm``: each axis's normalised kernel
+    w shrinks it by sqrt(sum w^2); axes that ``blur`` leaves alone (under a quarter voxel) do not."""
+    out = 1.0
+    for axis in range(3):
+        s = sigma_mm / float(spacing_mm[axis])
+        if s >= 0.25:
+            out *= float(np.sqrt(np.sum(gaussian_kernel(s).astype(np.float32).astype(np.float64) ** 2)))
+    return out
 
 
 _IRWIN_HALL_STD = float(np.sqrt(4 * (256**2 - 1) / 12.0))  # std of the sum of 4 uniform int8 values

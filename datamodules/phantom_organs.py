@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, _capsule_d2, draw_rib, rib_polyline, size
-from spinebench.datamodules.phantom_artifacts import blur, gaussian_kernel
+from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, draw_rib, rib_polyline, size
+from spinebench.datamodules.phantom_artifacts import blur, blurred_noise_std
 
 
 def _level(spine_pos: np.ndarray, spl: np.ndarray, pos: float) -> np.ndarray:
@@ -217,15 +217,10 @@ def draw_hips(canvas: Canvas, s1: VertebraPose, tissue: dict, shell_mm: float) -
 
 def draw_costal_cartilage(canvas: Canvas, v: VertebraPose, side: float, rib_end_deg: float, radius: float,
                           hu: float) -> None:  # fmt: skip
-    """The cartilage that continues a true or false rib (T1-T10) from its bony end to the front (176 degrees)."""
+    """The cartilage that continues a true or false rib (T1-T10) from its bony end to the front (176 degrees): one
+    value throughout, drawn as a rib whose shell and core share it."""
     points = rib_polyline(v, side, 176.0, start_deg=rib_end_deg)
-    for a, b in zip(points[:-1], points[1:]):
-        box = canvas.box(np.minimum(a, b) - radius - 1, np.maximum(a, b) + radius + 1, a)
-        if box is None:
-            continue
-        sl, coords = box
-        inside = _capsule_d2(coords, (0.0, 0.0, 0.0), b - a) <= radius**2
-        canvas.paint(sl, inside & (canvas.labels[sl] == 0), hu)
+    draw_rib(canvas, points, radius, {"cortical": hu, "cancellous": hu}, shell_mm=radius)
 
 
 def draw_sternum(canvas: Canvas, thoracic: list[VertebraPose], tissue: dict, shell_mm: float) -> None:
@@ -279,9 +274,5 @@ def add_bone_texture(rng: np.random.Generator, canvas: Canvas, tissue: dict, met
     draws = rng.integers(-128, 128, size=(2, *inside.shape), dtype=np.int8)
     field = (draws[0].astype(np.int16) + draws[1] + np.int16(1)).astype(np.float32)  # each draw has mean -0.5
     field = blur(field, 0.7, canvas.spacing_mm)
-    scale = std / float(np.sqrt(2 * (256**2 - 1) / 12.0))
-    for axis in range(3):
-        s = 0.7 / float(canvas.spacing_mm[axis])
-        if s >= 0.25:
-            scale /= float(np.sqrt(np.sum(gaussian_kernel(s).astype(np.float32).astype(np.float64) ** 2)))
+    scale = std / float(np.sqrt(2 * (256**2 - 1) / 12.0)) / blurred_noise_std(0.7, canvas.spacing_mm)
     canvas.hu[sl][inside] += field[inside] * np.float32(scale)
