@@ -15,8 +15,9 @@ coordinate strictly decreases. Array axis 0 grows toward superior, so going down
 coordinate must decrease. That chain only catches outliers that break the vertical order; ``refine`` with
 ``max_residual`` then keeps the largest part of the chain whose pairwise offsets the training spines allow,
 drops trusted points that a smoother sparse fit cannot explain (any direction), lets wrongly dropped points back
-in or exchanges them for a neighbour that the other points predict worse, and keeps the consistent ones where
-they were predicted (``ShapeDictionary.refine``; measured in perf/bench_sparsity.py).
+in or exchanges them for a neighbour, and keeps the consistent ones where they were predicted; between equally large
+candidate sets a Gaussian shape model decides (``shape_gaussian``; ``ShapeDictionary.refine``; measured in
+perf/bench_sparsity.py).
 λ is given for coordinates in 2 mm units and rescaled to the dictionary's own unit (``unit_scale``).
 """
 
@@ -31,6 +32,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Lasso
 from torch import nn
 
+from spinebench.methods.shape_gaussian import fit_shape_gaussian, log_likelihood
+
 VERTICAL_AXIS = 0
 # Median distance between neighbouring centroids in 2 mm units (CSI-2014 training spines: 11.9, VerSe'20: 12.9);
 # λ is given for coordinates in 2 mm units (``ShapeDictionary.unit_scale``).
@@ -39,8 +42,6 @@ REFERENCE_NEIGHBOUR_DISTANCE = 12.0
 # percentile of the training spines' deviations (plus half the residual threshold): 90-99 measured alike on the
 # real tables (perf/bench_sparsity.py)
 PAIR_PERCENTILE = 95.0
-# A trusted point may be exchanged for a left-out one at most this many levels away (``ShapeDictionary._exchange``)
-EXCHANGE_LEVELS = 2
 
 
 def longest_decreasing_subsequence(values: np.ndarray) -> np.ndarray:
@@ -129,7 +130,7 @@ class ShapeDictionary(nn.Module):
         held_out_check: bool = True, consensus: bool = True, exchange: bool = True,
     ) -> None:
         super().__init__()
-        # with consensus: exchange a trusted point for a left-out neighbour when the held-out error falls
+        # with consensus: exchange a trusted point for a left-out neighbour the shape model finds more likely
         self.exchange = exchange
         self.held_out_check = held_out_check  # verify each rejection with the fit of the points that agree
         # start the rejection from the chain's largest pairwise-consistent subset, let wrongly dropped points back in
@@ -149,6 +150,9 @@ class ShapeDictionary(nn.Module):
         # training statistics of the offset between two levels (``pair_statistics``): mean and tolerance
         self.register_buffer("pair_mean", torch.zeros(num_vertebrae, num_vertebrae, 3, dtype=torch.float64))
         self.register_buffer("pair_tolerance", torch.zeros(num_vertebrae, num_vertebrae, dtype=torch.float64))
+        # the Gaussian shape model (``shape_gaussian``): mean (K, 3) and covariance (3K, 3K)
+        self.register_buffer("shape_mean", torch.zeros(num_vertebrae, 3, dtype=torch.float64))
+        self.register_buffer("shape_cov", torch.eye(3 * num_vertebrae, dtype=torch.float64))
 
     @property
     def fitted(self) -> bool:
@@ -167,6 +171,11 @@ class ShapeDictionary(nn.Module):
         self.atoms = torch.from_numpy(np.ascontiguousarray(full.transpose(2, 1, 0)))
         mean, tolerance = pair_statistics(c)
         self._set_pairs(mean, tolerance)
+        self._set_shape_model(*fit_shape_gaussian(c, full))
+
+    def _set_shape_model(self, mean: np.ndarray, cov: np.ndarray) -> None:
+        self.shape_mean = torch.from_numpy(np.ascontiguousarray(mean))
+        self.shape_cov = torch.from_numpy(np.ascontiguousarray(cov))
 
     def _set_pairs(self, mean: np.ndarray, tolerance: np.ndarray) -> None:
         """Store pair statistics; pairs the training shapes never showed together take the imputed shapes'."""
@@ -200,6 +209,15 @@ class ShapeDictionary(nn.Module):
                     mean, tolerance = pair_statistics(state_dict[key].cpu().numpy().transpose(2, 1, 0))
                 state_dict[prefix + "pair_mean"] = torch.from_numpy(mean)
                 state_dict[prefix + "pair_tolerance"] = torch.from_numpy(tolerance)
+            if prefix + "shape_cov" not in state_dict:
+                # a checkpoint written before the shape model: fit it to the (imputed) dictionary
+                k = self.num_vertebrae
+                mean, cov = np.zeros((k, 3)), np.eye(3 * k)
+                if state_dict[key].shape[2] > 0:
+                    shapes = state_dict[key].cpu().numpy().transpose(2, 1, 0)
+                    mean, cov = fit_shape_gaussian(shapes, shapes)
+                state_dict[prefix + "shape_mean"] = torch.from_numpy(np.ascontiguousarray(mean))
+                state_dict[prefix + "shape_cov"] = torch.from_numpy(np.ascontiguousarray(cov))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _fit(self, v: np.ndarray, trusted: np.ndarray, lam: float) -> np.ndarray:
@@ -250,15 +268,16 @@ class ShapeDictionary(nn.Module):
     def _consistent_subset(self, v: np.ndarray, points: np.ndarray, slack: float) -> np.ndarray:
         """The largest subset of ``points`` whose every pair is consistent: the offset ``v_j - v_i`` lies within
         the pair's training tolerance + ``slack`` of its training mean (a maximum clique of the consistency graph,
-        networkx). Of equally large subsets, the one with the smallest summed deviation/tolerance wins."""
+        networkx). Of equally large subsets, the one the shape model finds most likely wins (``_log_likelihood``)."""
         mean = self.pair_mean.cpu().numpy()[np.ix_(points, points)]
         tolerance = self.pair_tolerance.cpu().numpy()[np.ix_(points, points)] + slack
         ratio = np.linalg.norm(v[points][None, :, :] - v[points][:, None, :] - mean, axis=-1) / tolerance
         graph = nx.Graph()
         graph.add_nodes_from(range(points.size))
         graph.add_edges_from(zip(*np.nonzero(np.triu(ratio <= 1.0, k=1)), strict=True))
-        best = min(nx.find_cliques(graph), key=lambda c: (-len(c), float(ratio[np.ix_(c, c)].sum()), sorted(c)))
-        return points[np.sort(best)]
+        cliques = [points[np.sort(c)] for c in nx.find_cliques(graph)]
+        largest = max(c.size for c in cliques)
+        return max((c for c in cliques if c.size == largest), key=lambda c: (self._log_likelihood(v, c), (-c).tolist()))
 
     def _reject(self, v: np.ndarray, trusted: np.ndarray, lam: float, detect_lam: float,
                 max_residual: float) -> np.ndarray | None:
@@ -290,33 +309,35 @@ class ShapeDictionary(nn.Module):
                     break
         return trusted
 
-    def _held_out_error(self, v: np.ndarray, trusted: np.ndarray, lam: float) -> float:
-        """Summed distance of each trusted point from the fit of the other trusted points. Unlike the residual of a
-        fit that includes the point, a point at the end of the chain (high leverage) cannot vouch for itself."""
-        return float(sum(np.linalg.norm(v[p] - self._fit(v, np.delete(trusted, i), lam)[p])
-                         for i, p in enumerate(trusted)))
+    def _log_likelihood(self, v: np.ndarray, points: np.ndarray) -> float:
+        """Log-density of ``v[points]`` under the Gaussian shape model, position free (``shape_gaussian``): comparable
+        between sets of as many points. Unlike a fit's residual, it knows how far each level may be from each other
+        (a displaced neighbour is unlikely even where a fit bends to it), and spine size as a correlated mode."""
+        return log_likelihood(v, points, self.shape_mean.cpu().numpy(), self.shape_cov.cpu().numpy())
 
     def _exchange(self, v: np.ndarray, trusted: np.ndarray, present: np.ndarray, lam: float, detect_lam: float,
                   max_residual: float) -> np.ndarray:
-        """Exchange one trusted point for a left-out present point at most ``EXCHANGE_LEVELS`` levels away when the
-        rejection keeps the whole new set and its held-out error (``_held_out_error``) is smaller; repeat until no
-        exchange helps. Two neighbours compete for one place when a displaced point happens to agree with the fit
-        as well as the good one does; the one the other points predict wins."""
+        """Exchange one trusted point for a left-out present point when the shape model finds the new set more likely
+        (``_log_likelihood``) and the rejection keeps all of it; repeat until no exchange helps. Two points compete
+        for one place when a displaced one happens to agree with the fit as well as a good one does (often
+        neighbours); the one that makes a more likely spine with the others wins. Any two levels may be exchanged:
+        limiting exchanges to levels at most 2 apart left 1.1 % of the CSI-2014 spines with a good centroid moved
+        instead of 1.0 % (perf/bench_sparsity.py, 3 x 540 corrupted spines)."""
         if np.setdiff1d(present, trusted).size == 0:
             return trusted
-        current = self._held_out_error(v, trusted, lam)
+        current = self._log_likelihood(v, trusted)
         improved = True
         while improved:
             improved = False
             for p in np.setdiff1d(present, trusted):
-                for q in trusted[np.abs(trusted - p) <= EXCHANGE_LEVELS]:
+                for q in trusted:
                     swapped = np.union1d(np.setdiff1d(trusted, [q]), [p])
-                    kept = self._reject(v, swapped, lam, detect_lam, max_residual)
-                    if kept is None or kept.size < swapped.size:
+                    likelihood = self._log_likelihood(v, swapped)  # cheap: checked before the rejection's fits
+                    if likelihood <= current:
                         continue
-                    error = self._held_out_error(v, swapped, lam)
-                    if error < current:
-                        trusted, current, improved = swapped, error, True
+                    kept = self._reject(v, swapped, lam, detect_lam, max_residual)
+                    if kept is not None and kept.size == swapped.size:
+                        trusted, current, improved = swapped, likelihood, True
                         break
                 if improved:
                     break
@@ -330,12 +351,13 @@ class ShapeDictionary(nn.Module):
         1. Trusted: the longest chain of present vertebrae that is monotone along the vertical axis.
         2. With ``max_residual`` (coordinate units):
            a. with ``consensus``, trusted becomes the chain's largest subset whose pairwise offsets all lie within
-              the training spines' tolerance (``_consistent_subset``, slack ``max_residual / 2``);
+              the training spines' tolerance (``_consistent_subset``, slack ``max_residual / 2``; of equally large
+              ones the most likely under the Gaussian shape model);
            b. the trusted point that a strongly penalised fit (``detect_lam``) explains worst is dropped while its
               residual ``‖v_i − v̂_i‖`` exceeds ``max_residual`` and the points that fit does explain do not predict
               it within ``max_residual`` either (``_next_outlier``; one at a time, refitting after each);
            c. with ``consensus``, present points left out may come back (``_readmit``), and with ``exchange`` take
-              the place of a trusted neighbour that the other points predict worse (``_exchange``); any present point
+              the place of a trusted neighbour when that makes a more likely spine (``_exchange``); any present point
               within ``max_residual`` of the final fit (at ``lam``) is an inlier. Inliers keep the network's
               coordinates; all other levels (outliers in any direction, absent levels) take the reconstruction
               ``D a + t``.
