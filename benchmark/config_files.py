@@ -12,6 +12,7 @@ import yaml
 
 from spinebench.benchmark.config import _TOP_KEYS, ExperimentConfig, _normalize_methods, normalize_raw, resolve
 from spinebench.benchmark.config_types import ConfigError
+from spinebench.configs import shipped_names
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -31,8 +32,7 @@ def load_experiment(
 
 def shipped_config_names() -> list[str]:
     """Names of the YAML configs installed with the package (``default``, ``smoke``, ``tune_di2in``...)."""
-    folder = importlib.resources.files(SHIPPED_CONFIGS)
-    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+    return shipped_names()
 
 
 def resolve_config_path(config: str | Path) -> Path | Traversable:

@@ -14,3 +14,12 @@ def test_version_and_help():
     assert spinebench.__version__ != "0+unknown"
     help_ = _cli("--help")
     assert help_.returncode == 0 and "Vertebra localization" in help_.stdout
+
+
+def test_run_help_lists_every_shipped_config():
+    from spinebench.benchmark.config_files import shipped_config_names
+
+    help_ = _cli("run", "--help")
+    text = " ".join(help_.stdout.split())  # argparse wraps the list over lines
+    assert help_.returncode == 0 and "sim2real" in text and "converge" in text
+    assert all(name in text for name in shipped_config_names())

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from spinebench.configs import shipped_names
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "run",
         help="run a benchmark or ablation experiment (train, evaluate, leaderboard)",
-        description="Train every (method, seed) cell of a YAML experiment on the shared datamodule, keep the "
-        "checkpoint with the best validation identification rate, evaluate the test split, append per-case "
-        "records and build the per-region leaderboard. Everything is validated before training starts.",
+        description="Train every (method, seed) cell of a YAML experiment on the shared datamodule, evaluate the "
+        "test sets with the checkpoint trainer.test_checkpoint names (best validation identification rate, or the "
+        "last), append per-case records and build the per-region leaderboard. Everything is validated before "
+        "training starts.",
     )
     p.add_argument(
         "--config", default=None,
-        help="experiment YAML file, or the name of a shipped config (default, smoke, ablation_di2in, "
-        "ablation_resml, csi2014_set2, verse2020); default: default",
+        help=f"experiment YAML file, or the name of a shipped config ({', '.join(shipped_names())}); "
+        "default: default",
     )  # fmt: skip
     p.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
