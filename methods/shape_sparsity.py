@@ -130,7 +130,7 @@ class ShapeDictionary(nn.Module):
         held_out_check: bool = True, consensus: bool = True, exchange: bool = True,
     ) -> None:
         super().__init__()
-        # with consensus: exchange a trusted point for a left-out neighbour the shape model finds more likely
+        # with consensus: exchange a trusted point for a left-out one when the shape model finds the set more likely
         self.exchange = exchange
         self.held_out_check = held_out_check  # verify each rejection with the fit of the points that agree
         # start the rejection from the chain's largest pairwise-consistent subset, let wrongly dropped points back in
