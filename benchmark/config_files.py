@@ -30,9 +30,8 @@ def load_experiment(
     return resolve(raw, check_devices=check_devices)
 
 
-def shipped_config_names() -> list[str]:
-    """Names of the YAML configs installed with the package (``default``, ``smoke``, ``tune_di2in``...)."""
-    return shipped_names()
+# Names of the YAML configs installed with the package (``default``, ``smoke``, ``tune_di2in``...).
+shipped_config_names = shipped_names
 
 
 def resolve_config_path(config: str | Path) -> Path | Traversable:
