@@ -33,8 +33,8 @@ def fit_shape_gaussian(centroids: np.ndarray, imputed: np.ndarray) -> tuple[np.n
     n, k, _ = c.shape
     mean = (full - full.mean(axis=1, keepdims=True)).mean(axis=0)
     for _ in range(ALIGN_ITERATIONS):
-        translation = np.nanmean(c - mean[None], axis=1)  # (N, 3): each shape onto the mean shape
-        observed_mean = np.nanmean(c - translation[:, None, :], axis=0)
+        translation = _nanmean(c - mean[None], axis=1)  # (N, 3): each shape onto the mean shape
+        observed_mean = _nanmean(c - translation[:, None, :], axis=0)  # NaN at levels no shape annotates
         mean = np.where(np.isnan(observed_mean), mean, observed_mean)
     residual = (c - translation[:, None, :] - mean[None]).reshape(n, 3 * k)
     seen = ~np.isnan(residual)
@@ -47,6 +47,14 @@ def fit_shape_gaussian(centroids: np.ndarray, imputed: np.ndarray) -> tuple[np.n
     values, vectors = np.linalg.eigh(0.5 * (cov + cov.T))
     floor = max(EIGENVALUE_FLOOR * float(np.median(np.diag(cov))), 1e-9)
     return mean, (vectors * np.maximum(values, floor)) @ vectors.T
+
+
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    """``np.nanmean`` without its warning where a slice is all NaN (NaN there too)."""
+    seen = ~np.isnan(x)
+    count = seen.sum(axis=axis)
+    total = np.where(seen, x, 0.0).sum(axis=axis)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def log_likelihood(points: np.ndarray, levels: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> float:

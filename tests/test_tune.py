@@ -325,12 +325,13 @@ def test_three_workers_on_postgresql_one_killed(tmp_path, cache):
     storage = optuna.storages.RDBStorage(POSTGRES)
     owner = f"{socket.gethostname()}:{victim.pid}"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # until the victim's first trial is RUNNING in the database
+    while time.monotonic() < deadline:  # until the victim's first trial is RUNNING with its point drawn
         try:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
         except KeyError:  # the study does not exist yet
             trials = []
-        if any(t.state == TrialState.RUNNING and t.system_attrs.get("spinebench:worker") == owner for t in trials):
+        if any(t.state == TrialState.RUNNING and t.system_attrs.get("spinebench:worker") == owner and t.params
+               for t in trials):  # the worker tags its trial a moment before it samples: wait for the parameters
             break
         assert victim.poll() is None, victim.communicate()[0][-3000:]
         time.sleep(0.2)
