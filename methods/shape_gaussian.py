@@ -58,13 +58,14 @@ def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def log_likelihood(points: np.ndarray, levels: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> float:
-    """Gaussian log-density (up to a constant that depends only on the number of points) of the ``(K, 3)``
-    ``points`` at ``levels`` (two or more), their common position left free: the offsets are projected onto the
-    orthonormal contrasts of the points (a Helmert basis per axis), which no translation changes."""
+    """Gaussian log-density of the ``(K, 3)`` ``points`` at ``levels`` (two or more), their common position left
+    free: the offsets are projected onto the orthonormal contrasts of the points (a Helmert basis per axis), which no
+    translation changes. A density over ``3 (m - 1)`` dimensions for ``m`` points, so the difference between a set
+    with one point more and the set is that point's log-density given the others (``ShapeDictionary._grow``)."""
     levels = np.asarray(levels, dtype=np.int64)
     index = (3 * levels[:, None] + np.arange(3)).ravel()
     contrasts = np.kron(helmert(levels.size), np.eye(3))  # (3(m-1), 3m), rows orthonormal and sum-free per axis
     offsets = contrasts @ (points[levels] - mean[levels]).ravel()
     lower = np.linalg.cholesky(contrasts @ cov[np.ix_(index, index)] @ contrasts.T)
     z = np.linalg.solve(lower, offsets)
-    return float(-0.5 * (z @ z) - np.log(np.diag(lower)).sum())
+    return float(-0.5 * (z @ z) - np.log(np.diag(lower)).sum() - 0.5 * z.size * np.log(2.0 * np.pi))

@@ -9,8 +9,9 @@ Algorithm 1 (every level replaced by the fit, ``max_residual=None``), the residu
 with inliers kept where predicted, the same with each rejection verified by the fit of the points that the smooth fit
 explains (``held_out_check``), the same starting from the chain's largest pairwise-consistent subset and letting
 wrongly dropped points back in (``consensus``; of equally large consistent subsets the one a Gaussian shape model finds
-most likely), and spinebench's default, which may also exchange a trusted point for a left-out one when that makes a
-more likely spine (``exchange``), at the DI2IN default threshold (``sparsity_residual_mm``, 12 mm).
+most likely), the same exchanging a trusted point for a left-out one when that makes a more likely spine
+(``exchange``), and spinebench's default, which also lets in a left-out point when the shape model finds it likelier an
+inlier than an outlier (``outlier_radius_mm``), at the DI2IN default threshold (``sparsity_residual_mm``, 12 mm).
 
 Figures: outlier error before and after (mean; reduction), median displacement of the good centroids, the
 share of spines where no good centroid ends more than 20 mm from where it was (and how many failed, and of those how
@@ -29,7 +30,7 @@ import numpy as np
 from common import REPO_ROOT, write_fragment
 
 sys.path.insert(0, str(REPO_ROOT))
-from spinebench.methods.shape_sparsity import ShapeDictionary  # noqa: E402
+from spinebench.methods.shape_sparsity import OUTLIER_RADIUS_MM, ShapeDictionary  # noqa: E402
 
 REAL = REPO_ROOT.parent / "shared" / "data" / "real"
 UNIT_MM = 2.0
@@ -83,9 +84,10 @@ def corrupt(truth: np.ndarray, rng: np.random.Generator, drop: bool):
 
 
 def measure(train: np.ndarray, test: np.ndarray, drop: bool, max_residual: float | None, seed: int = 0,
-            held_out_check: bool = True, consensus: bool = True, exchange: bool = True) -> dict:
+            held_out_check: bool = True, consensus: bool = True, exchange: bool = True,
+            outlier_radius_mm: float | None = OUTLIER_RADIUS_MM) -> dict:
     dictionary = ShapeDictionary(train.shape[1], lam=1.0, held_out_check=held_out_check, consensus=consensus,
-                                 exchange=exchange)
+                                 exchange=exchange, outlier_radius_mm=outlier_radius_mm)
     dictionary.fit(train)
     rng = np.random.default_rng(seed)
     before, after, good_moves, spine_ok, filled, failed_third = [], [], [], [], [], 0
@@ -122,21 +124,23 @@ def main() -> None:
              "median move mm | spines with no good centroid moved > 20 mm | failed spines (of which outliers >= 1/3 "
              "of the predicted levels) | filled-in levels: error mm | s / spine |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    threshold = THRESHOLD_MM / UNIT_MM
     for name, train, test in datasets():
         for drop in (False, True):
-            for label, residual, held_out, consensus, exchange in (
-                    ("paper (all levels = fit)", None, False, False, False),
-                    (f"residual > {THRESHOLD_MM:.0f} mm rejected, inliers kept", THRESHOLD_MM / UNIT_MM, False, False,
-                     False),
-                    ("the same, each rejection verified by the fit of the points that agree", THRESHOLD_MM / UNIT_MM,
-                     True, False, False),
+            for label, residual, held_out, consensus, exchange, radius in (
+                    ("paper (all levels = fit)", None, False, False, False, None),
+                    (f"residual > {THRESHOLD_MM:.0f} mm rejected, inliers kept", threshold, False, False, False, None),
+                    ("the same, each rejection verified by the fit of the points that agree", threshold, True, False,
+                     False, None),
                     ("the same, from the chain's largest pairwise-consistent subset (ties: the most likely under a "
-                     "Gaussian shape model), dropped points let back in",
-                     THRESHOLD_MM / UNIT_MM, True, True, False),
-                    ("the same, a trusted point exchanged for a left-out one when that makes a more likely spine "
-                     "(default)", THRESHOLD_MM / UNIT_MM, True, True, True)):
+                     "Gaussian shape model), dropped points let back in", threshold, True, True, False, None),
+                    ("the same, a trusted point exchanged for a left-out one when that makes a more likely spine",
+                     threshold, True, True, True, None),
+                    ("the same, a left-out point let in when the shape model finds it likelier an inlier than an "
+                     f"outlier spread over a {OUTLIER_RADIUS_MM:.0f} mm ball (default)", threshold, True, True, True,
+                     OUTLIER_RADIUS_MM)):
                 r = measure(train, test, drop, residual, held_out_check=held_out, consensus=consensus,
-                            exchange=exchange)
+                            exchange=exchange, outlier_radius_mm=radius)
                 lines.append(
                     f"| {name} | {'outliers + dropped' if drop else 'outliers'} | {label} | {r['spines']} | "
                     f"{r['before']:.1f} → {r['after']:.1f} | {100 * r['reduction']:.0f} % | {r['good_median']:.2f} | "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from spinebench.methods.shape_gaussian import fit_shape_gaussian, log_likelihood
-from spinebench.methods.shape_sparsity import impute_missing_levels, mean_neighbour_offsets
+from spinebench.methods.shape_statistics import impute_missing_levels, mean_neighbour_offsets
 
 
 def _shapes(rng, n=400, k=6):
@@ -57,3 +57,20 @@ def test_a_level_no_training_shape_annotates_takes_its_mean_from_the_imputed_sha
         mean, cov = fit_shape_gaussian(partial, imputed)
     assert np.all(np.isfinite(mean)) and np.all(np.linalg.eigvalsh(cov) > 0)
     assert np.allclose(mean[5] - mean[4], imputed[:, 5].mean(0) - imputed[:, 4].mean(0), atol=1.0)
+
+
+def test_likelihood_of_two_points_is_the_density_of_their_offset():
+    """A normalised density: for two levels the contrast is the offset / sqrt(2) per axis, so the log-density is
+    the offset's Gaussian log-density plus 3/2 log 2 (the Jacobian); set sizes can then be compared."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(3)
+    shapes, _ = _shapes(rng, n=100, k=4)
+    mean, cov = fit_shape_gaussian(shapes, shapes)
+    points = shapes[7]
+    i, j = 1, 3
+    offset_mean = mean[j] - mean[i]
+    block = lambda a, b: cov[3 * a:3 * a + 3, 3 * b:3 * b + 3]  # noqa: E731
+    offset_cov = block(j, j) + block(i, i) - block(i, j) - block(j, i)
+    expected = multivariate_normal(offset_mean, offset_cov).logpdf(points[j] - points[i]) + 1.5 * np.log(2.0)
+    assert np.isclose(log_likelihood(points, np.array([i, j]), mean, cov), expected)
