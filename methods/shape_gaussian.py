@@ -61,7 +61,8 @@ def log_likelihood(points: np.ndarray, levels: np.ndarray, mean: np.ndarray, cov
     """Gaussian log-density of the ``(K, 3)`` ``points`` at ``levels`` (two or more), their common position left
     free: the offsets are projected onto the orthonormal contrasts of the points (a Helmert basis per axis), which no
     translation changes. A density over ``3 (m - 1)`` dimensions for ``m`` points, so the difference between a set
-    with one point more and the set is that point's log-density given the others (``ShapeDictionary._grow``)."""
+    with one point more and the set is that point's log-density given the others, plus ``3/2 log((m + 1) / m)`` (the
+    scale of its contrast, the point less the others' mean; ``ShapeDictionary._grow``)."""
     levels = np.asarray(levels, dtype=np.int64)
     index = (3 * levels[:, None] + np.arange(3)).ravel()
     contrasts = np.kron(helmert(levels.size), np.eye(3))  # (3(m-1), 3m), rows orthonormal and sum-free per axis

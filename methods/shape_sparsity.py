@@ -272,9 +272,10 @@ class ShapeDictionary(nn.Module):
 
     def _grow(self, v: np.ndarray, trusted: np.ndarray, present: np.ndarray) -> np.ndarray:
         """Add left-out present points, the likeliest first, while the shape model's log-density of the point given
-        the trusted ones (position free: ``_log_likelihood`` of the set with it less that of the set without)
-        exceeds the log-density of an outlier spread evenly over a ball of ``outlier_radius_mm``: a test between
-        "inlier" and "outlier" for each point, where the earlier steps only compare sets of as many points. It
+        the trusted ones (position free: ``_log_likelihood`` of the set with it less that of the set without, which
+        adds ``3/2 log((m + 1) / m)`` for ``m`` trusted points) exceeds the log-density of an outlier spread evenly
+        over a ball of ``outlier_radius_mm``: a test between "inlier" and "outlier" for each point, where the earlier
+        steps only compare sets of as many points. It
         gives back a group of good levels that a displaced point had cost its place: an unusual spine's levels
         that the sparse fit cannot bend to, but that lie where the others make them likely."""
         unit_mm = 2.0 / self.unit_scale  # the dictionary's coordinate unit in mm (``unit_scale``: 2 mm units)
