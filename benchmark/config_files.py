@@ -30,10 +30,6 @@ def load_experiment(
     return resolve(raw, check_devices=check_devices)
 
 
-# Names of the YAML configs installed with the package (``default``, ``smoke``, ``tune_di2in``...).
-shipped_config_names = shipped_names
-
-
 def resolve_config_path(config: str | Path) -> Path | Traversable:
     """A path, or the name of a shipped config (``default``, ``ablation_di2in``...)."""
     path = Path(config)
@@ -44,7 +40,7 @@ def resolve_config_path(config: str | Path) -> Path | Traversable:
         if candidate.is_file():
             return candidate
     raise ConfigError(f"config {str(config)!r} not found; give a YAML path or a shipped name: "
-                      f"{', '.join(shipped_config_names())}")
+                      f"{', '.join(shipped_names())}")
 
 
 def read_raw(config: str | Path, _chain: tuple[str, ...] = ()) -> dict[str, Any]:

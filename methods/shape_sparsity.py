@@ -275,9 +275,9 @@ class ShapeDictionary(nn.Module):
         the trusted ones (position free: ``_log_likelihood`` of the set with it less that of the set without, which
         adds ``3/2 log((m + 1) / m)`` for ``m`` trusted points) exceeds the log-density of an outlier spread evenly
         over a ball of ``outlier_radius_mm``: a test between "inlier" and "outlier" for each point, where the earlier
-        steps only compare sets of as many points. It
-        gives back a group of good levels that a displaced point had cost its place: an unusual spine's levels
-        that the sparse fit cannot bend to, but that lie where the others make them likely."""
+        steps only compare sets of as many points. It gives back a group of good levels that a displaced point had
+        cost its place: an unusual spine's levels that the sparse fit cannot bend to, but that lie where the others
+        make them likely."""
         unit_mm = 2.0 / self.unit_scale  # the dictionary's coordinate unit in mm (``unit_scale``: 2 mm units)
         log_outlier = -np.log(4.0 / 3.0 * np.pi * (self.outlier_radius_mm / unit_mm) ** 3)
         while (others := np.setdiff1d(present, trusted)).size:

@@ -17,9 +17,9 @@ def test_version_and_help():
 
 
 def test_run_help_lists_every_shipped_config():
-    from spinebench.benchmark.config_files import shipped_config_names
+    from spinebench.configs import shipped_names
 
     help_ = _cli("run", "--help")
     text = " ".join(help_.stdout.split())  # argparse wraps the list over lines
     assert help_.returncode == 0 and "sim2real" in text and "converge" in text
-    assert all(name in text for name in shipped_config_names())
+    assert all(name in text for name in shipped_names())

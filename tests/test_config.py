@@ -12,10 +12,11 @@ import yaml
 
 from spinebench.benchmark.config import ConfigError
 
-from spinebench.benchmark.config_files import apply_sets, load_experiment, parse_set, resolve_config_path, shipped_config_names
+from spinebench.benchmark.config_files import apply_sets, load_experiment, parse_set, resolve_config_path
+from spinebench.configs import shipped_names
 from spinebench.datamodules.errors import InputError
 
-SHIPPED = [name for name in shipped_config_names() if not name.startswith("tune_")]
+SHIPPED = [name for name in shipped_names() if not name.startswith("tune_")]
 
 
 def _raw(**changes):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spinebench.benchmark.config_files import shipped_config_names
+from spinebench.configs import shipped_names
 
 REPO = Path(__file__).resolve().parents[1]
 SETUPTOOLS = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -41,8 +41,8 @@ def test_every_package_folder_is_installed():
 
 
 def test_shipped_configs_are_package_data():
-    assert shipped_config_names() == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
-    assert "default" in shipped_config_names() and "smoke" in shipped_config_names()
+    assert shipped_names() == sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+    assert "default" in shipped_names() and "smoke" in shipped_names()
     assert SETUPTOOLS["package-data"]["spinebench.configs"] == ["*.yaml"]
 
 
