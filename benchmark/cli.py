@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-# Before torch is first imported: PyTorch's CPU allocator then backs tensors of 2 MB and more with transparent
-# huge pages. Full-size heatmap volumes are hundreds of MB allocated per inference; with 4 kB pages their page
-# faults were 40 % of DI2IN's whole-volume inference time here (perf/bench_di2in.py). A user's own value wins.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 from spinebench import __version__
+from spinebench.benchmark.allocator import configure_allocator
 from spinebench.datamodules.errors import InputError
 from spinebench.leaderboard.errors import LeaderboardInputError
+
+# Before torch is first imported (none of the imports above does): huge pages for large tensors, glibc keeping
+# freed activations for reuse (benchmark.allocator says why and what it measured); a user's own values win.
+configure_allocator()
 
 # Subcommand modules in ``benchmark.commands``, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("centroids", "convert", "phantom", "list", "run", "evaluate", "tune", "predict", "leaderboard")

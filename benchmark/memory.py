@@ -21,6 +21,8 @@ from types import TracebackType
 
 import torch
 
+from spinebench.benchmark.allocator import release_free_memory
+
 _STATUS, _CLEAR_REFS, _STATM = Path("/proc/self/status"), Path("/proc/self/clear_refs"), Path("/proc/self/statm")
 SAMPLE_SECONDS = 0.01
 
@@ -57,7 +59,9 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
             self._mode = "cuda"
-        elif _reset_hwm():
+            return self
+        release_free_memory()  # what earlier phases freed and glibc kept for reuse is not this phase's memory
+        if _reset_hwm():
             self._mode = "hwm"
         elif _STATM.is_file():
             self._mode = "sample"

@@ -24,6 +24,7 @@ from common import achievable_gflops, flops, timed, write_fragment  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from spinebench.benchmark.allocator import MALLOC_ENV  # noqa: E402
 from spinebench.datamodules.targets import gaussian_heatmaps  # noqa: E402
 from spinebench.methods.registry import create_method  # noqa: E402
 
@@ -102,14 +103,25 @@ def training_step_seconds(literal: bool, steps: int = 6) -> tuple[float, float]:
     return float(np.median(times)), counted
 
 
-def thp_off_inference() -> float:
-    """Fast small-preset inference in a fresh process with huge-page allocation off (4 kB pages)."""
+def in_fresh_process(expression: str, env: dict[str, str]) -> float:
+    """The float that ``expression`` (over this module as ``b``) evaluates to in a fresh process with ``env``."""
     code = ("import sys; sys.path.insert(0, 'perf'); sys.argv = ['x']; import bench_di2in as b, torch; "
-            "torch.set_num_threads(1); print(b.inference_seconds('small', False, 2)[0])")
-    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="0")
+            f"torch.set_num_threads(1); print({expression})")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
     return float(done.stdout.strip().splitlines()[-1])
+
+
+def thp_off_inference() -> float:
+    """Fast small-preset inference in a fresh process with huge-page allocation off (4 kB pages)."""
+    return in_fresh_process("b.inference_seconds('small', False, 2)[0]", dict(os.environ, THP_MEM_ALLOC_ENABLE="0"))
+
+
+def malloc_default_training_step() -> float:
+    """Fast training step in a fresh process with glibc's malloc defaults (``benchmark.allocator`` not applied)."""
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    env["GLIBC_TUNABLES"] = ""  # empty: glibc's defaults, and configure_allocator leaves malloc alone
+    return in_fresh_process("b.training_step_seconds(False)[0]", env)
 
 
 def main() -> None:
@@ -134,6 +146,9 @@ def main() -> None:
                     f"({gflop:.1f} GFLOP) | **{seconds:.3f} s**, {gflop / seconds:.1f} GFLOP/s | "
                     f"{gflop / seconds / peak:.2f} |")
         print(rows[-1], flush=True)
+    rows.append(f"| training step, spinebench, glibc malloc defaults (no `benchmark.allocator`) | "
+                f"{malloc_default_training_step():.3f} s | |")
+    print(rows[-1], flush=True)
     network_rows, rows = rows, []
 
     train, source = training_centroids()

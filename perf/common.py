@@ -35,9 +35,11 @@ LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 FORCED = "--force" in sys.argv or os.environ.get("SPINEBENCH_BENCH_FORCE") == "1"
 if "--force" in sys.argv:
     sys.argv.remove("--force")  # the scripts' own argument parsers never see it
-# PyTorch's CPU allocator backs tensors of 2 MB and more with transparent huge pages, as the CLI does
-# (benchmark/cli.py); must be set before torch is imported, i.e. import common first.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# The allocator settings of the CLI (benchmark/allocator.py: huge pages, glibc keeping freed blocks); must come
+# before torch is imported, i.e. import common first.
+from spinebench.benchmark.allocator import configure_allocator  # noqa: E402
+
+configure_allocator()
 
 PERF_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = PERF_DIR / "results"
