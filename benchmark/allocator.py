@@ -50,6 +50,7 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def has_glibc_malloc() -> bool:
+    """Whether this process's C library is glibc, whose malloc ``configure_allocator`` tunes."""
     return _glibc() is not None
 
 

@@ -42,17 +42,19 @@ def test_glibc_tunables_leave_malloc_alone():
 MMAPPED_BLOCKS = """
 import ctypes, sys
 from spinebench.benchmark.allocator import configure_allocator
-class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
+info = getattr(libc, "mallinfo2", None) or libc.mallinfo  # mallinfo2 (size_t fields) from glibc 2.33 on
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t if info is getattr(libc, "mallinfo2", None) else ctypes.c_int)
+                for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+                          "fordblks", "keepcost")]
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
-libc.mallinfo2.restype = Info
+info.restype = Info
 libc.free(libc.malloc(8 << 20))
 applied = configure_allocator() if sys.argv[1] == "tuned" else {}
-before = libc.mallinfo2().hblks
+before = info().hblks
 block = libc.malloc(20 << 20)
-print(libc.mallinfo2().hblks - before, sorted(applied))
+print(info().hblks - before, sorted(applied))
 """
 
 
