@@ -10,8 +10,8 @@ Two settings, each only where the user has not set it:
   kernel and returns them on free, and it trims the heap's top whenever 128 kB lie free there; a training step
   allocates and frees the same few dozen multi-MB activations and gradients every step, so each step faulted
   in, zeroed and returned them again. With the threshold at glibc's ceiling (32 MiB) and trimming off below
-  1 GiB, those blocks come back from the heap: a DI2IN training step of the default recipe took 0.304 s instead
-  of 0.338 s (about 6,000 page faults a step before, 39 after; perf/bench_di2in.py, Intel Xeon VM). Larger
+  1 GiB, those blocks come back from the heap: a DI2IN training step of the default recipe took 0.296 s instead
+  of 0.335 s (7,799 minor page faults a step before, none after; perf/bench_di2in.py, Intel Xeon VM). Larger
   blocks (inference volumes) still go to mmap and back; ``release_free_memory`` hands the kept ones back.
 
 Both reach processes started later through the environment (spawned workers, tuning trials, DDP ranks read the

@@ -13,7 +13,9 @@ phantom spines.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -77,8 +79,9 @@ def inference_seconds(preset: str, literal: bool, repeat: int) -> tuple[float, f
         return seconds, flops(lambda: method.net.literal_forward(image)) / 1e9
 
 
-def training_step_seconds(literal: bool, steps: int = 6) -> tuple[float, float]:
-    """(median seconds, counted GFLOP) of one optimiser step of the default recipe (small preset, batch 2)."""
+def training_step_seconds(literal: bool, steps: int = 6) -> tuple[float, float, float]:
+    """(median seconds, counted GFLOP, minor page faults per step) of one optimiser step of the default recipe
+    (small preset, batch 2); the faults are counted over the timed steps (``getrusage``)."""
     torch.manual_seed(0)
     method = create_method("di2in", preset="small", sigma_vox=1.5, foreground_weight=50.0, channels_last=not literal)
     g = torch.Generator().manual_seed(0)
@@ -98,18 +101,23 @@ def training_step_seconds(literal: bool, steps: int = 6) -> tuple[float, float]:
         loss.backward()
         optimizer.step()
 
-    times = [timed(step, repeat=1)[0] for _ in range(steps + 2)][2:]
+    for _ in range(2):  # warm-up: first-touch allocations, oneDNN's kernel choice
+        step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = [timed(step, repeat=1)[0] for _ in range(steps)]
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
     counted = flops(lambda: literal_loss().backward()) / 1e9
-    return float(np.median(times)), counted
+    return float(np.median(times)), counted, faults
 
 
-def in_fresh_process(expression: str, env: dict[str, str]) -> float:
-    """The float that ``expression`` (over this module as ``b``) evaluates to in a fresh process with ``env``."""
+def in_fresh_process(expression: str, env: dict[str, str]):
+    """The value (numbers, or a tuple of them) that ``expression`` (over this module as ``b``) evaluates to in a fresh
+    process with ``env``."""
     code = ("import sys; sys.path.insert(0, 'perf'); sys.argv = ['x']; import bench_di2in as b, torch; "
             f"torch.set_num_threads(1); print({expression})")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
-    return float(done.stdout.strip().splitlines()[-1])
+    return ast.literal_eval(done.stdout.strip().splitlines()[-1])
 
 
 def thp_off_inference() -> float:
@@ -117,11 +125,12 @@ def thp_off_inference() -> float:
     return in_fresh_process("b.inference_seconds('small', False, 2)[0]", dict(os.environ, THP_MEM_ALLOC_ENABLE="0"))
 
 
-def malloc_default_training_step() -> float:
-    """Fast training step in a fresh process with glibc's malloc defaults (``benchmark.allocator`` not applied)."""
+def malloc_default_training_step() -> tuple[float, float, float]:
+    """``training_step_seconds`` of the fast step in a fresh process with glibc's malloc defaults
+    (``benchmark.allocator`` not applied)."""
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     env["GLIBC_TUNABLES"] = ""  # empty: glibc's defaults, and configure_allocator leaves malloc alone
-    return in_fresh_process("b.training_step_seconds(False)[0]", env)
+    return in_fresh_process("b.training_step_seconds(False)", env)
 
 
 def main() -> None:
@@ -140,14 +149,17 @@ def main() -> None:
     rows.append(f"| inference, preset small, spinebench, 4 kB pages (THP_MEM_ALLOC_ENABLE=0) | "
                 f"{thp_off_inference():.2f} s | |")
     for literal in (True, False):
-        seconds, gflop = training_step_seconds(literal)
+        seconds, gflop, faults = training_step_seconds(literal)
         what = "literal network and loss" if literal else "spinebench"
         rows.append(f"| training step, default recipe (2 x {'x'.join(map(str, TRAIN_VOX))}, small), {what} "
                     f"({gflop:.1f} GFLOP) | **{seconds:.3f} s**, {gflop / seconds:.1f} GFLOP/s | "
                     f"{gflop / seconds / peak:.2f} |")
         print(rows[-1], flush=True)
-    rows.append(f"| training step, spinebench, glibc malloc defaults (no `benchmark.allocator`) | "
-                f"{malloc_default_training_step():.3f} s | |")
+    fast_faults = faults  # the last row is the fast step
+    seconds, _, default_faults = malloc_default_training_step()
+    rows.append(f"| training step, spinebench, glibc malloc defaults (no `benchmark.allocator`) | {seconds:.3f} s | |")
+    rows.append(f"| minor page faults per training step, spinebench: `benchmark.allocator` / glibc malloc defaults | "
+                f"{fast_faults:.0f} / {default_faults:.0f} | |")
     print(rows[-1], flush=True)
     network_rows, rows = rows, []
 
