@@ -226,6 +226,18 @@ def test_shipped_tuning_configs_validate(name, tmp_path):
     assert job.settings.storage == f"sqlite:///{tmp_path.resolve() / 'optuna.db'}" and not job.distributed
 
 
+def test_shipped_resml_study_trains_as_the_default_run_does(tmp_path):
+    # its baseline trial is "the shipped values": the default run's overrides and its gradient clipping
+    from spinebench.benchmark.config_files import load_experiment
+
+    job = prepare_tuning("tune_resml", out=tmp_path)
+    (entry,) = job.cfg.methods
+    default = load_experiment("default", check_devices=False)
+    (shipped,) = [m for m in default.methods if m.name == entry.name]
+    assert job.cfg.trainer_for(entry).gradient_clip_val == default.trainer_for(shipped).gradient_clip_val == 1.0
+    assert entry.overrides == shipped.overrides
+
+
 def test_journal_worker_fails_running_trials_of_dead_processes_on_its_host(tmp_path):
     from spinebench.benchmark.tuning_storage import WORKER_ATTR, fail_dead_local_trials, open_storage
 
