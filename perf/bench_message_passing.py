@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO_ROOT, newest_run, write_fragment
+from common import REPO_ROOT, newest_run, shown_path, write_fragment
 
 sys.path.insert(0, str(REPO_ROOT))
 from spinebench.leaderboard.evaluate import group_scans  # noqa: E402
@@ -47,7 +47,7 @@ def main() -> None:
                      f"{counts['shift_more']} | {counts['ambiguous']} | {counts['mislocalised']} | {counts['missed']} |")
         print(lines[-1], flush=True)
     write_fragment("message_passing", "\n".join(lines) + "\n",
-                   command=f".venv/bin/python perf/bench_message_passing.py --run {run}")
+                   command=f".venv/bin/python perf/bench_message_passing.py --run {shown_path(run)}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import LOAD_AT_START, REPO_ROOT, newest_run, write_fragment
+from common import LOAD_AT_START, REPO_ROOT, newest_run, shown_path, write_fragment
 
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -77,7 +77,7 @@ def main() -> None:
         "alone (tiling, network, clustering), as in the records.\n\n"
         "| cell | tile_overlap | crops per case | test Id.Rate | mean error | per case |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows_md) + "\n",
-        command=f".venv/bin/python perf/bench_resml_tiling.py --run {run.relative_to(REPO_ROOT) if run.is_relative_to(REPO_ROOT) else run}",
+        command=f".venv/bin/python perf/bench_resml_tiling.py --run {shown_path(run)}",
     )
     print(f"load average at the start: {LOAD_AT_START:.2f}")
 

@@ -144,16 +144,23 @@ def flops(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def achievable_gflops() -> float:
+def achievable_gflops(bfloat16: bool = False) -> float:
     """GFLOP/s of one large 3x3x3 conv3d (32 -> 32 channels, 64^3, channels_last_3d), forward, in this process's
-    torch thread setting: the reference every network's throughput is reported against."""
+    torch thread setting: the reference every network's throughput is reported against. ``bfloat16``: the same
+    under CPU bfloat16 autocast (for comparison only; the figures are float32's)."""
     import torch
 
     x = torch.randn(1, 32, 64, 64, 64).contiguous(memory_format=torch.channels_last_3d)
     conv = torch.nn.Conv3d(32, 32, 3, padding=1).to(memory_format=torch.channels_last_3d)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
         seconds, _ = timed(lambda: conv(x), repeat=6)  # best of 6: the ceiling, not a typical run
         return flops(lambda: conv(x)) / seconds / 1e9
+
+
+def shown_path(path: Path) -> Path:
+    """``path`` relative to the repository when it lies inside it (as a fragment's command should read)."""
+    path = Path(path).absolute()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 def newest_run(required: bool = True) -> Path | None:

@@ -35,3 +35,16 @@ def test_forced_or_idle_runs_record_their_load(common, tmp_path):
     common.LOAD_AT_START, common.FORCED = 0.4, False
     text = common.write_fragment("y", "## idle\n").read_text()
     assert "Load: 1-minute load average 0.40 when the script started." in text and "--force" not in text
+
+
+def test_commands_name_run_folders_as_the_repository_sees_them(common, tmp_path, monkeypatch):
+    # a fragment's command is copied by readers: a run inside the clone reads runs/NAME, wherever the clone is
+    # (a symlinked run folder keeps its name: no resolving)
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path / "repo")
+    (tmp_path / "repo" / "runs").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "repo" / "runs" / "default-s1").symlink_to(tmp_path / "elsewhere")
+    assert common.shown_path(tmp_path / "repo" / "runs" / "default-s1") == Path("runs/default-s1")
+    monkeypatch.chdir(tmp_path / "repo")
+    assert common.shown_path(Path("runs/default-s1")) == Path("runs/default-s1")
+    assert common.shown_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"
