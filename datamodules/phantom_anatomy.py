@@ -33,13 +33,15 @@ def level_position(name: str) -> float:
 _SIZE_ANCHORS: dict[str, list[tuple[float, float]]] = {
     "body_rl": [(1, 8), (2, 8), (6, 11), (7, 12), (12, 14), (18, 19), (19, 20), (23, 25), (24, 26), (25, 20)],
     "body_rp": [(1, 7.5), (2, 7.5), (6, 8), (7, 8.5), (12, 11.5), (18, 14), (19, 15), (23, 17), (24, 16), (25, 11)],
-    "height_ratio": [(1, 0.72), (6, 0.72), (7, 0.8), (18, 0.8), (19, 0.78), (23, 0.76), (24, 0.97), (25, 0.97)],
+    "height_ratio": [(1, 0.72), (6, 0.72), (7, 0.8), (18, 0.8), (19, 0.83), (23, 0.81), (24, 0.97), (25, 0.97)],
     "canal_rl": [(0, 14), (1, 11), (6, 11), (7, 9), (12, 7.5), (18, 9), (19, 10), (23, 12), (24, 11), (25, 8)],
     "canal_rp": [(0, 10), (1, 8), (6, 7), (12, 7.5), (18, 8), (23, 9), (24, 6), (25, 4)],
     "arch_t": [(1, 4), (6, 4.5), (7, 5), (18, 6), (23, 8), (25, 6)],
     "spinous_len": [(1, 20), (2, 15), (5, 16), (6, 26), (7, 30), (12, 35), (18, 30), (19, 28), (23, 24), (24, 12), (25, 8)],
     "spinous_deg": [(1, 15), (5, 20), (6, 10), (7, 30), (10, 55), (14, 60), (17, 40), (18, 20), (19, 5), (24, 0)],
     "spinous_r": [(1, 3), (6, 3.5), (7, 3.5), (18, 4.5), (23, 5), (25, 4)],
+    # half-height of the lumbar spinous process, a tall plate rather than a bar (0: a bar of radius spinous_r)
+    "spinous_h": [(18, 0), (19, 8), (23, 9), (24, 0)],
     "tp_len": [(0, 16), (1, 10), (6, 14), (7, 20), (12, 18), (18, 8), (19, 15), (21, 25), (23, 20), (24, 0)],
     "tp_deg": [(0, 0), (6, 0), (7, 25), (12, 35), (18, 40), (19, 5), (23, 10)],
     "tp_r": [(0, 3.5), (6, 3), (7, 4), (23, 4.5)],
@@ -153,6 +155,13 @@ def _ellipse_q(up, ul, cp, cl, rp, rl) -> np.ndarray:
     return ((up - np.float32(cp)) / np.float32(rp)) ** 2 + ((ul - np.float32(cl)) / np.float32(rl)) ** 2
 
 
+def _body_q(up, ul, rp, rl) -> np.ndarray:
+    """A vertebral body's cross-section: elliptic in front, its posterior wall flattened (a sixth power) as the
+    canal's front is, so that a coronal plane near the wall still cuts the body's width."""
+    a = up / np.float32(rp)
+    return np.where(a > 0, a**6, a * a) + (ul / np.float32(rl)) ** 2
+
+
 def _part(canvas: Canvas, center: np.ndarray, frame: np.ndarray, lo_local, hi_local):
     """Box slices and local coordinates (u_s, u_p, u_l) covering the oriented local box [lo_local, hi_local]."""
     lo_local, hi_local = np.asarray(lo_local, float), np.asarray(hi_local, float)
@@ -193,7 +202,8 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
 
     # Posterior elements first; the body is painted over them.
     arch_h, arch_c = 0.8 * hh, 0.1 * hh
-    p_min = canal_cp - crp - t_arch if v.name == "C1" else rp * 0.5
+    # behind the canal's front third a ring; the body joins it through the pedicles (below), not a bar of bone
+    p_min = canal_cp - crp - t_arch if v.name == "C1" else canal_cp - 0.3 * crp
     sl, (us, up, ul) = _part(canvas, c, f, (arch_c - arch_h, p_min, -crl - t_arch),
                              (arch_c + arch_h, canal_cp + crp + t_arch, crl + t_arch))
     if sl is not None:
@@ -201,6 +211,11 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
         arch &= _ellipse_q(up, ul, canal_cp, 0.0, crp + t_arch, crl + t_arch) <= 1
         arch &= _ellipse_q(up, ul, canal_cp, 0.0, crp, crl) > 1
         canvas.paint(sl, arch, posterior, label)
+    if v.name != "C1":
+        for side in (-1.0, 1.0):
+            lateral = side * (crl + 0.5 * t_arch)
+            capsule(np.array([arch_c + 0.2 * hh, 0.5 * rp, lateral]), np.array([arch_c + 0.2 * hh, canal_cp, lateral]),
+                    0.6 * t_arch, posterior)
     facet_r = k * size("facet_r", pos)
     if facet_r > 0:
         for side in (-1.0, 1.0):
@@ -212,6 +227,9 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
         a = np.deg2rad(sp_deg)
         tip = np.array([-sp_len * np.round(np.sin(a), 9), base_p + sp_len * np.round(np.cos(a), 9), 0.0])
         capsule(np.array([0.0, base_p, 0.0]), tip, sp_r, posterior)
+        plate_h = k * size("spinous_h", pos)
+        if plate_h > sp_r:
+            _plate(canvas, c, f, np.array([0.0, base_p, 0.0]), tip, plate_h, 0.8 * sp_r, posterior, label)
     if tp_len > 0:
         a = np.deg2rad(tp_deg)
         for side in (-1.0, 1.0):
@@ -236,10 +254,10 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
             canvas.paint(sl, core, cancellous, label)
     sl, (us, up, ul) = _part(canvas, c, f, (-hh, -rp, -rl), (hh, rp, rl))
     if sl is not None:
-        q = _ellipse_q(up, ul, 0.0, 0.0, rp, rl)
+        q = _body_q(up, ul, rp, rl)
         abs_s = np.abs(us)
         canvas.paint(sl, (abs_s <= np.float32(hh)) & (q <= 1), cortical, label)
-        core = (abs_s <= np.float32(hh - shell_mm)) & (_ellipse_q(up, ul, 0.0, 0.0, rp - shell_mm, rl - shell_mm) <= 1)
+        core = (abs_s <= np.float32(hh - shell_mm)) & (_body_q(up, ul, rp - shell_mm, rl - shell_mm) <= 1)
         canvas.paint(sl, core, cancellous, label)
     if v.name == "C2" and c1_c2 is not None:
         tip_local = f @ (c1_c2["dens_tip_mm"] - c)
@@ -247,6 +265,23 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
         r = max(4.5 * k, shell_mm + 1.5)
         capsule(root, tip_local, r, cortical)
         capsule(root, tip_local, r - shell_mm, cancellous)
+
+
+def _plate(canvas: Canvas, c, f, base, tip, half_h: float, half_t: float, hu: float, label: int) -> None:
+    """A plate in the sagittal plane: along the segment ``base``-``tip`` (local s, p), ``half_h`` either side of it
+    within that plane and ``half_t`` either side of it left-right."""
+    d = (tip - base) / np.sqrt(np.sum((tip - base) ** 2))
+    n = np.array([d[1], -d[0], 0.0])  # the plate's height direction, in the sagittal plane
+    corners = np.stack([base + n * half_h, base - n * half_h, tip + n * half_h, tip - n * half_h])
+    lo, hi = corners.min(0) - [0.5, 0.5, half_t + 0.5], corners.max(0) + [0.5, 0.5, half_t + 0.5]
+    sl, (us, up, ul) = _part(canvas, c, f, lo, hi)
+    if sl is None:
+        return
+    along = (us - np.float32(base[0])) * np.float32(d[0]) + (up - np.float32(base[1])) * np.float32(d[1])
+    across = (us - np.float32(base[0])) * np.float32(n[0]) + (up - np.float32(base[1])) * np.float32(n[1])
+    length = np.float32(np.sqrt(np.sum((tip - base) ** 2)))
+    inside = (along >= 0) & (along <= length) & (np.abs(across) <= np.float32(half_h))
+    canvas.paint(sl, inside & (np.abs(ul) <= np.float32(half_t)), hu, label)
 
 
 def draw_disc(canvas: Canvas, upper: VertebraPose, lower: VertebraPose, hu: float) -> None:
@@ -265,7 +300,7 @@ def draw_disc(canvas: Canvas, upper: VertebraPose, lower: VertebraPose, hu: floa
         return
     sl, coords = box
     us, up, ul = _local(coords, frame)
-    disc = (np.abs(us) <= np.float32(gap / 2 + 0.6)) & (_ellipse_q(up, ul, 0.0, 0.0, rp * 0.97, rl * 0.97) <= 1)
+    disc = (np.abs(us) <= np.float32(gap / 2 + 0.6)) & (_body_q(up, ul, rp * 0.97, rl * 0.97) <= 1)
     canvas.paint(sl, disc & (canvas.labels[sl] == 0), hu)
 
 

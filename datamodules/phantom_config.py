@@ -44,11 +44,12 @@ class PhantomConfig:
     anisotropic_rate: float = 0.15  # thick axial slices: slice spacing = factor x spacing_mm
     anisotropic_factor: tuple[int, int] = (2, 3)
     transitional_rate: float = 0.0  # opt-in: a T13 or an L6 (needs label_set="transitional")
-    # opt-in: a crop around the spine as real spine CTs are (VerSe), not the whole torso: the visible spine's
-    # extent in the AP and LR directions plus a margin drawn per case and axis
+    # opt-in: a crop around the spine as real spine CTs are (VerSe), not the whole torso: the extent of the
+    # vertebrae in the scan (their labels) in the AP and LR directions plus a margin drawn per case and axis. The
+    # VerSe crops beside the project end 0-2 mm beyond their vertebra masks, the TPTBox scan 4-8 mm.
     tight_crop_rate: float = 0.0
-    tight_crop_margin_mm: tuple[float, float] = (35.0, 70.0)
-    size_scale: tuple[float, float] = (0.92, 1.08)  # per-case vertebra size factor
+    tight_crop_margin_mm: tuple[float, float] = (0.0, 10.0)
+    size_scale: tuple[float, float] = (0.98, 1.16)  # per-case vertebra size factor
     shape_mode_scale: float = 1.0  # scales the shape model's principal modes
     body_max_width_mm: float = 300.0  # left-right extent of the body cross-section at most
     body_max_depth_mm: float = 250.0  # antero-posterior extent at most
@@ -88,6 +89,10 @@ class PhantomConfig:
                     "transitional_rate", "tight_crop_rate"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise InputError(f"phantom {key} must lie in [0, 1], got {getattr(self, key)}")
+        lo_m, hi_m = self.tight_crop_margin_mm
+        if not 0.0 <= lo_m <= hi_m:
+            raise InputError(f"phantom tight_crop_margin_mm must be [lo, hi] with 0 <= lo <= hi mm, got "
+                             f"{list(self.tight_crop_margin_mm)}")
         for key in ("scan_max_width_mm", "scan_max_depth_mm"):
             if getattr(self, key) is not None and not getattr(self, key) >= 40.0:
                 raise InputError(f"phantom {key} must be >= 40 mm (a vertebra with its processes) or null, got "

@@ -1,7 +1,7 @@
 """Phantom generator figures: seconds per case on ONE thread, at 2 mm and 4 mm, and the default run's 8 mm cases.
 
 Rows: a full spine (C1-S2, all difficulties off; beside it the same case without organs, hips, table and texture,
-as generator version 2 drew it), the worst common case (full spine with metal streaks), the mean
+the part of the cost they add), the worst common case (full spine with metal streaks), the mean
 over 20 cases drawn with the default difficulty rates, a small CPU-preset case (4-8 vertebrae at 4 mm) and the
 default run's cases (8 mm, 160 x 120 mm field of view). Cases coarser than 2 mm are drawn at 2 mm or finer and
 block-averaged (``PhantomConfig.fine_spacing_mm``), so a 4 or 8 mm case costs about what a 2 mm one does; the
@@ -42,10 +42,10 @@ def main() -> None:
     for spacing in (2.0, 4.0):
         t, case = timed(lambda: generate_case(0, 1, PhantomConfig(spacing_mm=spacing, **OFF)), repeat=3)
         rows.append((f"full spine C1-S2, no difficulties, {spacing:g} mm", case.ct_hu.shape, t))
-        bare = PhantomConfig(spacing_mm=spacing, organs=False, texture=False, **OFF)  # generator version 2
+        bare = PhantomConfig(spacing_mm=spacing, organs=False, texture=False, **OFF)  # no organs, hips, table, texture
         t, case = timed(lambda: generate_case(0, 1, bare), repeat=3)
-        rows.append((f"the same as version 2 drew it (`organs: false, texture: false`), {spacing:g} mm", case.ct_hu.shape,
-                     t))
+        rows.append((f"the same without organs, hips, table and texture (`organs: false, texture: false`), "
+                     f"{spacing:g} mm", case.ct_hu.shape, t))
         metal = PhantomConfig(spacing_mm=spacing, **{**OFF, "metal_rate": 1.0})
         t, case = timed(lambda: generate_case(0, 1, metal), repeat=3)
         rows.append((f"full spine C1-S2 + metal and streaks, {spacing:g} mm", case.ct_hu.shape, t))

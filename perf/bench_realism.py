@@ -11,6 +11,12 @@ Both sides are resampled to the same canonical 2 mm grid (CT linear, masks neare
   config generates it): the mean 11 x 11 x 11 voxel neighbourhood of the lumbar vertebrae's centroids, read at a
   few points (body centre, posterior elements, soft tissue in front) - what the networks see of a vertebra, and
   the figure the tissue HU ranges of the phantom (``phantom._draw_scan``) were fitted to.
+- the parts of each whole lumbar vertebra (on the 2 mm grid, relative to the mask's centre of mass): the body
+  (mask more than 8 mm in front of it) and the posterior elements (more than 8 mm behind it), their HU by depth
+  below the mask's surface (rim: 1-2.3 mm, core: deeper; the body's core is its cancellous bone) and their extents
+  (2nd-98th percentile of their voxels), and the mean lumbar vertebra of each side as a picture
+  (``docs/realism_mean_lumbar.png``: axial, sagittal and coronal planes through the centre of mass) - the figures
+  the phantom's vertebra values and sizes were fitted to (generator version 4).
 Every figure is printed with its ratio phantom / real. The real set: the four VerSe crops and the TPTBox scan
 with their expert VerSe-numbered masks, and the TotalSegmentator example with its model-made labels (SOURCE.md
 of each folder: licences, caveats). Discs, muscle and organs have no masks there and are compared by HU window
@@ -41,7 +47,7 @@ from spinebench.leaderboard.projections import volume_views_png  # noqa: E402
 
 REAL = REPO_ROOT.parent / "shared" / "data" / "real"
 SPACING_MM = 2.0
-N_PHANTOMS = 6
+N_PHANTOMS = 12
 WINDOWS = {"air": (-np.inf, -950), "lung-like": (-950, -700), "fat": (-190, -30), "soft tissue": (-29, 150),
            "bone": (200, np.inf)}
 REGIONS = {"cervical": "C", "thoracic": "T", "lumbar": "L", "sacral": "S"}
@@ -49,6 +55,11 @@ VIEW_WINDOW = (-250.0, 1250.0)
 BENCH_SPACING_MM = 8.0  # configs/default.yaml
 BENCH_GENERATOR = {"scan_max_width_mm": 160.0, "scan_max_depth_mm": 120.0}  # configs/default.yaml
 PATCH_R = 5
+MEAN_R = 28  # the mean lumbar vertebra's half-width in 2 mm voxels
+PART_COLUMNS = ["body rim (HU)", "body core, cancellous (HU)", "posterior elements rim (HU)",
+                "posterior elements core (HU)", "body height SI (mm)", "body width LR (mm)",
+                "body front, in front of the centre of mass (mm)", "posterior elements SI (mm)",
+                "posterior elements LR (mm)", "spinous tip, behind the centre of mass (mm)", "volume (cm³)"]
 # (label, offset in voxels (s, p, l) from the centroid) of the points the neighbourhood table reads
 PATCH_POINTS = [("body centre", (0, 0, 0)), ("body, 1 voxel up", (1, 0, 0)), ("body, 1 voxel left", (0, 0, 1)),
                 ("pedicles / facets (2 behind, 2 aside)", (0, 2, 2)), ("lamina / spinous (4 behind)", (0, 4, 0)),
@@ -143,12 +154,86 @@ def patch_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
     hu = lambda z: z * HU_STD + HU_MEAN  # noqa: E731  (the run's z-score, undone)
     lines = [f"\nAt the default run's {BENCH_SPACING_MM:g} mm, as a run preprocesses it: the mean neighbourhood of "
              f"{len(phantom)} phantom and {len(real)} real lumbar vertebrae (centroids from the masks; phantom: "
-             f"seed 0, the default config's generator), in HU:\n",
+             f"seed 0, the default config's generator, cases without metal), in HU:\n",
              "| point | phantom | real | phantom - real |", "|---|---|---|---|"]
     for name, (ds, dp, dl) in PATCH_POINTS:
         a, b = hu(p[PATCH_R + ds, PATCH_R + dp, PATCH_R + dl]), hu(r[PATCH_R + ds, PATCH_R + dp, PATCH_R + dl])
         lines.append(f"| {name} | {a:.0f} | {b:.0f} | {a - b:+.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def lumbar_parts(ct: np.ndarray, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per whole lumbar vertebra of a canonical 2 mm volume: its part figures (``PART_COLUMNS``) and its
+    neighbourhood (``MEAN_R`` voxels each way from its centre of mass, NaN outside the volume)."""
+    names = {v: k for k, v in VERSE_ID_OF.items()}
+    padded = np.pad(ct.astype(np.float32), MEAN_R, constant_values=np.nan)
+    rows, patches = [], []
+    for label in np.unique(labels[labels > 0]):
+        if not names.get(int(label), "").startswith("L"):
+            continue
+        inside = labels == label
+        idx = np.argwhere(inside)
+        if (idx.min(0) == 0).any() or (idx.max(0) == np.asarray(labels.shape) - 1).any():
+            continue  # cut by the field of view
+        com = idx.mean(0)
+        rel = (idx - com) * SPACING_MM
+        ap = ((np.arange(labels.shape[1]) - com[1]) * SPACING_MM)[None, :, None]
+        depth = ndimage.distance_transform_edt(inside, sampling=SPACING_MM)
+        row = []
+        for part, select in (("body", ap < -8.0), ("arch", ap > 8.0)):
+            voxels = inside & select
+            rim, core = voxels & (depth > 1.01) & (depth <= 2.3), voxels & (depth > 2.3)
+            row += [ct[rim].mean(), ct[core].mean()]
+        extent = lambda a, axis: np.percentile(a[:, axis], 98) - np.percentile(a[:, axis], 2)  # noqa: E731
+        body, arch = rel[rel[:, 1] < -8.0], rel[rel[:, 1] > 8.0]
+        row += [extent(body, 0), extent(body, 2), -np.percentile(rel[:, 1], 1),
+                extent(arch, 0), extent(arch, 2), np.percentile(rel[:, 1], 99), inside.sum() * SPACING_MM**3 / 1000]
+        rows.append(np.array(row))
+        c = np.rint(com).astype(int) + MEAN_R
+        patches.append(padded[tuple(slice(x - MEAN_R, x + MEAN_R + 1) for x in c)])
+    return rows, patches
+
+
+def parts_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
+    p, r = np.mean(phantom, 0), np.mean(real, 0)
+    lines = [f"\nLumbar vertebra parts on the {SPACING_MM:g} mm grid, {len(phantom)} phantom and {len(real)} real "
+             "whole lumbar vertebrae (relative to the mask's centre of mass: body = more than 8 mm in front, posterior "
+             "elements = more than 8 mm behind; rim 1-2.3 mm below the mask's surface, core deeper; extents "
+             "2nd-98th percentile). Mean [standard deviation over vertebrae]:\n",
+             "| figure | phantom | real | ratio |", "|---|---|---|---|"]
+    sp, sr = np.std(phantom, 0), np.std(real, 0)
+    for k, name in enumerate(PART_COLUMNS):
+        lines.append(f"| {name} | {p[k]:.0f} [{sp[k]:.0f}] | {r[k]:.0f} [{sr[k]:.0f}] | {ratio(p[k], r[k])} |")
+    return "\n".join(lines) + "\n"
+
+
+def mean_lumbar_png(phantom: list[np.ndarray], real: list[np.ndarray]) -> bytes:
+    """The mean lumbar vertebra of each side (rows), three planes through the centre of mass (columns)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = MEAN_R * SPACING_MM
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.4))
+    for row, (name, patches) in enumerate((("phantom", phantom), ("real CT", real))):
+        mean = np.nanmean(patches, 0)
+        planes = (("axial (anterior up)", mean[MEAN_R], (-r, r, r, -r)),
+                  ("sagittal (superior up, anterior left)", mean[::-1, :, MEAN_R], (-r, r, -r, r)),
+                  ("coronal (superior up)", mean[::-1, MEAN_R, :], (-r, r, -r, r)))
+        for col, (plane, image, extent) in enumerate(planes):
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray", vmin=-200, vmax=600, extent=extent)
+            ax.set_title(f"{name}, {len(patches)} vertebrae: {plane}", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.suptitle("mean lumbar vertebra around its centre of mass, 2 mm grid, -200..600 HU (mm)", fontsize=9)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=70)
+    plt.close(fig)
+    return out.getvalue()
 
 
 def pooled(measures: list[dict]) -> dict:
@@ -195,8 +280,13 @@ def main() -> int:
         return 0
     docs = REPO_ROOT / "docs"
     real, phantom = [], []
+    parts: dict[str, list] = {"phantom": [], "real": []}
+    means: dict[str, list] = {"phantom": [], "real": []}
     for name, ct, labels in real_volumes():
         real.append(measure(ct, labels))
+        rows, patches = lumbar_parts(ct, labels)
+        parts["real"] += rows
+        means["real"] += patches
         if name == "sub-verse005":
             (docs / "realism_real.png").write_bytes(volume_views_png(
                 ct, [SPACING_MM] * 3, caption="real: VerSe sub-verse005 (CC BY-SA 4.0, VerSe challenge)",
@@ -204,6 +294,10 @@ def main() -> int:
     drawn = False
     for name, ct, labels, metal in phantom_volumes():
         phantom.append(measure(ct, labels))
+        if not metal:  # pedicle screws are not bone
+            rows, patches = lumbar_parts(ct, labels)
+            parts["phantom"] += rows
+            means["phantom"] += patches
         if not (drawn or metal):  # the first case without metal: its anatomy, not its streaks
             drawn = True
             (docs / "realism_phantom.png").write_bytes(volume_views_png(
@@ -214,8 +308,11 @@ def main() -> int:
     config = PhantomConfig(spacing_mm=BENCH_SPACING_MM, **BENCH_GENERATOR)
     for index in range(40):
         case = generate_case(0, index, config)
-        phantom_patches += lumbar_patches(case.ct_hu, case.geometry, case.vertebra_mask, case.geometry)
-    text = report(pooled(phantom), pooled(real), len(real)) + patch_report(phantom_patches, real_patches)
+        if not case.metadata["metal"]["applied"]:  # pedicle screws are not bone
+            phantom_patches += lumbar_patches(case.ct_hu, case.geometry, case.vertebra_mask, case.geometry)
+    (docs / "realism_mean_lumbar.png").write_bytes(mean_lumbar_png(means["phantom"], means["real"]))
+    text = (report(pooled(phantom), pooled(real), len(real)) + parts_report(parts["phantom"], parts["real"])
+            + patch_report(phantom_patches, real_patches))
     print(text)
     write_fragment("realism", text)
     return 0
