@@ -211,7 +211,7 @@ def _draw_scan(rng, cfg: PhantomConfig, meta: dict) -> _Scan:
     """Tissue HU, body build, noise, blur and slice thickness of this case."""
     t = rng.random(12)
     # Vertebra values fitted on a 2 mm grid to the 14 whole lumbar vertebrae of the six real CTs beside the project
-    # (their masks; perf/bench_realism.py, "lumbar vertebra parts"): cancellous core 111 HU (49-143), body rim 263,
+    # (their masks; perf/bench_realism.py, "lumbar vertebra parts"): body core 123 HU (sd 29), body rim 263,
     # posterior elements 338-366 HU throughout their thin volume, brighter than the rim (compact bone, little marrow).
     tissue = {
         "air": -1000.0, "lung": -870.0 + 60.0 * t[0], "fat": -110.0 + 30.0 * t[1], "soft": 30.0 + 25.0 * t[2],
