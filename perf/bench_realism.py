@@ -55,6 +55,7 @@ VIEW_WINDOW = (-250.0, 1250.0)
 BENCH_SPACING_MM = 8.0  # configs/default.yaml
 BENCH_GENERATOR = {"scan_max_width_mm": 160.0, "scan_max_depth_mm": 120.0}  # configs/default.yaml
 PATCH_R = 5
+NAME_OF_VERSE_ID = {v: k for k, v in VERSE_ID_OF.items()}
 MEAN_R = 28  # the mean lumbar vertebra's half-width in 2 mm voxels
 PART_COLUMNS = ["body rim (HU)", "body core, cancellous (HU)", "posterior elements rim (HU)",
                 "posterior elements core (HU)", "body height SI (mm)", "body width LR (mm)",
@@ -91,10 +92,9 @@ def measure(ct: np.ndarray, labels: np.ndarray) -> dict:
     depth = ndimage.distance_transform_edt(inside, sampling=SPACING_MM)
     out: dict = {"cortical": ct[inside & (depth <= 2.0)], "cancellous": ct[inside & (depth >= 4.0)]}
     out["shares"] = {k: float(np.mean((ct > lo) & (ct <= hi))) for k, (lo, hi) in WINDOWS.items()}
-    names = {v: k for k, v in VERSE_ID_OF.items()}
     extents: dict[str, list[np.ndarray]] = {r: [] for r in REGIONS}
     for label in np.unique(labels[inside]):
-        name = names.get(int(label))
+        name = NAME_OF_VERSE_ID.get(int(label))
         if name is None:
             continue
         idx = np.argwhere(labels == label)
@@ -137,10 +137,9 @@ def lumbar_patches(ct_hu, geometry: Geometry, mask: np.ndarray, mask_geometry: G
     """The 8 mm neighbourhoods (z-scored as a run does) of the lumbar vertebrae whose centroid (centre of mass of
     the VerSe-numbered mask) lies at least ``PATCH_R`` voxels inside the volume."""
     image, grid = preprocess_volume(ct_hu, geometry, PreprocessParams(spacing_mm=BENCH_SPACING_MM))
-    names = {v: k for k, v in VERSE_ID_OF.items()}
     out = []
     for label in np.unique(mask[mask > 0]):
-        if not names.get(int(label), "").startswith("L"):
+        if not NAME_OF_VERSE_ID.get(int(label), "").startswith("L"):
             continue
         world = mask_geometry.vox_to_world(np.argwhere(mask == label).mean(0))
         v = np.rint(grid.world_to_vox(world)).astype(int)
@@ -165,25 +164,26 @@ def patch_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
 def lumbar_parts(ct: np.ndarray, labels: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per whole lumbar vertebra of a canonical 2 mm volume: its part figures (``PART_COLUMNS``) and its
     neighbourhood (``MEAN_R`` voxels each way from its centre of mass, NaN outside the volume)."""
-    names = {v: k for k, v in VERSE_ID_OF.items()}
     padded = np.pad(ct.astype(np.float32), MEAN_R, constant_values=np.nan)
     rows, patches = [], []
     for label in np.unique(labels[labels > 0]):
-        if not names.get(int(label), "").startswith("L"):
+        if not NAME_OF_VERSE_ID.get(int(label), "").startswith("L"):
             continue
-        inside = labels == label
-        idx = np.argwhere(inside)
-        if (idx.min(0) == 0).any() or (idx.max(0) == np.asarray(labels.shape) - 1).any():
+        idx = np.argwhere(labels == label)
+        lo, hi = idx.min(0), idx.max(0)
+        if (lo == 0).any() or (hi == np.asarray(labels.shape) - 1).any():
             continue  # cut by the field of view
+        box = tuple(slice(a - 1, b + 2) for a, b in zip(lo, hi))  # its bounding box and one voxel of background
+        inside, hu = labels[box] == label, ct[box]
         com = idx.mean(0)
         rel = (idx - com) * SPACING_MM
-        ap = ((np.arange(labels.shape[1]) - com[1]) * SPACING_MM)[None, :, None]
-        depth = ndimage.distance_transform_edt(inside, sampling=SPACING_MM)
+        ap = ((np.arange(box[1].start, box[1].stop) - com[1]) * SPACING_MM)[None, :, None]
+        depth = ndimage.distance_transform_edt(inside, sampling=SPACING_MM)  # the box's border is background
         row = []
-        for part, select in (("body", ap < -8.0), ("arch", ap > 8.0)):
+        for select in (ap < -8.0, ap > 8.0):  # the body, the posterior elements
             voxels = inside & select
             rim, core = voxels & (depth > 1.01) & (depth <= 2.3), voxels & (depth > 2.3)
-            row += [ct[rim].mean(), ct[core].mean()]
+            row += [hu[rim].mean(), hu[core].mean()]
         extent = lambda a, axis: np.percentile(a[:, axis], 98) - np.percentile(a[:, axis], 2)  # noqa: E731
         body, arch = rel[rel[:, 1] < -8.0], rel[rel[:, 1] > 8.0]
         row += [extent(body, 0), extent(body, 2), -np.percentile(rel[:, 1], 1),
