@@ -24,6 +24,7 @@ from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.labels import get_label_set
 from spinebench.datamodules.orientation import reorient_canonical
 from spinebench.datamodules.preprocess import preprocess_volume
+from spinebench.datamodules.sources.files import is_mask_name
 from spinebench.leaderboard.projections import volume_views_png
 
 
@@ -78,9 +79,15 @@ class Predictor:
         return Centroids(present), geometry, original
 
 
-def ct_files(folder: Path) -> list[Path]:
-    """The CT files of a folder (a folder holding a DICOM series is one CT, not a folder of CTs)."""
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder, CTs and masks (a folder holding a DICOM series is one CT, not a folder of CTs)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and image_suffix(p) is not None)
+
+
+def ct_files(folder: Path) -> list[Path]:
+    """The CT files of a folder: its images but the label masks beside them (``*_msk.nii.gz``, ``*_seg-vert_*``,
+    the data sources' naming), which are not CTs to predict on."""
+    return [p for p in image_files(folder) if not is_mask_name(p.name)]
 
 
 def output_name(ct: Path, fmt: str) -> str:
@@ -106,6 +113,9 @@ def predict_folder(predictor: Predictor, folder: Path, out: Path, fmt: str, prev
     """Every CT file of ``folder`` into the folder ``out``; a bad CT is reported in one line and the others go
     on (what was written stays). Returns the CTs that failed."""
     cts = ct_files(folder)
+    masks = len(image_files(folder)) - len(cts)
+    if masks:
+        print(f"{folder}: {len(cts)} CTs; {masks} label mask{'s' if masks > 1 else ''} beside them left out")
     ensure_folder(out)
     failed = []
     for i, ct in enumerate(cts, start=1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -354,12 +355,22 @@ def test_predict_a_folder_of_cts_loads_the_model_once_and_reports_bad_files(trai
     for extra in cts.glob("*_ctd.*"):
         extra.unlink()  # the phantom's own centroid files: not CTs
     (cts / "broken_ct.nii.gz").write_bytes(b"not a volume")
+    # a label mask beside its CT (VerSe's naming) is not a CT to predict on
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("phantom-s0-0000_seg-vert_msk.nii.gz", "phantom-s0-0001_msk.nii.gz"):
+        shutil.copy(cts / "phantom-s0-0000_ct.nii.gz", cts / name)
+        shutil.copy(cts / "phantom-s0-0000_ct.nii.gz", masks / name)
     res = _cli("predict", "-i", str(cts), "-o", str(tmp_path / "out"), "--run", str(trained_run), "--format", "csv")
     assert res.returncode == 2, res.stderr[-2000:]
     assert res.stderr.count("\n") == 1 and "broken_ct.nii.gz" in res.stderr
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["phantom-s0-0000_ctd.csv", "phantom-s0-0001_ctd.csv"]
     assert "2 of 3 CTs predicted" in res.stdout and "[3/3] phantom-s0-0001_ct.nii.gz" in res.stdout
+    assert "3 CTs; 2 label masks beside them left out" in res.stdout
+    only = _cli("predict", "-i", str(masks), "-o", str(tmp_path / "m"), "--run", str(trained_run))
+    assert only.returncode == 2 and only.stderr.count("\n") == 1 and "only label masks" in only.stderr
+    assert not (tmp_path / "m").exists()
     # one CT with -i gives the same file as the positional form
     one = cts / "phantom-s0-0000_ct.nii.gz"
     assert _cli("predict", "-i", str(one), "-o", str(tmp_path / "one.csv"), "--run", str(trained_run)).returncode == 0

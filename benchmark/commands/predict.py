@@ -41,12 +41,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spinebench.benchmark.prediction import Predictor, ct_files, predict_file, predict_folder
+    from spinebench.benchmark.prediction import Predictor, ct_files, image_files, predict_file, predict_folder
     from spinebench.datamodules.centroids import centroid_format
 
     if (args.ct is None) == (args.input is None):
         raise InputError("give the CT either as the argument or with -i/--input (one of them)")
     source = args.ct or args.input
+    if source.is_dir() and image_files(source) and not ct_files(source):
+        raise InputError(f"{source}: holds only label masks ({image_files(source)[0].name}, ...), no CT to predict on")
     if source.is_dir() and ct_files(source):  # a folder of CT files (a DICOM series folder is one CT)
         if args.out.exists() and not args.out.is_dir():
             raise InputError(f"--out {args.out}: for a folder of CTs, --out is a folder; this is a file")
