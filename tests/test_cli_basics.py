@@ -23,3 +23,15 @@ def test_run_help_lists_every_shipped_config():
     text = " ".join(help_.stdout.split())  # argparse wraps the list over lines
     assert help_.returncode == 0 and "sim2real" in text and "converge" in text
     assert all(name in text for name in shipped_names())
+
+
+def test_every_output_option_has_the_short_form_o():
+    """``-o`` is ``--out`` in every command that writes somewhere (predict had it alone; users type it everywhere)."""
+    from spinebench.benchmark.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    with_out = {name: p for name, p in sub.choices.items() if any(a.dest == "out" for a in p._actions)}
+    assert set(with_out) >= {"centroids", "convert", "phantom", "run", "tune", "predict", "leaderboard"}
+    for name, p in with_out.items():
+        out = next(a for a in p._actions if a.dest == "out")
+        assert out.option_strings == ["-o", "--out"], name

@@ -47,6 +47,11 @@ def test_centroids_then_convert_through_every_format(phantom_mask, tmp_path, cap
         code, out, err = _run(capsys, "convert", source, "--image", mask_path, "--to", fmt, "--out", tmp_path / name)
         assert code == 0 and err == "", err
     assert json.loads((tmp_path / "back_ctd.json").read_text()) == entries
+    # without --to the output's suffix names the format, as for centroids and predict
+    code, out, err = _run(capsys, "convert", tmp_path / "c.lml", "--image", mask_path, "-o", tmp_path / "again_ctd.json")
+    assert code == 0 and "(verse)" in out and json.loads((tmp_path / "again_ctd.json").read_text()) == entries
+    code, out, err = _run(capsys, "convert", tmp_path / "c.lml", "--image", mask_path, "-o", tmp_path / "x.txt")
+    assert code == 2 and "x.txt" in err and "suffix" in err and not (tmp_path / "x.txt").exists()
     code, _, _ = _run(capsys, "centroids", mask_path, "--format", "csv", "--out", tmp_path / "d.txt")
     assert code == 0 and (tmp_path / "d.txt").read_text().startswith("label,x,y,z\nT12,")
 

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--labels", choices=MASK_LABEL_MAPS, default="verse",
                    help="the mask's numbering: verse (default), spineps, totalsegmentator (v2) or totalsegmentator-v1; "
                    "other structures of the map (organs, discs) are ignored, unknown values are an error")
-    p.add_argument("--out", type=Path, required=True, help="output file (.json VerSe, .csv, .lml)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output file (.json VerSe, .csv, .lml)")
     p.set_defaults(func=run)
 
 

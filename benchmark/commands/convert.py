@@ -1,4 +1,5 @@
-"""``spinebench convert CENTROIDS --image IMAGE --to FORMAT``: centroid files between VerSe json, CSV and lml."""
+"""``spinebench convert CENTROIDS --image IMAGE -o OUT``: centroid files between VerSe json, CSV and lml (the
+formats from the suffixes, or named with ``--from`` / ``--to``)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--image", type=Path, required=True, help="the CT or mask the centroids belong to")
     p.add_argument("--from", dest="from_format", choices=CENTROID_FORMATS, default=None,
                    help="input format; default: from the suffix")
-    p.add_argument("--to", choices=CENTROID_FORMATS, required=True, help="output format")
-    p.add_argument("--out", type=Path, required=True, help="output file")
+    p.add_argument("--to", choices=CENTROID_FORMATS, default=None, help="output format; default: from the suffix of --out")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output file")
     p.set_defaults(func=run)
 
 
@@ -31,9 +32,9 @@ def run(args: argparse.Namespace) -> int:
     silence_itk_warnings()
     refuse_overwriting({"--out": args.out}, {"centroids": args.centroids, "--image": args.image})
     in_format = centroid_format(args.centroids, args.from_format)
-    centroid_format(args.out, args.to)  # the output's suffix must not name another format
+    out_format = centroid_format(args.out, args.to)  # a named format that the output's suffix contradicts: refused
     geometry = read_geometry(args.image)
     centroids = read_centroids(args.centroids, geometry, fmt=in_format)
-    write_centroids(args.out, centroids, fmt=args.to, geometry=geometry)
-    print(f"wrote {len(centroids)} centroids ({args.to}) to {args.out}")
+    write_centroids(args.out, centroids, fmt=out_format, geometry=geometry)
+    print(f"wrote {len(centroids)} centroids ({out_format}) to {args.out}")
     return 0

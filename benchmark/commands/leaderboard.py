@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
         "one) and write leaderboard.md/.csv/.tex/.html and plots/ to --out. Same inputs, same bytes.",
     )
     p.add_argument("results", nargs="+", type=Path, help="records.csv files or run folders")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--search", choices=SEARCH_RULES, default="glocker",
                    help="closest-centroid search: over all annotated centroids (glocker, default) or labels both "
                    "annotated and predicted (verse)")

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
         "(difficulties and their parameters). Cases are phantom-s<seed>-<index>; the same seed gives the same files.",
     )
     p.add_argument("--n", type=positive(int), required=True, help="number of cases")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=non_negative(int), default=0)
     p.add_argument("--start", type=non_negative(int), default=0, help="first case index")
     p.add_argument("--spacing", type=bounded(float, 0, MAX_SPACING_MM, open_low=True), default=2.0,

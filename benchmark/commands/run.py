@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
         help="override a config key with a YAML value, e.g. --set trainer.max_epochs=3 "
         "--set methods.di2in.overrides.base_width=16 --set data.csi2014.root=/data/csi2014 (repeatable)",
     )  # fmt: skip
-    p.add_argument("--out", default=None, help="output folder (default: output.dir or runs/<name>-<UTC time>)")
+    p.add_argument("-o", "--out", default=None, help="output folder (default: output.dir or runs/<name>-<UTC time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR (complete cells are kept)")
     p.add_argument(
         "--tracking-uri", default=None, metavar="URI",

@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
                    help="Optuna storage: an RDB URL (sqlite:///study.db, postgresql://user:pw@host/db) or a journal "
                    "file path (e.g. study.log); default sqlite:///<out>/optuna.db")
     p.add_argument("--study", default=None, metavar="NAME", help="study name (default: tune.study or the config name)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: runs/tune/<study>)")
+    p.add_argument("-o", "--out", default=None, metavar="DIR", help="output folder (default: runs/tune/<study>)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the file, e.g. --set trainer.max_epochs=4 --set tune.pruner.type=none")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
