@@ -48,7 +48,8 @@ def test_centroids_then_convert_through_every_format(phantom_mask, tmp_path, cap
         assert code == 0 and err == "", err
     assert json.loads((tmp_path / "back_ctd.json").read_text()) == entries
     # without --to the output's suffix names the format, as for centroids and predict
-    code, out, err = _run(capsys, "convert", tmp_path / "c.lml", "--image", mask_path, "-o", tmp_path / "again_ctd.json")
+    code, out, err = _run(capsys, "convert", tmp_path / "c.lml", "--image", mask_path,
+                          "-o", tmp_path / "again_ctd.json")
     assert code == 0 and "(verse)" in out and json.loads((tmp_path / "again_ctd.json").read_text()) == entries
     code, out, err = _run(capsys, "convert", tmp_path / "c.lml", "--image", mask_path, "-o", tmp_path / "x.txt")
     assert code == 2 and "x.txt" in err and "suffix" in err and not (tmp_path / "x.txt").exists()

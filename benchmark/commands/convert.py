@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--image", type=Path, required=True, help="the CT or mask the centroids belong to")
     p.add_argument("--from", dest="from_format", choices=CENTROID_FORMATS, default=None,
                    help="input format; default: from the suffix")
-    p.add_argument("--to", choices=CENTROID_FORMATS, default=None, help="output format; default: from the suffix of --out")
+    p.add_argument("--to", choices=CENTROID_FORMATS, default=None,
+                   help="output format; default: from the suffix of --out")
     p.add_argument("-o", "--out", type=Path, required=True, help="output file")
     p.set_defaults(func=run)
 
