@@ -1,8 +1,8 @@
 """Realism report: how the phantom compares with the real CTs beside the project (``../shared/data/real``).
 
 Both sides are resampled to the same canonical 2 mm grid (CT linear, masks nearest), then measured the same way:
-- HU inside the vertebra masks: cortical (within 2 mm of the mask's surface) and cancellous (at least 4 mm deep),
-  mean / 10th / 90th percentile;
+- HU inside the vertebra masks: cortical (within 2 mm of the mask's surface) and deep (at least 4 mm deep: the
+  bodies' cancellous cores and the posterior elements' interiors), mean / 10th / 90th percentile;
 - the share of the volume in HU windows: air (< -950), lung-like (-950..-700), fat (-190..-30), soft tissue
   (-29..150), bone (> 200);
 - vertebra size per region: the extents of each labelled vertebra along the patient's axes (SI height, AP depth,
@@ -254,9 +254,12 @@ def report(phantom: dict, real: dict, n_real: int) -> str:
              "(`perf/bench_realism.py` says how each figure is taken).\n",
              "| tissue (vertebra masks) | phantom mean HU [p10, p90] | real mean HU [p10, p90] | ratio of means |",
              "|---|---|---|---|"]
+    # "cancellous" is every voxel at least 4 mm deep: the bodies' cancellous cores and the posterior elements'
+    # interiors alike (the lumbar parts table below tells them apart)
+    shown = {"cortical": "cortical (<= 2 mm deep)", "cancellous": ">= 4 mm deep (body cores, posterior interiors)"}
     for k in ("cortical", "cancellous"):
         p, r = phantom["hu"][k], real["hu"][k]
-        lines.append(f"| {k} | {p.mean():.0f} [{np.percentile(p, 10):.0f}, {np.percentile(p, 90):.0f}] | "
+        lines.append(f"| {shown[k]} | {p.mean():.0f} [{np.percentile(p, 10):.0f}, {np.percentile(p, 90):.0f}] | "
                      f"{r.mean():.0f} [{np.percentile(r, 10):.0f}, {np.percentile(r, 90):.0f}] | "
                      f"{ratio(p.mean(), r.mean())} |")
     lines += ["", "| share of the volume | phantom | real | ratio |", "|---|---|---|---|"]
