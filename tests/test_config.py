@@ -258,7 +258,7 @@ def test_test_sets_resolve_with_the_runs_data_and_their_own_source():
     assert (real.name, real.data.source, real.data.options.root, real.data.options.test_fraction) == \
         ("real", "folder", "/cts", 1.0)
     assert more.data.options.seed == 9 and more.data.options.n_test == 4  # the phantom source's defaults
-    assert real.data.spacing_mm == cfg.data.spacing_mm == 8.0 and real.data.label_set == cfg.data.label_set
+    assert real.data.spacing_mm == cfg.data.spacing_mm == 4.0 and real.data.label_set == cfg.data.label_set
     d = cfg.to_dict()
     assert d["test_sets"]["real"] == {"source": "folder", "folder": {**dataclasses.asdict(real.data.options)}}
     assert load_experiment(yaml.safe_load(cfg.to_yaml())).config_hash() == cfg.config_hash()
