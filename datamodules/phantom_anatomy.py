@@ -270,7 +270,8 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
 def _plate(canvas: Canvas, c, f, base, tip, half_h: float, half_t: float, hu: float, label: int) -> None:
     """A plate in the sagittal plane: along the segment ``base``-``tip`` (local s, p), ``half_h`` either side of it
     within that plane and ``half_t`` either side of it left-right."""
-    d = (tip - base) / np.sqrt(np.sum((tip - base) ** 2))
+    length = np.sqrt(np.sum((tip - base) ** 2))
+    d = (tip - base) / length
     n = np.array([d[1], -d[0], 0.0])  # the plate's height direction, in the sagittal plane
     corners = np.stack([base + n * half_h, base - n * half_h, tip + n * half_h, tip - n * half_h])
     lo, hi = corners.min(0) - [0.5, 0.5, half_t + 0.5], corners.max(0) + [0.5, 0.5, half_t + 0.5]
@@ -279,8 +280,7 @@ def _plate(canvas: Canvas, c, f, base, tip, half_h: float, half_t: float, hu: fl
         return
     along = (us - np.float32(base[0])) * np.float32(d[0]) + (up - np.float32(base[1])) * np.float32(d[1])
     across = (us - np.float32(base[0])) * np.float32(n[0]) + (up - np.float32(base[1])) * np.float32(n[1])
-    length = np.float32(np.sqrt(np.sum((tip - base) ** 2)))
-    inside = (along >= 0) & (along <= length) & (np.abs(across) <= np.float32(half_h))
+    inside = (along >= 0) & (along <= np.float32(length)) & (np.abs(across) <= np.float32(half_h))
     canvas.paint(sl, inside & (np.abs(ul) <= np.float32(half_t)), hu, label)
 
 
