@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from spinebench.datamodules.atomic import atomic_path
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.geometry import Geometry
+from spinebench.datamodules.nifti_gz import read_nifti_gz
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Formats whose header names a separate data file (written beside it).
@@ -101,14 +102,19 @@ def _read_sitk(path: Path) -> sitk.Image:
         image = _read_dicom_series(path)
     else:
         reader = _file_reader(path)
-        nifti = image_suffix(path) in (".nii", ".nii.gz")
+        suffix = image_suffix(path)
+        nifti = suffix in (".nii", ".nii.gz")
         try:
-            image = reader.Execute()
+            # the voxels inflated by ISA-L (complete by construction), or None: then ITK reads them
+            image = read_nifti_gz(path, reader) if suffix == ".nii.gz" else None
+            complete = image is not None
+            if image is None:
+                image = reader.Execute()
         except RuntimeError as exc:
             if nifti:
                 _check_nifti_complete(path)  # name truncation when that is the cause
             raise InputError(f"{path}: cannot read image ({_itk_reason(exc)})") from None
-        if nifti:
+        if nifti and not complete:
             _check_nifti_complete(path)
     _check_3d_scalar(image, path)
     return image
