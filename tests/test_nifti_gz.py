@@ -65,3 +65,17 @@ def test_a_truncated_stream_is_left_to_itk_and_named(tmp_path):
     assert read_nifti_gz(path, _reader(path)) is None
     with pytest.raises(InputError, match="cut.nii.gz.*truncated"):
         read_image(path)
+
+
+def test_every_real_nifti_beside_the_project_reads_as_itk_reads_it(shared_real):
+    """VerSe crops (int16 and float32 CTs), TotalSegmentator and TPTBox files: CTs, masks, float64 segmentations."""
+    paths = sorted(shared_real.rglob("*.nii.gz"))
+    assert len(paths) >= 12
+    for path in paths:
+        fast = read_nifti_gz(path, _reader(path))
+        assert fast is not None, f"{path.name}: a plain NIfTI-1 file takes the ISA-L path"
+        itk = sitk.ReadImage(str(path))
+        assert fast.GetPixelID() == itk.GetPixelID(), path.name
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(fast), sitk.GetArrayViewFromImage(itk), path.name)
+        assert (fast.GetSpacing(), fast.GetOrigin(), fast.GetDirection()) == (
+            itk.GetSpacing(), itk.GetOrigin(), itk.GetDirection()), path.name
