@@ -259,6 +259,10 @@ def test_test_sets_resolve_with_the_runs_data_and_their_own_source():
         ("real", "folder", "/cts", 1.0)
     assert more.data.options.seed == 9 and more.data.options.n_test == 4  # the phantom source's defaults
     assert real.data.spacing_mm == cfg.data.spacing_mm == 4.0 and real.data.label_set == cfg.data.label_set
+    assert cfg.data.options.generator["centroids"] == "mask"  # as the real truths are: masks' centres of mass
+    trainers = {m.name: m.trainer for m in cfg.methods}
+    assert trainers["di2in"] == {"max_steps": 3000, "check_val_every_n_epoch": 1}  # the default's, budget doubled
+    assert trainers["resml_cls_bilstm"] == {"max_steps": 4000, "check_val_every_n_epoch": 2, "gradient_clip_val": 1.0}
     d = cfg.to_dict()
     assert d["test_sets"]["real"] == {"source": "folder", "folder": {**dataclasses.asdict(real.data.options)}}
     assert load_experiment(yaml.safe_load(cfg.to_yaml())).config_hash() == cfg.config_hash()
