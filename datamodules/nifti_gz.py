@@ -31,16 +31,17 @@ def read_nifti_gz(path: Path, reader: sitk.ImageFileReader) -> sitk.Image | None
     docstring). ``reader``: an ``ImageFileReader`` on ``path``; its header is read here (``RuntimeError`` from ITK
     when it is no image)."""
     reader.ReadImageInformation()
-    try:
+    try:  # the header first: a file ITK must interpret (e.g. scaled intensities) is not inflated twice
+        with igzip.open(path, "rb") as f:
+            layout = _plain_layout(f.read(352))
+        if layout is None:
+            return None
+        dtype, shape, offset = layout
+        if (reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1
+                or reader.GetPixelID() != _PIXEL_IDS[dtype.str[1:]] or tuple(reader.GetSize()) != shape[::-1]):
+            return None
         raw = igzip.decompress(path.read_bytes())
     except (EOFError, OSError, ValueError):  # truncated or corrupt: ITK's path names the fault
-        return None
-    layout = _plain_layout(raw)
-    if layout is None:
-        return None
-    dtype, shape, offset = layout
-    if (reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1
-            or reader.GetPixelID() != _PIXEL_IDS[dtype.str[1:]] or tuple(reader.GetSize()) != shape[::-1]):
         return None
     count = int(np.prod(shape, dtype=np.int64))
     if offset + count * dtype.itemsize > len(raw):
@@ -53,14 +54,14 @@ def read_nifti_gz(path: Path, reader: sitk.ImageFileReader) -> sitk.Image | None
     return image
 
 
-def _plain_layout(raw: bytes) -> tuple[np.dtype, tuple[int, int, int], int] | None:
+def _plain_layout(header: bytes) -> tuple[np.dtype, tuple[int, int, int], int] | None:
     """(voxel dtype, numpy shape (z, y, x), voxel offset) of an unscaled 3D little-endian NIfTI-1 header, on a
     little-endian machine."""
-    if len(raw) < 352 or raw[344:348] != b"n+1\0" or struct.unpack("<i", raw[:4])[0] != 348:
+    if len(header) < 352 or header[344:348] != b"n+1\0" or struct.unpack("<i", header[:4])[0] != 348:
         return None  # not NIfTI-1, or big-endian (rare): ITK swaps the bytes
-    dim = struct.unpack("<8h", raw[40:56])
-    datatype = struct.unpack("<h", raw[70:72])[0]
-    vox_offset, slope, inter = struct.unpack("<3f", raw[108:120])
+    dim = struct.unpack("<8h", header[40:56])
+    datatype = struct.unpack("<h", header[70:72])[0]
+    vox_offset, slope, inter = struct.unpack("<3f", header[108:120])
     if dim[0] != 3 or datatype not in _DATATYPES or min(dim[1:4]) < 1:
         return None
     if slope not in (0.0, 1.0) or inter != 0.0:  # ITK rescales these to float: leave them to ITK
