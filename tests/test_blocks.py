@@ -67,3 +67,28 @@ def test_max_pool2_equals_max_pool3d_with_and_without_autograd(shape):
     y = max_pool2(xg)
     y.backward(torch.ones_like(y))
     assert torch.equal(y.detach(), F.max_pool3d(x, 2)) and xg.grad is not None and xg.grad.sum() == y.numel()
+
+
+@pytest.mark.parametrize("channels, src", [(16, (4, 3, 5)), (26, (2, 4, 4))])
+def test_channels_last_resize_gradients_equal_interpolates_for_a_strided_gradient(channels, src):
+    """A decoder's upsampling gets a channel slice of its concatenation's gradient (neither layout): the
+    channels-last path's backward equals ``F.interpolate``'s on it, in float32 and under bfloat16 autocast."""
+    torch.manual_seed(0)
+    dst = tuple(2 * n for n in src)
+    x = torch.randn(2, channels, *src).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    other = torch.randn(2, 5, *dst).contiguous(memory_format=torch.channels_last_3d)
+    weight = torch.randn(channels + 5, *dst)
+    grads = []
+    for resize in (upsample_to, lambda t, size: F.interpolate(t, size=size, mode="trilinear", align_corners=False)):
+        out = resize(x, dst)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+        (grad,) = torch.autograd.grad((torch.cat([out, other], 1) * weight).sum(), x)
+        grads.append((out.detach(), grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xb = x.detach().to(torch.bfloat16).requires_grad_()
+        (grad_b,) = torch.autograd.grad(upsample_to(xb, dst).float().sum(), xb)
+    assert grad_b.dtype == torch.bfloat16 and grad_b.shape == xb.shape
+    # each input voxel feeds 2 x 2 x 2 output voxels with weights summing to 2 per axis
+    torch.testing.assert_close(grad_b.float(), torch.full(xb.shape, 8.0), rtol=0, atol=0)
