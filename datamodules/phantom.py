@@ -5,16 +5,17 @@ sampled from the statistical shape model (``datamodules.shape_model``), optional
 (``datamodules.phantom_anatomy``; organs, hips, sternum, table and bone texture in ``datamodules.phantom_organs``)
 and the acquisition difficulties (``datamodules.phantom_artifacts``); its settings are ``phantom_config``. Every
 random draw comes from a ``numpy.random.Generator(PCG64)`` seeded with ``[seed, index]`` (the organs' with
-``[seed, index, 1]``, the bone texture's with ``[seed, index, 2]``, so switching them off leaves every other draw
-as it was), drawn in a fixed order, and all per-voxel arithmetic is IEEE-exact, so the same ``(seed, index,
-config)`` gives byte-identical output on any machine with the same numpy/scipy.
+``[seed, index, 1]``, the bone texture's with ``[seed, index, 2]``, the scan window's with ``[seed, index, 3]``,
+so switching them off leaves every other draw as it was), drawn in a fixed order, and all per-voxel arithmetic is
+IEEE-exact, so the same ``(seed, index, config)`` gives byte-identical output on any machine with the same
+numpy/scipy.
 
 The volume is in the canonical orientation (array axes grow towards superior, posterior, left), HU as int16.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -149,7 +150,13 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     spine = _draw_spine(rng, config, meta)
     fov = _draw_field_of_view(rng, config, spine, meta)
     scan = _draw_scan(rng, config, meta)
-    canvas, prof = _make_canvas(config, spine, fov, scan)
+    windowed = config.scan_max_width_mm is not None or config.scan_max_depth_mm is not None
+    if windowed and config.scan_window_rate < 1.0:  # a stream of its own: every other draw stays as without it
+        window_rng = np.random.Generator(np.random.PCG64([int(seed), int(index), 3]))
+        windowed = bool(window_rng.random() < config.scan_window_rate)
+        meta["scan_window"] = {"applied": windowed}
+    framing = config if windowed else replace(config, scan_max_width_mm=None, scan_max_depth_mm=None)
+    canvas, prof = _make_canvas(framing, spine, fov, scan)
     # The organs draw from a stream of their own, so that every other draw is as without them.
     organ_rng = np.random.Generator(np.random.PCG64([int(seed), int(index), 1])) if config.organs else None
     _draw_anatomy(canvas, prof, spine, fov, scan.tissue, organ_rng, meta)

@@ -59,6 +59,10 @@ class PhantomConfig:
     # field of view or a spine crop does. Unlike ``body_max_*``, which squash the torso, anatomy keeps its size.
     scan_max_width_mm: float | None = None
     scan_max_depth_mm: float | None = None
+    # the share of cases that get that window (drawn per case from a stream of its own, so that the other draws are
+    # as without it, and recorded as the case condition ``scan_window``); the others show the whole body
+    # cross-section, as an abdominal or thoracic scan does beside spine crops. 1.0: every case (then not recorded)
+    scan_window_rate: float = 1.0
     # which point of a vertebra is annotated: "body", the vertebral body's centre (CSI-2014's convention, the shape
     # model's curve), or "mask", the centre of mass of the whole vertebra as drawn, posterior elements included
     # (VerSe's convention, and what `spinebench centroids` and the folder source compute from a mask): about 12 mm
@@ -86,7 +90,7 @@ class PhantomConfig:
         if self.transitional_rate > 0 and not {"T13", "L6"} <= set(names):
             raise InputError(f"phantom transitional_rate > 0 needs label_set='transitional', got {self.label_set!r}")
         for key in ("limited_fov_rate", "scoliosis_rate", "kyphosis_rate", "metal_rate", "anisotropic_rate",
-                    "transitional_rate", "tight_crop_rate"):
+                    "transitional_rate", "tight_crop_rate", "scan_window_rate"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise InputError(f"phantom {key} must lie in [0, 1], got {getattr(self, key)}")
         lo_m, hi_m = self.tight_crop_margin_mm

@@ -6,6 +6,7 @@ import pytest
 from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.phantom import METAL_THRESHOLD_HU, PhantomConfig, generate_case
 from spinebench.datamodules.phantom_anatomy import PHANTOM_MASK_ID
+from spinebench.datamodules.sources.phantom import PhantomSource
 
 # 4 mm and no random difficulties, uniform cancellous bone: each test switches on only what it checks.
 PLAIN = dict(spacing_mm=4.0, limited_fov_rate=0.0, scoliosis_rate=0.0, kyphosis_rate=0.0, metal_rate=0.0,
@@ -437,3 +438,24 @@ def test_canal_front_is_the_body_wall_and_pedicles_join_the_arch():
         assert not np.any(front == posterior), s
         checked += 1
     assert checked >= 2
+
+
+def test_scan_window_rate_windows_a_share_of_the_cases_and_records_it():
+    """With ``scan_window_rate`` < 1 some cases show the whole body cross-section: such a case equals the case
+    generated without a window, a windowed one the case with the window for every case (the draw has a stream of
+    its own), and the case condition ``scan_window`` says which."""
+    cfg = dict(spacing_mm=8.0, fov_vertebrae=(5, 5))
+    window = dict(scan_max_width_mm=160.0, scan_max_depth_mm=120.0)
+    applied = []
+    for index in range(8):
+        mixed = generate_case(31, index, plain(scan_window_rate=0.5, **window, **cfg))
+        flag = mixed.metadata["scan_window"]["applied"]
+        same = generate_case(31, index, plain(**window, **cfg) if flag else plain(**cfg))
+        np.testing.assert_array_equal(mixed.ct_hu, same.ct_hu)
+        assert mixed.geometry == same.geometry and mixed.centroids_mm == same.centroids_mm
+        assert PhantomSource.conditions(mixed.metadata)["scan_window"] is flag
+        applied.append(flag)
+    assert 0 < sum(applied) < 8
+    assert "scan_window" not in generate_case(31, 0, plain(**window, **cfg)).metadata  # rate 1: a setting, no draw
+    with pytest.raises(InputError, match="scan_window_rate"):
+        PhantomConfig(scan_window_rate=1.5)
