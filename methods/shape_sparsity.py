@@ -13,7 +13,8 @@ objective times ``|S|`` with ``alpha = λ / |S|``.
 Trusted subset: the longest subsequence of the present vertebrae (in C1 → S2 order) whose vertical
 coordinate strictly decreases. Array axis 0 grows toward superior, so going down the chain the axis-0
 coordinate must decrease. That chain only catches outliers that break the vertical order; ``refine`` with
-``max_residual`` then keeps the largest part of the chain whose pairwise offsets the training spines allow,
+``max_residual`` then keeps the largest part of the chain whose pairwise offsets and distances the training spines
+allow (a distance catches a level predicted on its neighbour's place, which a bent spine's offset tolerance lets pass),
 drops trusted points that a smoother sparse fit cannot explain (any direction), lets wrongly dropped points back
 in or exchanges them for a neighbour, and keeps the consistent ones where they were predicted; between equally large
 candidate sets a Gaussian shape model decides, and it lets in the left-out points it finds likelier inliers than
@@ -33,7 +34,12 @@ from sklearn.linear_model import Lasso
 from torch import nn
 
 from spinebench.methods.shape_gaussian import fit_shape_gaussian, log_likelihood
-from spinebench.methods.shape_statistics import impute_missing_levels, mean_neighbour_offsets, pair_statistics
+from spinebench.methods.shape_statistics import (
+    impute_missing_levels,
+    mean_neighbour_offsets,
+    pair_distance_statistics,
+    pair_statistics,
+)
 
 VERTICAL_AXIS = 0
 # Median distance between neighbouring centroids in 2 mm units (CSI-2014 training spines: 11.9, VerSe'20: 12.9);
@@ -79,9 +85,12 @@ class ShapeDictionary(nn.Module):
     def __init__(
         self, num_vertebrae: int, lam: float = 1.0, positive: bool = False, min_trusted: int = 3, max_iter: int = 2000,
         held_out_check: bool = True, consensus: bool = True, exchange: bool = True,
-        outlier_radius_mm: float | None = OUTLIER_RADIUS_MM,
+        outlier_radius_mm: float | None = OUTLIER_RADIUS_MM, pair_distances: bool = True,
     ) -> None:
         super().__init__()
+        # with consensus: a pair is consistent only when its distance is also the training spines' (not only its
+        # offset), and a left-out point comes back only into a set that stays pairwise consistent
+        self.pair_distances = pair_distances
         # with consensus: let a left-out point in when the shape model finds it likelier an inlier than an outlier
         # spread over a ball of this radius (None: no such step)
         self.outlier_radius_mm = outlier_radius_mm
@@ -105,6 +114,8 @@ class ShapeDictionary(nn.Module):
         # training statistics of the offset between two levels (``pair_statistics``): mean and tolerance
         self.register_buffer("pair_mean", torch.zeros(num_vertebrae, num_vertebrae, 3, dtype=torch.float64))
         self.register_buffer("pair_tolerance", torch.zeros(num_vertebrae, num_vertebrae, dtype=torch.float64))
+        self.register_buffer("distance_mean", torch.zeros(num_vertebrae, num_vertebrae, dtype=torch.float64))
+        self.register_buffer("distance_tolerance", torch.zeros(num_vertebrae, num_vertebrae, dtype=torch.float64))
         # the Gaussian shape model (``shape_gaussian``): mean (K, 3) and covariance (3K, 3K)
         self.register_buffer("shape_mean", torch.zeros(num_vertebrae, 3, dtype=torch.float64))
         self.register_buffer("shape_cov", torch.eye(3 * num_vertebrae, dtype=torch.float64))
@@ -124,22 +135,27 @@ class ShapeDictionary(nn.Module):
             raise ValueError(f"no training shape has {min_levels} or more annotated levels")
         full = impute_missing_levels(c, mean_neighbour_offsets(c))
         self.atoms = torch.from_numpy(np.ascontiguousarray(full.transpose(2, 1, 0)))
-        mean, tolerance = pair_statistics(c)
-        self._set_pairs(mean, tolerance)
+        self._set_pairs(*pair_statistics(c), *pair_distance_statistics(c))
         self._set_shape_model(*fit_shape_gaussian(c, full))
 
     def _set_shape_model(self, mean: np.ndarray, cov: np.ndarray) -> None:
         self.shape_mean = torch.from_numpy(np.ascontiguousarray(mean))
         self.shape_cov = torch.from_numpy(np.ascontiguousarray(cov))
 
-    def _set_pairs(self, mean: np.ndarray, tolerance: np.ndarray) -> None:
+    def _set_pairs(self, mean: np.ndarray, tolerance: np.ndarray, distance: np.ndarray, distance_tolerance: np.ndarray,
+                   ) -> None:  # fmt: skip
         """Store pair statistics; pairs the training shapes never showed together take the imputed shapes'."""
         unseen = np.isnan(tolerance)
         if unseen.any():
-            imputed_mean, imputed_tolerance = pair_statistics(self.atoms.cpu().numpy().transpose(2, 1, 0))
+            imputed = self.atoms.cpu().numpy().transpose(2, 1, 0)
+            imputed_mean, imputed_tolerance = pair_statistics(imputed)
             mean[unseen], tolerance[unseen] = imputed_mean[unseen], imputed_tolerance[unseen]
+            imputed_distance, imputed_distance_tolerance = pair_distance_statistics(imputed)
+            distance[unseen], distance_tolerance[unseen] = imputed_distance[unseen], imputed_distance_tolerance[unseen]
         self.pair_mean = torch.from_numpy(mean)
         self.pair_tolerance = torch.from_numpy(tolerance)
+        self.distance_mean = torch.from_numpy(distance)
+        self.distance_tolerance = torch.from_numpy(distance_tolerance)
 
     @property
     def unit_scale(self) -> float:
@@ -164,6 +180,14 @@ class ShapeDictionary(nn.Module):
                     mean, tolerance = pair_statistics(state_dict[key].cpu().numpy().transpose(2, 1, 0))
                 state_dict[prefix + "pair_mean"] = torch.from_numpy(mean)
                 state_dict[prefix + "pair_tolerance"] = torch.from_numpy(tolerance)
+            if prefix + "distance_tolerance" not in state_dict:
+                # a checkpoint written before the pair distances: take them from its (imputed) dictionary
+                k = self.num_vertebrae
+                mean, tolerance = np.zeros((k, k)), np.zeros((k, k))
+                if state_dict[key].shape[2] > 0:
+                    mean, tolerance = pair_distance_statistics(state_dict[key].cpu().numpy().transpose(2, 1, 0))
+                state_dict[prefix + "distance_mean"] = torch.from_numpy(mean)
+                state_dict[prefix + "distance_tolerance"] = torch.from_numpy(tolerance)
             if prefix + "shape_cov" not in state_dict:
                 # a checkpoint written before the shape model: fit it to the (imputed) dictionary
                 k = self.num_vertebrae
@@ -220,16 +244,28 @@ class ShapeDictionary(nn.Module):
                 return int(i)
         return None
 
+    def _consistent_pairs(self, v: np.ndarray, points: np.ndarray, slack: float, offsets: bool = True) -> np.ndarray:
+        """``(n, n)`` bool: which pairs of ``points`` are consistent: the offset ``v_j - v_i`` lies within the pair's
+        training tolerance + ``slack`` of its training mean (unless ``offsets`` is False), and with ``pair_distances``
+        its length within the distance tolerance + ``slack`` of the training distance."""
+        pair = np.ix_(points, points)
+        diff = v[points][None, :, :] - v[points][:, None, :]
+        ok = np.ones((points.size, points.size), dtype=bool)
+        if offsets:
+            ok &= np.linalg.norm(diff - self.pair_mean.cpu().numpy()[pair], axis=-1) <= (
+                self.pair_tolerance.cpu().numpy()[pair] + slack)
+        if self.pair_distances:
+            deviation = np.abs(np.linalg.norm(diff, axis=-1) - self.distance_mean.cpu().numpy()[pair])
+            ok &= deviation <= self.distance_tolerance.cpu().numpy()[pair] + slack
+        return ok
+
     def _consistent_subset(self, v: np.ndarray, points: np.ndarray, slack: float) -> np.ndarray:
-        """The largest subset of ``points`` whose every pair is consistent: the offset ``v_j - v_i`` lies within
-        the pair's training tolerance + ``slack`` of its training mean (a maximum clique of the consistency graph,
-        networkx). Of equally large subsets, the one the shape model finds most likely wins (``_log_likelihood``)."""
-        mean = self.pair_mean.cpu().numpy()[np.ix_(points, points)]
-        tolerance = self.pair_tolerance.cpu().numpy()[np.ix_(points, points)] + slack
-        ratio = np.linalg.norm(v[points][None, :, :] - v[points][:, None, :] - mean, axis=-1) / tolerance
+        """The largest subset of ``points`` whose every pair is consistent (``_consistent_pairs``; a maximum clique
+        of the consistency graph, networkx). Of equally large subsets, the one the shape model finds most likely
+        wins (``_log_likelihood``)."""
         graph = nx.Graph()
         graph.add_nodes_from(range(points.size))
-        graph.add_edges_from(zip(*np.nonzero(np.triu(ratio <= 1.0, k=1)), strict=True))
+        graph.add_edges_from(zip(*np.nonzero(np.triu(self._consistent_pairs(v, points, slack), k=1)), strict=True))
         cliques = [points[np.sort(c)] for c in nx.find_cliques(graph)]
         largest = max(c.size for c in cliques)
         return max((c for c in cliques if c.size == largest), key=lambda c: (self._log_likelihood(v, c), (-c).tolist()))
@@ -247,7 +283,10 @@ class ShapeDictionary(nn.Module):
                  max_residual: float) -> np.ndarray:
         """Let present points outside ``trusted`` back in, nearest to the fit first: a point joins when the
         rejection of ``trusted`` + it keeps it and ends with more points, or as many with a smaller summed
-        residual (it may then push out the outlier that had displaced it). Repeats until nothing changes."""
+        residual (it may then push out the outlier that had displaced it); with ``pair_distances`` only when every
+        pair of the result keeps its training distance (a fit bends to a level on its neighbour's place within
+        ``max_residual``; the offsets are not asked again: a bent spine's good levels can fail them).
+        Repeats until nothing changes."""
         cost = lambda t: float(np.linalg.norm(v[t] - self._fit(v, t, lam)[t], axis=1).sum())  # noqa: E731
         changed = True
         while changed:
@@ -258,6 +297,9 @@ class ShapeDictionary(nn.Module):
             for p in others[np.argsort(np.linalg.norm(v[others] - fit[others], axis=1), kind="stable")]:
                 grown = self._reject(v, np.union1d(trusted, [p]), lam, detect_lam, max_residual)
                 if grown is None or p not in grown or grown.size < trusted.size:
+                    continue
+                distances_kept = self._consistent_pairs(v, grown, max_residual / 2.0, offsets=False).all()
+                if self.pair_distances and not distances_kept:
                     continue
                 if grown.size > trusted.size or cost(grown) < current:
                     trusted, changed = grown, True
@@ -324,9 +366,10 @@ class ShapeDictionary(nn.Module):
 
         1. Trusted: the longest chain of present vertebrae that is monotone along the vertical axis.
         2. With ``max_residual`` (coordinate units):
-           a. with ``consensus``, trusted becomes the chain's largest subset whose pairwise offsets all lie within
-              the training spines' tolerance (``_consistent_subset``, slack ``max_residual / 2``; of equally large
-              ones the most likely under the Gaussian shape model);
+           a. with ``consensus``, trusted becomes the chain's largest subset whose pairwise offsets (and, with
+              ``pair_distances``, their lengths) all lie within the training spines' tolerance
+              (``_consistent_subset``, slack ``max_residual / 2``; of equally large ones the most likely under the
+              Gaussian shape model);
            b. the trusted point that a strongly penalised fit (``detect_lam``) explains worst is dropped while its
               residual ``‖v_i − v̂_i‖`` exceeds ``max_residual`` and the points that fit does explain do not predict
               it within ``max_residual`` either (``_next_outlier``; one at a time, refitting after each);

@@ -1,4 +1,5 @@
-"""Statistics of training spine shapes for the shape prior: neighbour offsets, imputed levels, pair tolerances.
+"""Statistics of training spine shapes for the shape prior: neighbour offsets, imputed levels, pair tolerances
+(offsets and distances).
 
 Shapes are ``(N, K, 3)`` centroid arrays (levels C1 -> S2, any coordinate unit), NaN where a level is not annotated.
 ``ShapeDictionary`` (``shape_sparsity``) builds its dictionary from the imputed shapes and tests predicted centroids
@@ -64,4 +65,23 @@ def pair_statistics(centroids: np.ndarray, percentile: float = PAIR_PERCENTILE) 
     tolerance = np.full(counts.shape, np.nan)
     if ok.any():
         tolerance[ok] = np.nanpercentile(deviation[:, ok], percentile, axis=0)
+    return mean, tolerance
+
+
+def pair_distance_statistics(centroids: np.ndarray,
+                             percentile: float = PAIR_PERCENTILE) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, K)`` mean distance ``‖c_j - c_i‖`` and ``(K, K)`` ``percentile`` of ``|‖c_j - c_i‖ - mean|`` over the
+    ``(N, K, 3)`` shapes that have both levels (NaN = absent). Pairs never seen together get NaN.
+
+    The offsets' tolerance (``pair_statistics``) is wide where spines bend: lordosis, kyphosis and scoliosis turn an
+    offset by tens of mm. Their length varies by a few mm, so a level predicted on its neighbour's place (two
+    labels on one vertebra, or two levels' distance where one is expected) breaks it.
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    distance = np.linalg.norm(c[:, None, :, :] - c[:, :, None, :], axis=-1)  # (N, i, j); NaN where unseen
+    ok = (~np.isnan(distance)).sum(axis=0) > 0
+    mean, tolerance = np.full(ok.shape, np.nan), np.full(ok.shape, np.nan)
+    if ok.any():
+        mean[ok] = np.nanmean(distance[:, ok], axis=0)
+        tolerance[ok] = np.nanpercentile(np.abs(distance[:, ok] - mean[ok]), percentile, axis=0)
     return mean, tolerance
