@@ -142,7 +142,7 @@ class _ChannelsLastTrilinear(torch.autograd.Function):
     neither layout), and a fused branch's is the sum's: PyTorch's channels-last backward kernel then takes a
     generic path, 4x slower than on a contiguous channels-last gradient (2 x 16 x 40 x 16 x 16 → 80 x 32 x 32:
     20.6 against 5.4 ms forward and backward on one thread). One copy of the gradient first costs ~1 ms; a DI2IN
-    training step of the default recipe takes 0.231 instead of 0.256 s (perf/bench_di2in.py). Same values.
+    training step of the default recipe takes 0.230 instead of 0.258 s (perf/bench_di2in.py). Same values.
     """
 
     @staticmethod
