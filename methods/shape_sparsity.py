@@ -33,6 +33,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import Lasso
 from torch import nn
 
+from spinebench.methods.monotone_chain import longest_decreasing_subsequence
 from spinebench.methods.shape_gaussian import fit_shape_gaussian, log_likelihood
 from spinebench.methods.shape_statistics import (
     impute_missing_levels,
@@ -57,32 +58,6 @@ OUTLIER_RADIUS_MM = 40.0
 # good level among 870 (99.8 -> 96.8 %), 1 / 2 / 3 / 4 levels none (2 failed, as without the check); 3 kept nearly all
 # of the all-pairs gain on shifted levels (error 25.6 -> 11.2 mm; 10.5 with all pairs, 18.1 with 1, 19.6 without)
 DISTANCE_MAX_LEVELS = 3
-
-
-def longest_decreasing_subsequence(values: np.ndarray) -> np.ndarray:
-    """Indices of a longest strictly decreasing subsequence of ``values`` (1D), by O(n²) dynamic programming.
-
-    Ties are not decreasing, so of equal values at most one is kept. Among equally long answers the one
-    whose elements come earliest is returned (deterministic). Empty input gives an empty array.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    n = v.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    length = np.ones(n, dtype=np.int64)
-    parent = np.full(n, -1, dtype=np.int64)
-    for i in range(1, n):
-        earlier = np.nonzero(v[:i] > v[i])[0]
-        if earlier.size:
-            best = earlier[np.argmax(length[earlier])]  # argmax picks the earliest of equal lengths
-            length[i] = length[best] + 1
-            parent[i] = best
-    end = int(np.argmax(length))
-    chain = []
-    while end >= 0:
-        chain.append(end)
-        end = int(parent[end])
-    return np.asarray(chain[::-1], dtype=np.int64)
 
 
 class ShapeDictionary(nn.Module):
