@@ -69,8 +69,8 @@ class ShapeDictionary(nn.Module):
         outlier_radius_mm: float | None = OUTLIER_RADIUS_MM, pair_distances: bool = True,
     ) -> None:
         super().__init__()
-        # with consensus: a pair is consistent only when its distance is also the training spines' (not only its
-        # offset), and a left-out point comes back only into a set that stays pairwise consistent
+        # with consensus: a pair of levels at most DISTANCE_MAX_LEVELS apart is consistent only when its distance is
+        # also the training spines' (not only its offset), and a left-out point comes back only where those hold
         self.pair_distances = pair_distances
         # with consensus: let a left-out point in when the shape model finds it likelier an inlier than an outlier
         # spread over a ball of this radius (None: no such step)
@@ -269,8 +269,7 @@ class ShapeDictionary(nn.Module):
         residual (it may then push out the outlier that had displaced it); with ``pair_distances`` only when the
         result's pairs keep their training distances (``_consistent_pairs``; a fit bends to a level on its
         neighbour's place within ``max_residual``; the offsets are not asked again: a bent spine's good levels can
-        fail them).
-        Repeats until nothing changes."""
+        fail them). Repeats until nothing changes."""
         cost = lambda t: float(np.linalg.norm(v[t] - self._fit(v, t, lam)[t], axis=1).sum())  # noqa: E731
         changed = True
         while changed:
@@ -282,8 +281,8 @@ class ShapeDictionary(nn.Module):
                 grown = self._reject(v, np.union1d(trusted, [p]), lam, detect_lam, max_residual)
                 if grown is None or p not in grown or grown.size < trusted.size:
                     continue
-                distances_kept = self._consistent_pairs(v, grown, max_residual / 2.0, offsets=False).all()
-                if self.pair_distances and not distances_kept:
+                if self.pair_distances and not self._consistent_pairs(v, grown, max_residual / 2.0,
+                                                                      offsets=False).all():
                     continue
                 if grown.size > trusted.size or cost(grown) < current:
                     trusted, changed = grown, True

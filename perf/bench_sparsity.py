@@ -14,7 +14,8 @@ wrongly dropped points back in (``consensus``; of equally large consistent subse
 most likely), the same exchanging a trusted point for a left-out one when that makes a more likely spine
 (``exchange``), the same letting in a left-out point when the shape model finds it likelier an inlier than an outlier
 (``outlier_radius_mm``), and spinebench's default, which also checks each pair's distance against the training
-spines' and lets a point back in only into a pairwise-consistent set (``pair_distances``), at the DI2IN default
+spines' (levels at most 3 apart) and lets a point back in only where those distances hold (``pair_distances``;
+the table's "pairwise-consistent set" is in that sense), at the DI2IN default
 threshold (``sparsity_residual_mm``, 12 mm). The (dataset, scenario) blocks run in two processes, one thread each.
 
 Figures: outlier (or shifted-level) error before and after (mean; reduction), median displacement of the good
