@@ -150,12 +150,14 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     spine = _draw_spine(rng, config, meta)
     fov = _draw_field_of_view(rng, config, spine, meta)
     scan = _draw_scan(rng, config, meta)
-    windowed = config.scan_max_width_mm is not None or config.scan_max_depth_mm is not None
-    if windowed and config.scan_window_rate < 1.0:  # a stream of its own: every other draw stays as without it
+    framing = config
+    window = config.scan_max_width_mm is not None or config.scan_max_depth_mm is not None
+    if window and config.scan_window_rate < 1.0:  # a stream of its own: every other draw stays as without it
         window_rng = np.random.Generator(np.random.PCG64([int(seed), int(index), 3]))
         windowed = bool(window_rng.random() < config.scan_window_rate)
         meta["scan_window"] = {"applied": windowed}
-    framing = config if windowed else replace(config, scan_max_width_mm=None, scan_max_depth_mm=None)
+        if not windowed:
+            framing = replace(config, scan_max_width_mm=None, scan_max_depth_mm=None)
     canvas, prof = _make_canvas(framing, spine, fov, scan)
     # The organs draw from a stream of their own, so that every other draw is as without them.
     organ_rng = np.random.Generator(np.random.PCG64([int(seed), int(index), 1])) if config.organs else None

@@ -123,8 +123,8 @@ class ShapeDictionary(nn.Module):
         self.shape_mean = torch.from_numpy(np.ascontiguousarray(mean))
         self.shape_cov = torch.from_numpy(np.ascontiguousarray(cov))
 
-    def _set_pairs(self, mean: np.ndarray, tolerance: np.ndarray, distance: np.ndarray, distance_tolerance: np.ndarray,
-                   ) -> None:  # fmt: skip
+    def _set_pairs(self, mean: np.ndarray, tolerance: np.ndarray, distance: np.ndarray,
+                   distance_tolerance: np.ndarray) -> None:
         """Store pair statistics; pairs the training shapes never showed together take the imputed shapes'."""
         unseen = np.isnan(tolerance)
         if unseen.any():
@@ -153,28 +153,19 @@ class ShapeDictionary(nn.Module):
         key = prefix + "atoms"
         if key in state_dict:
             self.atoms = torch.empty_like(state_dict[key])
-            if prefix + "pair_tolerance" not in state_dict:
-                # a checkpoint written before the pair statistics: take them from its (imputed) dictionary
-                k = self.num_vertebrae
-                mean, tolerance = np.zeros((k, k, 3)), np.zeros((k, k))
-                if state_dict[key].shape[2] > 0:
-                    mean, tolerance = pair_statistics(state_dict[key].cpu().numpy().transpose(2, 1, 0))
-                state_dict[prefix + "pair_mean"] = torch.from_numpy(mean)
-                state_dict[prefix + "pair_tolerance"] = torch.from_numpy(tolerance)
-            if prefix + "distance_tolerance" not in state_dict:
-                # a checkpoint written before the pair distances: take them from its (imputed) dictionary
-                k = self.num_vertebrae
-                mean, tolerance = np.zeros((k, k)), np.zeros((k, k))
-                if state_dict[key].shape[2] > 0:
-                    mean, tolerance = pair_distance_statistics(state_dict[key].cpu().numpy().transpose(2, 1, 0))
-                state_dict[prefix + "distance_mean"] = torch.from_numpy(mean)
-                state_dict[prefix + "distance_tolerance"] = torch.from_numpy(tolerance)
+            k, shapes = self.num_vertebrae, state_dict[key].cpu().numpy().transpose(2, 1, 0)
+            # a checkpoint written before the pair offsets or distances: take them from its (imputed) dictionary
+            missing = ((("pair_mean", "pair_tolerance"), pair_statistics, (k, k, 3)),
+                       (("distance_mean", "distance_tolerance"), pair_distance_statistics, (k, k)))
+            for names, statistics, empty in missing:
+                if prefix + names[1] not in state_dict:
+                    values = statistics(shapes) if shapes.shape[0] > 0 else (np.zeros(empty), np.zeros((k, k)))
+                    for name, value in zip(names, values, strict=True):
+                        state_dict[prefix + name] = torch.from_numpy(value)
             if prefix + "shape_cov" not in state_dict:
                 # a checkpoint written before the shape model: fit it to the (imputed) dictionary
-                k = self.num_vertebrae
                 mean, cov = np.zeros((k, 3)), np.eye(3 * k)
-                if state_dict[key].shape[2] > 0:
-                    shapes = state_dict[key].cpu().numpy().transpose(2, 1, 0)
+                if shapes.shape[0] > 0:
                     mean, cov = fit_shape_gaussian(shapes, shapes)
                 state_dict[prefix + "shape_mean"] = torch.from_numpy(np.ascontiguousarray(mean))
                 state_dict[prefix + "shape_cov"] = torch.from_numpy(np.ascontiguousarray(cov))
