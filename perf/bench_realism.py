@@ -11,12 +11,16 @@ Both sides are resampled to the same canonical 2 mm grid (CT linear, masks neare
   config generates it): the mean 11 x 11 x 11 voxel neighbourhood of the lumbar vertebrae's centroids, read at a
   few points (body centre, posterior elements, soft tissue in front) - what the networks see of a vertebra, and
   the figure the tissue HU ranges of the phantom (``phantom._draw_scan``) were fitted to.
+- at sim2real's 4 mm, the same mean neighbourhood read along three lines through it (superior-inferior through
+  the centroid and through the body, anterior-posterior through the centroid): the real bodies' bright endplates
+  and dark interiors, the canal, the laminae, voxel by voxel.
 - the parts of each whole lumbar vertebra (on the 2 mm grid, relative to the mask's centre of mass): the body
   (mask more than 8 mm in front of it) and the posterior elements (more than 8 mm behind it), their HU by depth
   below the mask's surface (rim: 1-2.3 mm, core: deeper; the body's core is its cancellous bone) and their extents
   (2nd-98th percentile of their voxels), and the mean lumbar vertebra of each side as a picture
   (``docs/realism_mean_lumbar.png``: axial, sagittal and coronal planes through the centre of mass) - the figures
   the phantom's vertebra values and sizes were fitted to (generator version 4).
+Phantoms drawn with thick slices (``anisotropic_rate``) are resampled to the 2 mm grid as the real CTs are.
 Every figure is printed with its ratio phantom / real. The real set: the four VerSe crops and the TPTBox scan
 with their expert VerSe-numbered masks, and the TotalSegmentator example with its model-made labels (SOURCE.md
 of each folder: licences, caveats). Discs, muscle and organs have no masks there and are compared by HU window
@@ -55,12 +59,18 @@ VIEW_WINDOW = (-250.0, 1250.0)
 BENCH_SPACING_MM = 8.0  # configs/default.yaml
 BENCH_GENERATOR = {"scan_max_width_mm": 160.0, "scan_max_depth_mm": 120.0}  # configs/default.yaml
 PATCH_R = 5
+PROFILE_SPACING_MM, PROFILE_R = 4.0, 6  # configs/sim2real.yaml's spacing; +-24 mm
+# (name, index of the line through a (2R+1)^3 neighbourhood centred at R)
+PROFILE_LINES = [("superior-inferior, through the centre of mass", lambda c: (slice(None), c, c)),
+                 ("superior-inferior, 12 mm in front (the body)", lambda c: (slice(None), c - 3, c)),
+                 ("anterior-posterior, through the centre of mass", lambda c: (c, slice(None), c))]
 NAME_OF_VERSE_ID = {v: k for k, v in VERSE_ID_OF.items()}
 MEAN_R = 28  # the mean lumbar vertebra's half-width in 2 mm voxels
 PART_COLUMNS = ["body rim (HU)", "body core, cancellous (HU)", "posterior elements rim (HU)",
                 "posterior elements core (HU)", "body height SI (mm)", "body width LR (mm)",
                 "body front, in front of the centre of mass (mm)", "posterior elements SI (mm)",
-                "posterior elements LR (mm)", "spinous tip, behind the centre of mass (mm)", "volume (cm³)"]
+                "posterior elements LR (mm)", "spinous tip, behind the centre of mass (mm)", "volume (cm³)",
+                "posterior elements volume (cm³)"]
 # (label, offset in voxels (s, p, l) from the centroid) of the points the neighbourhood table reads
 PATCH_POINTS = [("body centre", (0, 0, 0)), ("body, 1 voxel up", (1, 0, 0)), ("body, 1 voxel left", (0, 0, 1)),
                 ("pedicles / facets (2 behind, 2 aside)", (0, 2, 2)), ("lamina / spinous (4 behind)", (0, 4, 0)),
@@ -130,21 +140,25 @@ def phantom_volumes():
     for index in range(N_PHANTOMS):
         case = generate_case(0, index, config)
         mask = np.where(case.vertebra_mask == 29, 0, case.vertebra_mask).astype(np.uint8)  # S2 has no VerSe id
-        yield case.case_id, case.ct_hu.astype(np.float32), mask, case.metadata["metal"]["applied"]
+        ct = case.ct_hu.astype(np.float32)
+        if not np.allclose(case.geometry.spacing_mm, SPACING_MM):  # thick slices (anisotropic_rate): as the real CTs
+            ct, mask = on_canonical_grid(ct, mask, case.geometry)
+        yield case.case_id, ct, mask, case.metadata["metal"]["applied"]
 
 
-def lumbar_patches(ct_hu, geometry: Geometry, mask: np.ndarray, mask_geometry: Geometry) -> list[np.ndarray]:
-    """The 8 mm neighbourhoods (z-scored as a run does) of the lumbar vertebrae whose centroid (centre of mass of
-    the VerSe-numbered mask) lies at least ``PATCH_R`` voxels inside the volume."""
-    image, grid = preprocess_volume(ct_hu, geometry, PreprocessParams(spacing_mm=BENCH_SPACING_MM))
+def lumbar_patches(ct_hu, geometry: Geometry, mask: np.ndarray, mask_geometry: Geometry,
+                   spacing_mm: float = BENCH_SPACING_MM, radius: int = PATCH_R) -> list[np.ndarray]:
+    """The neighbourhoods at ``spacing_mm`` (z-scored as a run does) of the lumbar vertebrae whose centroid (centre
+    of mass of the VerSe-numbered mask) lies at least ``radius`` voxels inside the volume."""
+    image, grid = preprocess_volume(ct_hu, geometry, PreprocessParams(spacing_mm=spacing_mm))
     out = []
     for label in np.unique(mask[mask > 0]):
         if not NAME_OF_VERSE_ID.get(int(label), "").startswith("L"):
             continue
         world = mask_geometry.vox_to_world(np.argwhere(mask == label).mean(0))
         v = np.rint(grid.world_to_vox(world)).astype(int)
-        if np.all(v >= PATCH_R) and np.all(v < np.asarray(image.shape) - PATCH_R):
-            out.append(image[tuple(slice(c - PATCH_R, c + PATCH_R + 1) for c in v)])
+        if np.all(v >= radius) and np.all(v < np.asarray(image.shape) - radius):
+            out.append(image[tuple(slice(c - radius, c + radius + 1) for c in v)])
     return out
 
 
@@ -158,6 +172,22 @@ def patch_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
     for name, (ds, dp, dl) in PATCH_POINTS:
         a, b = hu(p[PATCH_R + ds, PATCH_R + dp, PATCH_R + dl]), hu(r[PATCH_R + ds, PATCH_R + dp, PATCH_R + dl])
         lines.append(f"| {name} | {a:.0f} | {b:.0f} | {a - b:+.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
+    """HU along lines through the mean lumbar neighbourhood at sim2real's spacing, one column per voxel."""
+    p, r = (np.mean(x, 0) * HU_STD + HU_MEAN for x in (phantom, real))
+    c = PROFILE_R
+    offsets = [f"{(k - c) * PROFILE_SPACING_MM:+g}" for k in range(2 * c + 1)]
+    lines = [f"\nAt sim2real's {PROFILE_SPACING_MM:g} mm, as a run preprocesses it: HU along three lines through the "
+             f"mean neighbourhood of {len(phantom)} phantom and {len(real)} real lumbar vertebrae (as above; phantom: "
+             f"the same window at {PROFILE_SPACING_MM:g} mm), one column per voxel, offsets in mm from the centre of "
+             "mass (superior, posterior positive):\n",
+             "| line | side | " + " | ".join(offsets) + " |", "|---|---|" + "---|" * len(offsets)]
+    for name, line in PROFILE_LINES:
+        for side, mean in (("phantom", p), ("real", r)):
+            lines.append(f"| {name} | {side} | " + " | ".join(f"{v:.0f}" for v in mean[line(c)]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +217,8 @@ def lumbar_parts(ct: np.ndarray, labels: np.ndarray) -> tuple[list[np.ndarray], 
         extent = lambda a, axis: np.percentile(a[:, axis], 98) - np.percentile(a[:, axis], 2)  # noqa: E731
         body, arch = rel[rel[:, 1] < -8.0], rel[rel[:, 1] > 8.0]
         row += [extent(body, 0), extent(body, 2), -np.percentile(rel[:, 1], 1),
-                extent(arch, 0), extent(arch, 2), np.percentile(rel[:, 1], 99), inside.sum() * SPACING_MM**3 / 1000]
+                extent(arch, 0), extent(arch, 2), np.percentile(rel[:, 1], 99), inside.sum() * SPACING_MM**3 / 1000,
+                len(arch) * SPACING_MM**3 / 1000]
         rows.append(np.array(row))
         c = np.rint(com).astype(int) + MEAN_R
         patches.append(padded[tuple(slice(x - MEAN_R, x + MEAN_R + 1) for x in c)])
@@ -306,16 +337,20 @@ def main() -> int:
             (docs / "realism_phantom.png").write_bytes(volume_views_png(
                 ct, [SPACING_MM] * 3, caption=f"phantom: {name}", window=VIEW_WINDOW))
     real_patches, phantom_patches = [], []
+    real_lines, phantom_lines = [], []
     for _, ct, geometry, verse, mask_geometry in real_masks():
         real_patches += lumbar_patches(ct, geometry, verse, mask_geometry)
-    config = PhantomConfig(spacing_mm=BENCH_SPACING_MM, **BENCH_GENERATOR)
-    for index in range(40):
-        case = generate_case(0, index, config)
-        if not case.metadata["metal"]["applied"]:  # pedicle screws are not bone
-            phantom_patches += lumbar_patches(case.ct_hu, case.geometry, case.vertebra_mask, case.geometry)
+        real_lines += lumbar_patches(ct, geometry, verse, mask_geometry, PROFILE_SPACING_MM, PROFILE_R)
+    for spacing, radius, patches in ((BENCH_SPACING_MM, PATCH_R, phantom_patches),
+                                     (PROFILE_SPACING_MM, PROFILE_R, phantom_lines)):
+        config = PhantomConfig(spacing_mm=spacing, **BENCH_GENERATOR)
+        for index in range(40):
+            case = generate_case(0, index, config)
+            if not case.metadata["metal"]["applied"]:  # pedicle screws are not bone
+                patches += lumbar_patches(case.ct_hu, case.geometry, case.vertebra_mask, case.geometry, spacing, radius)
     (docs / "realism_mean_lumbar.png").write_bytes(mean_lumbar_png(means["phantom"], means["real"]))
     text = (report(pooled(phantom), pooled(real), len(real)) + parts_report(parts["phantom"], parts["real"])
-            + patch_report(phantom_patches, real_patches))
+            + patch_report(phantom_patches, real_patches) + profile_report(phantom_lines, real_lines))
     print(text)
     write_fragment("realism", text)
     return 0
