@@ -22,12 +22,31 @@ SHIPPED_CONFIGS = "spinebench.configs"
 
 
 def load_experiment(
-    config: str | Path | Mapping[str, Any] = "default", sets: Sequence[str] = (), *, check_devices: bool = True
+    config: str | Path | Mapping[str, Any] = "default",
+    sets: Sequence[str] = (),
+    *,
+    check_devices: bool = True,
+    only_methods: Sequence[str] | None = None,
 ) -> ExperimentConfig:
-    """Read (path, shipped name or raw mapping), apply ``--set`` items and validate everything."""
+    """Read (path, shipped name or raw mapping), apply ``--set`` items, keep ``only_methods`` (``run --methods``:
+    a subset of the experiment's methods, each with its own settings, in the experiment's order) and validate."""
     raw = dict(config) if isinstance(config, Mapping) else read_raw(config)
     raw = apply_sets(raw, sets)
+    if only_methods is not None:
+        raw["methods"] = select_methods(raw.get("methods") or {}, only_methods)
     return resolve(raw, check_devices=check_devices)
+
+
+def select_methods(methods: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The entries of ``methods`` named in ``names`` (each as the experiment configures it), in the experiment's
+    order; a name the experiment does not list is refused."""
+    unknown = [n for n in names if n not in methods]
+    if unknown:
+        raise ConfigError(f"--methods {unknown[0]}: not a method of this experiment (it lists "
+                          f"{', '.join(methods) or 'none'})")
+    if not names:
+        raise ConfigError("--methods: name at least one method")
+    return {name: body for name, body in methods.items() if name in names}
 
 
 def resolve_config_path(config: str | Path) -> Path | Traversable:

@@ -81,11 +81,14 @@ def resolve_out_dir(cfg: ExperimentConfig, out: str | None, resume: str | None) 
 
 
 def load_for_run(
-    config: str | None, sets: Sequence[str], resume: str | None
+    config: str | None, sets: Sequence[str], resume: str | None, methods: Sequence[str] | None = None
 ) -> ExperimentConfig:
-    """The experiment of a new run, or the stored one of ``--resume DIR`` (only ``tracking.*`` may change)."""
+    """The experiment of a new run (``methods``: only these of its methods), or the stored one of ``--resume DIR``
+    (only ``tracking.*`` may change)."""
     if not resume:
-        return load_experiment(config or "default", sets)
+        return load_experiment(config or "default", sets, only_methods=methods)
+    if methods is not None:
+        raise ConfigError("--resume continues the stored experiment; leave out --methods")
     folder = Path(resume)
     stored = folder / "config.yaml"
     if not stored.is_file():

@@ -58,3 +58,23 @@ def test_dry_run_lists_the_further_test_sets(tmp_path, capfd):
                  "test_sets.other.phantom.n_test=3", "--dry-run", "--out", str(tmp_path / "o")])
     out = capfd.readouterr().out
     assert code == 0 and "test set other: phantom, 3 test cases" in out and not (tmp_path / "o").exists()
+
+
+def test_methods_option_keeps_the_named_methods_with_their_settings(tmp_path, capfd):
+    """``run --methods a,b`` runs a subset of an experiment's methods, each as the experiment configures it (its
+    overrides and trainer settings, inherited ones included), in the experiment's order; unknown names exit 2."""
+    full = load_experiment("sim2real")
+    assert main(["run", "--config", "sim2real", "--methods", "resml_cls, di2in", "--print-config"]) == 0
+    text = capfd.readouterr().out
+    assert list(yaml.safe_load(text)["methods"]) == ["di2in", "resml_cls"]
+    (tmp_path / "c.yaml").write_text(text)
+    subset = load_experiment("sim2real", only_methods=["resml_cls", "di2in"])
+    assert load_experiment(tmp_path / "c.yaml").config_hash() == subset.config_hash()
+    for entry in subset.methods:
+        kept = next(m for m in full.methods if m.name == entry.name)
+        assert entry == kept and entry.trainer["max_steps"] in (3000, 4000)  # sim2real's own budgets
+    assert subset.data == full.data and subset.seeds == full.seeds
+    code = main(["run", "--config", "sim2real", "--methods", "di2in,foo", "--print-config"])
+    assert code == 2 and "--methods foo: not a method of this experiment" in capfd.readouterr().err
+    code = main(["run", "--resume", str(tmp_path), "--methods", "di2in"])
+    assert code == 2 and "leave out --methods" in capfd.readouterr().err

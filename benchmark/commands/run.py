@@ -26,6 +26,11 @@ def add_parser(subparsers) -> None:
         help="override a config key with a YAML value, e.g. --set trainer.max_epochs=3 "
         "--set methods.di2in.overrides.base_width=16 --set data.csi2014.root=/data/csi2014 (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--methods", default=None, type=lambda v: [m.strip() for m in v.split(",") if m.strip()], metavar="A,B",
+        help="run only these of the experiment's methods, each with the experiment's settings for it, e.g. "
+        "--methods di2in,di2in_mp_sparsity (the rest of the experiment unchanged; stored in the run's config.yaml)",
+    )  # fmt: skip
     p.add_argument("-o", "--out", default=None, help="output folder (default: output.dir or runs/<name>-<UTC time>)")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR (complete cells are kept)")
     p.add_argument(
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.out and args.out != args.resume:
         raise ConfigError("--resume DIR continues DIR; leave out --out (or give the same folder)")
-    cfg = load_for_run(args.config, args.sets, args.resume)
+    cfg = load_for_run(args.config, args.sets, args.resume, args.methods)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
