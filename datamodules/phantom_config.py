@@ -76,6 +76,10 @@ class PhantomConfig:
     # trabecular texture of cancellous bone and noise correlated over NOISE_CORRELATION_MM (white at coarse
     # spacings); False: uniform cancellous bone and white noise, as generator version 2 (a stream of their own)
     texture: bool = True
+    # subchondral bone under each endplate around a darker mid-body marrow, the basivertebral foramen in the body's
+    # posterior wall, the canal's fluid and fat (generator version 5, fitted to real lumbar vertebrae at 4 mm;
+    # a stream of its own); False: version 4's uniform bodies
+    vertebra_detail: bool = False
     with_mask: bool = True
 
     def __post_init__(self) -> None:

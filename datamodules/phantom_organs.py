@@ -262,9 +262,12 @@ def draw_table(rng: np.random.Generator, canvas: Canvas, prof: dict, tissue: dic
 
 def add_bone_texture(rng: np.random.Generator, canvas: Canvas, tissue: dict, meta: dict) -> None:
     """Trabecular texture: cancellous bone's value varies voxel to voxel by a smoothed random field (sigma 0.7 mm)
-    of 15-50 HU standard deviation, drawn per case, in the box that holds every cancellous voxel."""
+    of 15-50 HU standard deviation, drawn per case, in the box that holds every cancellous (and version 5's
+    subchondral) voxel."""
     std = 15.0 + 35.0 * float(rng.random())
     region = canvas.hu == np.float32(tissue["cancellous"])
+    if "subchondral" in tissue:
+        region |= canvas.hu == np.float32(tissue["subchondral"])
     extent = [np.nonzero(region.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
     meta["texture"] = {"trabecular_std_hu": round(std, 3)}
     if any(e.size == 0 for e in extent):

@@ -13,7 +13,8 @@ Both sides are resampled to the same canonical 2 mm grid (CT linear, masks neare
   the figure the tissue HU ranges of the phantom (``phantom._draw_scan``) were fitted to.
 - at sim2real's 4 mm, the same mean neighbourhood read along three lines through it (superior-inferior through
   the centroid and through the body, anterior-posterior through the centroid): the real bodies' bright endplates
-  and dark interiors, the canal, the laminae, voxel by voxel.
+  and dark interiors, the canal, the laminae, voxel by voxel - for the default run's phantom and for sim2real's
+  (``vertebra_detail``: generator version 5's subchondral bone, foramen and canal, fitted to these lines).
 - the parts of each whole lumbar vertebra (on the 2 mm grid, relative to the mask's centre of mass): the body
   (mask more than 8 mm in front of it) and the posterior elements (more than 8 mm behind it), their HU by depth
   below the mask's surface (rim: 1-2.3 mm, core: deeper; the body's core is its cancellous bone) and their extents
@@ -175,18 +176,21 @@ def patch_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
-    """HU along lines through the mean lumbar neighbourhood at sim2real's spacing, one column per voxel."""
-    p, r = (np.mean(x, 0) * HU_STD + HU_MEAN for x in (phantom, real))
+def profile_report(phantom: list[np.ndarray], detailed: list[np.ndarray], real: list[np.ndarray]) -> str:
+    """HU along lines through the mean lumbar neighbourhood at sim2real's spacing, one column per voxel: the default
+    run's phantom, sim2real's (``vertebra_detail``, generator version 5) and the real vertebrae."""
+    means = [(side, np.mean(x, 0) * HU_STD + HU_MEAN) for side, x in
+             (("phantom", phantom), ("phantom, vertebra_detail", detailed), ("real", real))]
     c = PROFILE_R
     offsets = [f"{(k - c) * PROFILE_SPACING_MM:+g}" for k in range(2 * c + 1)]
     lines = [f"\nAt sim2real's {PROFILE_SPACING_MM:g} mm, as a run preprocesses it: HU along three lines through the "
              f"mean neighbourhood of {len(phantom)} phantom and {len(real)} real lumbar vertebrae (as above; phantom: "
-             f"the same window at {PROFILE_SPACING_MM:g} mm), one column per voxel, offsets in mm from the centre of "
-             "mass (superior, posterior positive):\n",
+             f"the same window at {PROFILE_SPACING_MM:g} mm; *vertebra_detail*: the same cases with sim2real's "
+             f"subchondral bone, basivertebral foramen and canal contents, {len(detailed)} vertebrae), one column per "
+             "voxel, offsets in mm from the centre of mass (superior, posterior positive):\n",
              "| line | side | " + " | ".join(offsets) + " |", "|---|---|" + "---|" * len(offsets)]
     for name, line in PROFILE_LINES:
-        for side, mean in (("phantom", p), ("real", r)):
+        for side, mean in means:
             lines.append(f"| {name} | {side} | " + " | ".join(f"{v:.0f}" for v in mean[line(c)]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -337,20 +341,21 @@ def main() -> int:
             (docs / "realism_phantom.png").write_bytes(volume_views_png(
                 ct, [SPACING_MM] * 3, caption=f"phantom: {name}", window=VIEW_WINDOW))
     real_patches, phantom_patches = [], []
-    real_lines, phantom_lines = [], []
+    real_lines, phantom_lines, detailed_lines = [], [], []
     for _, ct, geometry, verse, mask_geometry in real_masks():
         real_patches += lumbar_patches(ct, geometry, verse, mask_geometry)
         real_lines += lumbar_patches(ct, geometry, verse, mask_geometry, PROFILE_SPACING_MM, PROFILE_R)
-    for spacing, radius, patches in ((BENCH_SPACING_MM, PATCH_R, phantom_patches),
-                                     (PROFILE_SPACING_MM, PROFILE_R, phantom_lines)):
-        config = PhantomConfig(spacing_mm=spacing, **BENCH_GENERATOR)
+    for spacing, radius, patches, detail in ((BENCH_SPACING_MM, PATCH_R, phantom_patches, False),
+                                             (PROFILE_SPACING_MM, PROFILE_R, phantom_lines, False),
+                                             (PROFILE_SPACING_MM, PROFILE_R, detailed_lines, True)):
+        config = PhantomConfig(spacing_mm=spacing, vertebra_detail=detail, **BENCH_GENERATOR)
         for index in range(40):
             case = generate_case(0, index, config)
             if not case.metadata["metal"]["applied"]:  # pedicle screws are not bone
                 patches += lumbar_patches(case.ct_hu, case.geometry, case.vertebra_mask, case.geometry, spacing, radius)
     (docs / "realism_mean_lumbar.png").write_bytes(mean_lumbar_png(means["phantom"], means["real"]))
     text = (report(pooled(phantom), pooled(real), len(real)) + parts_report(parts["phantom"], parts["real"])
-            + patch_report(phantom_patches, real_patches) + profile_report(phantom_lines, real_lines))
+            + patch_report(phantom_patches, real_patches) + profile_report(phantom_lines, detailed_lines, real_lines))
     print(text)
     write_fragment("realism", text)
     return 0

@@ -37,7 +37,7 @@ def test_same_seed_same_bytes_other_index_differs():
 # kyphosis, metal + streaks, thick slices, noise, blur; drawn at 2 mm, averaged to 4 mm). It pins the output across
 # machines and numpy/scipy builds; a deliberate change of the generator updates it (and GENERATOR_VERSION).
 GOLDEN_CASE = (2024, 2)
-GOLDEN_SHA256 = "a00a6c6b380a754af619d80741f199461d0c5739378ec521e9b323cedcb5fcdd"  # generator version 4
+GOLDEN_SHA256 = "a00a6c6b380a754af619d80741f199461d0c5739378ec521e9b323cedcb5fcdd"  # version 4 (= 5 without detail)
 GOLDEN_SHA256_NO_ORGANS = "e995202bf8a093a29a498e7cb664cd05c87e97fb138d6a4f74012444d1787de9"  # organs, texture off
 
 
@@ -459,3 +459,39 @@ def test_scan_window_rate_windows_a_share_of_the_cases_and_records_it():
     assert "scan_window" not in generate_case(31, 0, plain(**window, **cfg)).metadata  # rate 1: a setting, no draw
     with pytest.raises(InputError, match="scan_window_rate"):
         PhantomConfig(scan_window_rate=1.5)
+
+
+def test_vertebra_detail_adds_subchondral_bone_the_foramen_and_the_canal_contents():
+    """Version 5 (opt-in, a stream of its own): the spine, its centroids and the grid stay; each body gets denser bone
+    under its endplates around a darker middle, the basivertebral foramen in its posterior wall at mid-height, and
+    the canal holds fluid and fat (darker than soft tissue) behind a shallower arch whose spinous tip stays."""
+    cfg = dict(spacing_mm=2.0, noise_hu=(0.0, 0.0), blur_sigma_mm=(0.0, 0.0))
+    base = generate_case(15, 0, plain(**cfg))
+    det = generate_case(15, 0, plain(vertebra_detail=True, **cfg))
+    assert det.centroids_mm == base.centroids_mm and det.geometry == base.geometry
+    t0, t1 = base.metadata["tissue_hu"], det.metadata["tissue_hu"]
+    assert "subchondral" not in t0 and t1["cancellous"] < t0["cancellous"]
+    assert t1["cancellous"] < t1["subchondral"] < t1["cortical"] and t1["canal"] < t1["soft"] <= t1["vein"]
+    s0, p0, l0 = np.rint(det.geometry.world_to_vox(det.centroids_mm["L3"])).astype(int)  # the body's centre
+    l3 = det.vertebra_mask == PHANTOM_MASK_ID["L3"]
+    rows = lambda hu: np.argwhere(l3 & (det.ct_hu == round(t1[hu])))  # noqa: E731
+    sub, mid, vein = rows("subchondral"), rows("cancellous"), rows("vein")
+    assert len(sub) > 50 and len(mid) > 50 and len(vein) > 3
+    assert np.abs(sub[:, 0] - s0).mean() > np.abs(mid[:, 0] - s0).mean() + 1.5  # under the endplates
+    assert np.abs(vein[:, 0] - s0).mean() <= 3 and vein[:, 1].min() > p0  # mid-height (the body tilts), behind
+    # the midline behind the body: canal (fluid, darker than base's soft tissue), then the lamina, nearer than before
+    depth, tip = {}, {}
+    for name, case in (("base", base), ("detail", det)):
+        depth[name] = []
+        for s in range(s0 - 4, s0 + 5):  # the axial slices that cut body, canal and lamina on the midline
+            bone = case.vertebra_mask[s, :, l0] == PHANTOM_MASK_ID["L3"]
+            wall = p0 + int(np.argmin(bone[p0:]))
+            if bone[p0] and bone[wall:].any():
+                depth[name].append(int(np.argmax(bone[wall:])))
+                canal = case.ct_hu[s, wall + depth[name][-1] // 2, l0]
+                assert canal == round(t1["canal"]) if name == "detail" else canal > round(t1["canal"])
+        tip[name] = np.argwhere(case.vertebra_mask[s0 - 8 : s0 + 9, :, l0] == PHANTOM_MASK_ID["L3"])[:, 1].max()
+    assert len(depth["base"]) >= 2 and len(depth["detail"]) >= 2
+    assert max(depth["detail"]) < min(depth["base"]) and abs(int(tip["detail"]) - int(tip["base"])) <= 2
+    textured = generate_case(15, 0, plain(vertebra_detail=True, texture=True, **cfg))
+    assert textured.ct_hu[tuple(sub.T)].std() > 5.0  # trabecular texture reaches the subchondral bone
