@@ -196,7 +196,8 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
     canal_cp = rp + 1.0 + crp if v.name != "C1" else 2.0 + crp
     sp_len, sp_deg, sp_r = k * size("spinous_len", pos), size("spinous_deg", pos), k * size("spinous_r", pos)
     tp_len, tp_deg, tp_r = k * size("tp_len", pos), size("tp_deg", pos), k * size("tp_r", pos)
-    if "canal" in tissue and v.name != "C1":  # version 5: a shallower canal, the spinous tip where it was
+    canal_detail = "canal" in tissue and v.name != "C1"  # version 5 (``vertebra_detail``)
+    if canal_detail:  # a shallower canal, the spinous tip where it was
         sp_len += 2.0 * (1.0 - CANAL_DEPTH_FACTOR) * crp
         crp *= CANAL_DEPTH_FACTOR
         canal_cp = rp + 1.0 + crp
@@ -213,7 +214,7 @@ def draw_vertebra(canvas: Canvas, v: VertebraPose, tissue: dict, shell_mm: float
 
     # Posterior elements first; the body is painted over them.
     arch_h, arch_c = 0.8 * hh, 0.1 * hh
-    if "canal" in tissue and v.name != "C1":  # version 5: the canal's fluid and fat, over a whole level's height
+    if canal_detail:  # the canal's fluid and fat, over a whole level's height
         sl, (us, up, ul) = _part(canvas, c, f, (-hh - 6.0, canal_cp - crp, -crl), (hh + 6.0, canal_cp + crp, crl))
         if sl is not None:
             fill = (np.abs(us) <= np.float32(hh + 6.0)) & (_ellipse_q(up, ul, canal_cp, 0.0, crp, crl) <= 1)
