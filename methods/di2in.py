@@ -16,11 +16,11 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from spinebench.datamodules.errors import InputError
 from spinebench.methods.base import DataRequirements, VertebraMethod, VolumePrediction
-from spinebench.methods.blocks import argmax_subvoxel, conv_relu_stack, pad_to_multiple, pointwise, upsample_to
+from spinebench.methods.blocks import argmax_subvoxel, pad_to_multiple
+from spinebench.methods.di2in_net import DI2INNet
 from spinebench.methods.heatmap_loss import branch_sse, dense_sse, dense_target, gaussian_factors
 from spinebench.methods.message_passing import ChainMessagePassing
 from spinebench.methods.registry import register_method
@@ -108,113 +108,6 @@ class DI2INConfig:
                 raise InputError(f"di2in option {name}: invalid value {getattr(self, name)!r}")
 
 
-class DI2INNet(nn.Module):
-    """Encoder (conv+ReLU, max-pool) / decoder (×2 trilinear upsampling, skip concatenation, conv+ReLU).
-
-    Every decoder level feeds a deep-supervision branch (1×1×1 conv to K maps, upsampled to full size); the
-    final output is ReLU(1×1×1 conv over the concatenated branches), initialised as their mean. Input sizes
-    must be multiples of ``2**depth``.
-
-    The arithmetic is ordered for speed, not literally as described (tests/test_di2in.py checks it against the
-    literal form): 1×1×1 mixing commutes with trilinear upsampling, so the fusion conv is folded into each
-    head and applied at the branch's own resolution, and only the K-channel sum is ever full size; the
-    training loss compares coarse branches without upsampling them (``methods.heatmap_loss``).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, base_width: int, depth: int, convs_per_level: int):
-        super().__init__()
-        widths = [base_width * 2**level for level in range(depth + 1)]
-        self.depth = depth
-        self.encoder = nn.ModuleList(
-            conv_relu_stack(in_channels if lvl == 0 else widths[lvl - 1], widths[lvl], convs_per_level)
-            for lvl in range(depth + 1)
-        )
-        self.decoder = nn.ModuleList(
-            conv_relu_stack(widths[lvl + 1] + widths[lvl], widths[lvl], convs_per_level) for lvl in range(depth)
-        )
-        self.heads = nn.ModuleList(nn.Conv3d(widths[lvl], out_channels, 1) for lvl in range(depth))
-        self.fuse = nn.Conv3d(depth * out_channels, out_channels, 1)
-        with torch.no_grad():
-            eye = torch.eye(out_channels).repeat(1, depth) / depth
-            self.fuse.weight.copy_(eye[..., None, None, None])
-            self.fuse.bias.zero_()
-
-    def decode(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Decoder features of every level, index = level (0: full resolution). Keeps the input's memory format."""
-        size = tuple(image.shape[-3:])
-        if any(s % 2**self.depth for s in size):
-            raise ValueError(f"input size {size} is not a multiple of 2**depth = {2**self.depth}")
-        fmt = torch.channels_last_3d if image.is_contiguous(memory_format=torch.channels_last_3d) else None
-        keep = (lambda t: t.contiguous(memory_format=fmt)) if fmt is not None else (lambda t: t)  # noqa: E731
-        skips, x = [], image
-        for lvl, block in enumerate(self.encoder):
-            x = keep(block(x))  # a 1-channel input leaves oneDNN's output contiguous
-            if lvl < self.depth:
-                skips.append(x)
-                x = F.max_pool3d(x, 2)
-        features = [None] * self.depth
-        for lvl in reversed(range(self.depth)):
-            x = upsample_to(x, tuple(2 * n for n in x.shape[-3:]))
-            x = keep(self.decoder[lvl](torch.cat([x, skips[lvl]], dim=1)))
-            features[lvl] = x
-        return features
-
-    def branch_logits(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each level's K deep-supervision maps at that level's resolution."""
-        return [pointwise(x, head.weight, head.bias) for x, head in zip(features, self.heads)]
-
-    def fused(self, features: list[torch.Tensor], size: tuple[int, int, int]) -> torch.Tensor:
-        """ReLU(fuse(concat(upsampled branches))) without the branches: Σ_l upsample(fuse_l · head_l(x_l)) + b,
-        with every bias folded into the one b (upsampling preserves constants)."""
-        k = self.fuse.out_channels
-        total, bias = None, self.fuse.bias
-        for lvl in reversed(range(self.depth)):  # coarsest first: the sum is built in place at full size
-            mix = self.fuse.weight[:, lvl * k : (lvl + 1) * k, 0, 0, 0]
-            head = self.heads[lvl]
-            weight = mix @ head.weight.reshape(k, -1)
-            bias = bias + mix @ head.bias
-            x = features[lvl]
-            channels_last = total is not None and total.is_contiguous(memory_format=torch.channels_last_3d)
-            if channels_last and tuple(x.shape[-3:]) == size:
-                # full resolution: accumulate the product straight into the sum (no K-channel temporary)
-                # (in the sum's dtype: under autocast the convolutions and the matmuls may differ)
-                flat = total.permute(0, 2, 3, 4, 1).view(-1, k)
-                flat.addmm_(x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1]).to(flat.dtype),
-                            weight.t().to(flat.dtype).contiguous())
-                continue
-            part = upsample_to(pointwise(x, weight), size)
-            total = part if total is None else total.add_(part)
-        return F.relu_(total.add_(bias[None, :, None, None, None]))
-
-    def literal_forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(final, branches deepest first) computed as drawn: ``F.conv3d``, every branch upsampled to full size,
-        the fusion conv over their concatenation. The reference the fast path is tested and benchmarked against."""
-        def stack(block: nn.Sequential, t: torch.Tensor) -> torch.Tensor:
-            for m in block:
-                t = F.conv3d(t, m.weight, m.bias, padding=m.padding) if isinstance(m, nn.Conv3d) else F.relu(t)
-            return t
-
-        skips, x = [], image
-        for lvl, block in enumerate(self.encoder):
-            x = stack(block, x)
-            if lvl < self.depth:
-                skips.append(x)
-                x = F.max_pool3d(x, 2)
-        size, branches = tuple(image.shape[-3:]), []
-        for lvl in reversed(range(self.depth)):
-            x = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
-            x = stack(self.decoder[lvl], torch.cat([x, skips[lvl]], 1))
-            branches.append(F.interpolate(self.heads[lvl](x), size=size, mode="trilinear", align_corners=False))
-        return F.relu(self.fuse(torch.cat(branches[::-1], 1))), branches
-
-    def forward(self, image: torch.Tensor, with_branches: bool = True) -> dict[str, torch.Tensor]:
-        size = tuple(image.shape[-3:])
-        features = self.decode(image)
-        final = self.fused(features, size)
-        branches = [upsample_to(z, size) for z in reversed(self.branch_logits(features))] if with_branches else []
-        return {"final": final, "branches": branches}
-
-
 class DI2IN(VertebraMethod):
     family: ClassVar[str] = "di2in"
     config_cls: ClassVar[type] = DI2INConfig
@@ -294,16 +187,16 @@ class DI2IN(VertebraMethod):
         if cfg.channels_last:
             padded = padded.contiguous(memory_format=torch.channels_last_3d)
         size = tuple(padded.shape[-3:])
-        features = self.net.decode(padded)
+        decoded = self.net.decode(padded)
         crop = (..., slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
-        final = self.net.fused(features, size)[crop]
+        final = self.net.fused(decoded, size)[crop]
         factors = gaussian_factors(batch["centroids_vox"], batch["present"], shape, cfg.sigma_vox)
         target = dense_target(factors, final)
         a = cfg.foreground_weight - 1.0
         count = final.numel()
         terms = {"final": (dense_sse(final, target, a) / count).float()}
         branches = []
-        for z in self.net.branch_logits(features):
+        for z in self.net.branch_logits(decoded.features):
             dense = tuple(z.shape[-3:]) == size
             branches.append(dense_sse(z[crop], target, a) if dense else branch_sse(z, factors, size, a))
         terms["branches"] = (sum(branches) / count).float()

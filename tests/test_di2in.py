@@ -12,7 +12,8 @@ from spinebench.datamodules.errors import InputError
 from spinebench.datamodules.targets import gaussian_heatmaps
 from spinebench.methods import create_method, method_config
 from spinebench.methods.blocks import argmax_subvoxel
-from spinebench.methods.di2in import DI2IN, DI2INNet
+from spinebench.methods.di2in import DI2IN
+from spinebench.methods.di2in_net import DI2INNet
 from spinebench.methods.registry import MethodRegistryError
 from spinebench.methods.sliding_window import sliding_window_inference, tile_shape
 from tests.method_fixtures import SMALL_SEEDS, adam_losses, tiny_batch, tiny_case, tiny_method, train_centroids
