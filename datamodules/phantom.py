@@ -3,7 +3,8 @@
 ``generate_case(seed, index, config)`` draws one case, deterministically from ``(seed, index)``: a spine curve
 sampled from the statistical shape model (``datamodules.shape_model``), optional curvature deformities, the anatomy
 (``datamodules.phantom_anatomy``; organs, hips, sternum, table and bone texture in ``datamodules.phantom_organs``)
-and the acquisition difficulties (``datamodules.phantom_artifacts``); its settings are ``phantom_config``. Every
+and the acquisition difficulties (``datamodules.phantom_artifacts``), then the scanner, the crop and the annotation
+(``datamodules.phantom_scanner``); its settings are ``phantom_config``. Every
 random draw comes from a ``numpy.random.Generator(PCG64)`` seeded with ``[seed, index]`` (the organs' with
 ``[seed, index, 1]``, the bone texture's with ``[seed, index, 2]``, the scan window's with ``[seed, index, 3]``,
 so switching them off leaves every other draw as it was), drawn in a fixed order, and all per-voxel arithmetic is
@@ -22,8 +23,9 @@ import numpy as np
 from spinebench.datamodules import phantom_anatomy as anat
 from spinebench.datamodules import phantom_artifacts as art
 from spinebench.datamodules import phantom_organs as organs
+from spinebench.datamodules import phantom_scanner as scanner
 from spinebench.datamodules.centroids import Centroids
-from spinebench.datamodules.geometry import Geometry, canonical_geometry
+from spinebench.datamodules.geometry import Geometry
 from spinebench.datamodules.phantom_config import (  # noqa: F401  (re-exported: this module's API too)
     MAX_SPACING_MM,
     PhantomConfig,
@@ -169,12 +171,12 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
         texture_rng = np.random.Generator(np.random.PCG64([int(seed), int(index), 2]))
         organs.add_bone_texture(texture_rng, canvas, scan.tissue, meta)
     _add_metal(rng, canvas, config, spine, fov, prof, meta)
-    points = _mask_centres(canvas, spine) if config.centroids == "mask" else spine.spl
+    points = scanner.mask_centres(canvas, spine.names, spine.spl) if config.centroids == "mask" else spine.spl
     correlation = NOISE_CORRELATION_MM if config.texture else 0.0
-    ct, labels, geometry = _acquire(rng, canvas, scan, supersampling(config), correlation, meta)
+    ct, labels, geometry = scanner.acquire(rng, canvas, scan, supersampling(config), correlation, meta)
     if config.tight_crop_rate > 0:  # drawn last and only when asked: cases without it stay byte-identical
-        ct, labels, geometry = _tight_crop(rng, config, ct, labels, geometry, meta)
-    centroids = _visible_centroids(spine, points, geometry, meta)
+        ct, labels, geometry = scanner.tight_crop(rng, config, ct, labels, geometry, meta)
+    centroids = scanner.visible_centroids(spine.names, points, geometry, meta)
     meta["shape"], meta["spacing_mm"] = list(ct.shape), [float(x) for x in geometry.spacing_mm]
     meta["size_scale"] = round(float(spine.size_k), 4)
     meta["mask_ids"] = {nm: anat.PHANTOM_MASK_ID[nm] for nm in spine.names}
@@ -355,82 +357,3 @@ def _add_metal(rng, canvas: anat.Canvas, cfg: PhantomConfig, spine: _Spine, fov:
         metal.update(levels=[v.name for v in levels], hu=round(float(metal_hu), 3),
                      streak_amplitude_hu=round(float(amp), 3), streak_slices=n_sl)
     meta["metal"] = metal
-
-
-def _acquire(rng, canvas: anat.Canvas, scan: _Scan, f: int, correlation_mm: float,
-             meta: dict) -> tuple[np.ndarray, np.ndarray, Geometry]:  # fmt: skip
-    """Point-spread blur, partial volume (blocks of ``f`` fine voxels per axis averaged), thick slices, noise and
-    int16 quantisation; the canonical geometry of the result."""
-    hu = art.blur(canvas.hu, scan.blur_mm, canvas.spacing_mm)
-    labels = canvas.labels
-    for axis in range(3):
-        hu, labels = art.block_average(hu, labels, axis, f)
-    sp = float(canvas.spacing_mm[0]) * f
-    origin = np.asarray(canvas.origin_mm, float) + (f - 1) * float(canvas.spacing_mm[0]) / 2
-    spacing = np.array([sp, sp, sp])
-    factor = scan.slice_factor
-    if factor > 1:
-        hu, labels = art.thick_slices(hu, labels, factor)
-        origin = origin + np.array([(factor - 1) * sp / 2, 0.0, 0.0])
-        spacing[0] = factor * sp
-    meta["anisotropic"] = {"applied": scan.anisotropic, "slice_factor": factor, "slice_spacing_mm": float(spacing[0])}
-    hu = art.add_noise(np.array(hu, dtype=np.float32), rng, scan.noise_hu, correlation_mm, spacing)
-    if correlation_mm > 0:
-        meta["noise"]["correlation_mm"] = correlation_mm
-    ct = np.clip(np.rint(hu), -1024, 16000).astype(np.int16)
-    # Canonical geometry: origin in LPS (x, y, z) = array-order (l, p, s).
-    return ct, labels, canonical_geometry(ct.shape, spacing, origin_mm=origin[::-1])
-
-
-def _tight_crop(rng, cfg: PhantomConfig, ct: np.ndarray, labels: np.ndarray, geometry: Geometry,
-                meta: dict) -> tuple[np.ndarray, np.ndarray, Geometry]:  # fmt: skip
-    """With probability ``tight_crop_rate``: crop the AP and LR axes to the vertebrae in the scan (the extent of
-    their labels) plus a margin per axis, as spine CTs are cropped to the spine's masks (VerSe)."""
-    draws = rng.random(3)
-    applied = bool(draws[0] < cfg.tight_crop_rate)
-    meta["tight_crop"] = {"applied": applied}
-    if not applied:
-        return ct, labels, geometry
-    lo_m, hi_m = cfg.tight_crop_margin_mm
-    margins = lo_m + draws[1:] * (hi_m - lo_m)  # mm, for the AP and the LR axis
-    lo, hi = [0, 0, 0], list(ct.shape)
-    for axis, margin in zip((1, 2), margins):
-        pad = margin / float(geometry.spacing_mm[axis])
-        held = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))  # the vertebrae's extent
-        lo[axis] = max(0, int(np.floor(held[0] - pad)))
-        hi[axis] = min(ct.shape[axis], int(np.ceil(held[-1] + pad)) + 1)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    meta["tight_crop"].update(margin_mm=[round(float(m), 3) for m in margins])
-    return ct[box].copy(), labels[box].copy(), geometry.cropped(lo, hi)
-
-
-def _mask_centres(canvas: anat.Canvas, spine: _Spine) -> np.ndarray:
-    """(n, 3) array-order mm: each vertebra's centre of mass on the drawing grid (the part inside the scan); the
-    body centre for a vertebra with no voxel drawn."""
-    ids = [anat.PHANTOM_MASK_ID[name] for name in spine.names]
-    flat = canvas.labels.ravel()
-    size = max(ids) + 1
-    counts = np.bincount(flat, minlength=size)
-    sums = np.zeros((size, 3))
-    for axis in range(3):  # per axis: the sum of each label's voxel indices, from the per-slice label counts
-        moved = np.moveaxis(canvas.labels, axis, 0).reshape(canvas.shape[axis], -1)
-        per_slice = np.stack([np.bincount(row, minlength=size) for row in moved])  # (n_axis, size)
-        sums[:, axis] = np.arange(canvas.shape[axis]) @ per_slice
-    out = spine.spl.copy()
-    for k, label in enumerate(ids):
-        if counts[label]:
-            out[k] = canvas.origin_mm + canvas.spacing_mm * (sums[label] / counts[label])
-    return np.round(out, 6)
-
-
-def _visible_centroids(spine: _Spine, points: np.ndarray, geometry: Geometry, meta: dict) -> Centroids:
-    """The vertebrae whose annotated point (``points``, array-order mm: body centres or mask centres) lies inside
-    the volume (LPS mm), and which they are in the metadata."""
-    origin = np.asarray(geometry.origin_mm, float)[::-1]  # array order (s, p, l)
-    vox = (points - origin) / np.asarray(geometry.spacing_mm, float)  # spacing is in array order already
-    keep = np.all((vox >= 0) & (vox <= np.asarray(geometry.shape) - 1), axis=1)
-    visible = [i for i in range(len(spine.names)) if keep[i]]
-    meta["visible_vertebrae"] = [spine.names[i] for i in visible]
-    meta["first_visible"] = meta["visible_vertebrae"][0] if visible else None
-    meta["last_visible"] = meta["visible_vertebrae"][-1] if visible else None
-    return Centroids((spine.names[i], points[i][::-1]) for i in visible)
