@@ -2,12 +2,13 @@
 
 ``generate_case(seed, index, config)`` draws one case, deterministically from ``(seed, index)``: a spine curve
 sampled from the statistical shape model (``datamodules.shape_model``), optional curvature deformities, the anatomy
-(``datamodules.phantom_anatomy``; organs, hips, sternum, table and bone texture in ``datamodules.phantom_organs``)
-and the acquisition difficulties (``datamodules.phantom_artifacts``), then the scanner, the crop and the annotation
-(``datamodules.phantom_scanner``); its settings are ``phantom_config``. Every
-random draw comes from a ``numpy.random.Generator(PCG64)`` seeded with ``[seed, index]`` (the organs' with
-``[seed, index, 1]``, the bone texture's with ``[seed, index, 2]``, the scan window's with ``[seed, index, 3]``,
-so switching them off leaves every other draw as it was), drawn in a fixed order, and all per-voxel arithmetic is
+(the spine in ``datamodules.phantom_anatomy``; torso, lungs, ribs and iliac wings in ``datamodules.phantom_trunk``;
+organs, hips, sternum, table and bone texture in ``datamodules.phantom_organs``), the acquisition difficulties
+(``datamodules.phantom_artifacts``), then the scanner, the crop and the annotation (``datamodules.phantom_scanner``);
+its settings are ``phantom_config``. Every random draw comes from a ``numpy.random.Generator(PCG64)`` seeded with
+``[seed, index]`` (the organs' with ``[seed, index, 1]``, the bone texture's with ``[seed, index, 2]``, the scan
+window's with ``[seed, index, 3]``, version 5's vertebra detail with ``[seed, index, 4]``, so switching them off
+leaves every other draw as it was), drawn in a fixed order, and all per-voxel arithmetic is
 IEEE-exact, so the same ``(seed, index, config)`` gives byte-identical output on any machine with the same
 numpy/scipy.
 
@@ -24,6 +25,7 @@ from spinebench.datamodules import phantom_anatomy as anat
 from spinebench.datamodules import phantom_artifacts as art
 from spinebench.datamodules import phantom_organs as organs
 from spinebench.datamodules import phantom_scanner as scanner
+from spinebench.datamodules import phantom_trunk as trunk
 from spinebench.datamodules.centroids import Centroids
 from spinebench.datamodules.geometry import Geometry
 from spinebench.datamodules.phantom_config import (  # noqa: F401  (re-exported: this module's API too)
@@ -300,17 +302,17 @@ def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfV
     """Torso, lungs, organs, pelvis, vertebrae (caudal first: cranial parts win overlaps), discs and ribs."""
     shell_mm = max(1.5, 0.75 * float(canvas.spacing_mm[0]))
     poses, pos, size_k = spine.poses, spine.pos, spine.size_k
-    anat.draw_torso(canvas, prof, tissue)
+    trunk.draw_torso(canvas, prof, tissue)
     by_name = {p.name: p for p in poses}
     lung_top = by_name["T1"].center_mm[0] + 25.0
     lung_bottom = float(np.interp(17.3, pos, spine.spl[:, 0]))  # diaphragm near T11 (pos increases downwards)
-    anat.draw_lungs(canvas, prof, lung_top, lung_bottom, tissue)
+    trunk.draw_lungs(canvas, prof, lung_top, lung_bottom, tissue)
     organ_hu = None
     if organ_rng is not None:
         organ_hu = organs.draw_organs(organ_rng, canvas, prof, spine.spl, spine.pos, size_k, tissue, meta)
         organs.draw_table(organ_rng, canvas, prof, tissue, meta)
     for side in (-1.0, 1.0):
-        anat.draw_ilium(canvas, by_name["S1"], side, tissue, shell_mm)
+        trunk.draw_ilium(canvas, by_name["S1"], side, tissue, shell_mm)
     if organ_rng is not None:
         organs.draw_hips(canvas, by_name["S1"], tissue, shell_mm)
     c1 = by_name["C1"]
@@ -327,7 +329,7 @@ def _draw_anatomy(canvas: anat.Canvas, prof: dict, spine: _Spine, fov: _FieldOfV
             end = {"T11": 80.0, "T12": 55.0, "T13": 50.0}.get(v.name, 160.0)
             r = size_k * float(anat.size("rib_r", v.pos))
             for side in (-1.0, 1.0):
-                anat.draw_rib(canvas, anat.rib_polyline(v, side, end), r, tissue, shell_mm)
+                trunk.draw_rib(canvas, trunk.rib_polyline(v, side, end), r, tissue, shell_mm)
                 if organ_hu is not None and end > 100.0:  # T1-T10 reach the front through cartilage
                     organs.draw_costal_cartilage(canvas, v, side, end, 0.9 * r, organ_hu["cartilage"])
     if organ_hu is not None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, draw_rib, rib_polyline, size
+from spinebench.datamodules.phantom_anatomy import Canvas, VertebraPose, size
 from spinebench.datamodules.phantom_artifacts import blur, blurred_noise_std
+from spinebench.datamodules.phantom_trunk import draw_rib, rib_polyline
 
 
 def _level(spine_pos: np.ndarray, spl: np.ndarray, pos: float) -> np.ndarray:
@@ -188,7 +189,7 @@ def _bone_bar(canvas: Canvas, a, b, radius: float, tissue: dict, shell_mm: float
 def draw_hips(canvas: Canvas, s1: VertebraPose, tissue: dict, shell_mm: float) -> None:
     """Both hip joints below and in front of S1: the acetabulum (a cup of cortical bone open laterally and
     downwards), the femoral head in it, the neck towards the greater trochanter, and the pubic and ischial rami
-    that close the pelvic ring (the iliac wings are ``phantom_anatomy.draw_ilium``)."""
+    that close the pelvic ring (the iliac wings are ``phantom_trunk.draw_ilium``)."""
     k = s1.scale
     base = s1.center_mm
     for side in (-1.0, 1.0):
