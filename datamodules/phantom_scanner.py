@@ -3,7 +3,7 @@
 ``acquire``: point-spread blur, partial volume, thick slices, noise and int16 quantisation of the drawing grid;
 ``tight_crop``: the crop of spine CTs to the vertebrae (VerSe); ``mask_centres`` and ``visible_centroids``: the
 annotated points and which of them lie inside the volume. ``datamodules.phantom.generate_case`` calls them last,
-in this order, with its own random stream.
+in this order; ``acquire`` and ``tight_crop`` take the last draws of the case's main random stream.
 """
 
 from __future__ import annotations
