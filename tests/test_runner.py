@@ -400,8 +400,42 @@ def test_evaluate_a_run_on_another_dataset_without_training(trained_run):
     again = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=5", "--name", "other")
     assert again.returncode == 2 and "exists already" in again.stderr
     wrong = _cli("evaluate", "--run", str(trained_run), "--set", "trainer.max_epochs=1", "--name", "x")
-    assert wrong.returncode == 2 and "only data.* keys" in wrong.stderr
+    assert wrong.returncode == 2 and "only data.* keys and methods' inference-only settings" in wrong.stderr
     assert not (trained_run / "evaluations" / "x").exists()
+
+
+def test_evaluate_with_a_methods_inference_setting_changes_only_that(trained_run):
+    own = _records(trained_run / "records.csv")
+    scores = sorted({float(r["score"]) for r in own})
+    assert len(scores) >= 2
+    k = len(scores) // 2
+    threshold = (scores[k - 1] + scores[k]) / 2  # between two scores the run recorded: some present, some not
+    res = _cli("evaluate", "--run", str(trained_run), "--name", "strict",
+               "--set", f"methods.di2in.overrides.presence_threshold={threshold}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    strict = _records(trained_run / "evaluations" / "strict" / "records.csv", (*TIMING_COLUMNS, "dataset", "run"))
+    key = lambda r: (r["case"], r["vertebra"])  # noqa: E731
+    assert sorted(map(key, strict)) == sorted(map(key, own))
+    mine = {key(r): r for r in own}
+    for row in strict:  # the same network outputs; only which vertebrae count as present follows the new threshold
+        before = mine[key(row)]
+        assert [row[c] for c in ("pred_x_mm", "pred_y_mm", "pred_z_mm", "score")] == \
+            [before[c] for c in ("pred_x_mm", "pred_y_mm", "pred_z_mm", "score")]
+        assert (row["pred_present"] in ("1", "True", "true")) == (float(row["score"]) > threshold)
+    assert len({r["pred_present"] for r in strict}) == 2  # the threshold splits the vertebrae
+    refused = {
+        "methods.di2in.overrides.base_width=16": "not an inference-only setting of di2in",
+        "methods.resml_loc.overrides.presence_threshold=0.3": "the run has no method 'resml_loc'",
+        "methods.di2in.presence_threshold=0.3": "methods.NAME.overrides.FIELD=VALUE",
+        "methods.di2in.overrides.message_passing=true": "does not fit the model",
+    }
+    for item, message in refused.items():
+        res = _cli("evaluate", "--run", str(trained_run), "--set", item, "--name", "refused")
+        assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, (item, res.stderr)
+    # named like the run's own dataset, the two would be pooled in the evaluation's leaderboard
+    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=0")
+    assert res.returncode == 2 and "--name 'phantom'" in res.stderr
+    assert not any((trained_run / "evaluations" / name).exists() for name in ("refused", "phantom"))
 
 
 def test_test_sets_are_evaluated_with_every_trained_model(tmp_path, cache_dir):
