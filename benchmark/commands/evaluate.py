@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             detail = lines[1] if len(lines) > 1 else lines[0]  # torch's second line names the keys
             raise InputError(f"{entry.name}: its checkpoint does not fit the model with these --set changes "
-                             f"({detail[:200]}); only settings that leave the model's parts as trained can change") from None
+                             f"({detail[:200]}); only settings that leave the model's parts as trained can "
+                             "change") from None
         datamodule = build_datamodule(cfg, method)
         cell_rows, _ = evaluate_checkpoint(cfg, entry, seed, None, method=method, datamodule=datamodule,
                                            run_name=f"{run_dir.name}/{name}", method_order=i - 1, fit_prior=False)
