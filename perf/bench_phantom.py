@@ -1,7 +1,7 @@
 """Phantom generator figures: seconds per case on ONE thread, at 2 mm and 4 mm, and the default run's 8 mm cases.
 
 Rows: a full spine (C1-S2, all difficulties off; beside it the same case without organs, hips, table and texture,
-the part of the cost they add, and with generator version 5's vertebra detail, as sim2real draws it), the worst
+the part of the cost they add, and with generator version 5's opt-in vertebra detail), the worst
 common case (full spine with metal streaks), the mean over 20 cases drawn with the default difficulty rates, a
 small CPU-preset case (4-8 vertebrae at 4 mm) and the default run's cases (8 mm, 160 x 120 mm field of view). Cases
 coarser than 2 mm are drawn at 2 mm or finer and block-averaged (``PhantomConfig.fine_spacing_mm``), so a 4 or 8 mm
@@ -47,7 +47,7 @@ def main() -> None:
         t, case = timed(lambda: generate_case(0, 1, bare), repeat=3)
         rows.append((f"the same without organs, hips, table and texture (`organs: false, texture: false`), "
                      f"{spacing:g} mm", case.ct_hu.shape, t))
-        detail = PhantomConfig(spacing_mm=spacing, vertebra_detail=True, **OFF)  # version 5 (configs/sim2real.yaml)
+        detail = PhantomConfig(spacing_mm=spacing, vertebra_detail=True, **OFF)  # version 5, opt-in
         t, case = timed(lambda: generate_case(0, 1, detail), repeat=3)
         rows.append((f"the same with subchondral bone, foramina and canal contents (`vertebra_detail: true`), "
                      f"{spacing:g} mm", case.ct_hu.shape, t))

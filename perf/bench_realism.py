@@ -13,8 +13,8 @@ Both sides are resampled to the same canonical 2 mm grid (CT linear, masks neare
   the figure the tissue HU ranges of the phantom (``phantom._draw_scan``) were fitted to.
 - at sim2real's 4 mm, the same mean neighbourhood read along three lines through it (superior-inferior through
   the centroid and through the body, anterior-posterior through the centroid): the real bodies' bright endplates
-  and dark interiors, the canal, the laminae, voxel by voxel - for the default run's phantom and for sim2real's
-  (``vertebra_detail``: generator version 5's subchondral bone, foramen and canal, fitted to these lines).
+  and dark interiors, the canal, the laminae, voxel by voxel - for the default run's phantom and for the opt-in
+  ``vertebra_detail`` (generator version 5's subchondral bone, foramen and canal, fitted to these lines).
 - the parts of each whole lumbar vertebra (on the 2 mm grid, relative to the mask's centre of mass): the body
   (mask more than 8 mm in front of it) and the posterior elements (more than 8 mm behind it), their HU by depth
   below the mask's surface (rim: 1-2.3 mm, core: deeper; the body's core is its cancellous bone) and their extents
@@ -178,14 +178,14 @@ def patch_report(phantom: list[np.ndarray], real: list[np.ndarray]) -> str:
 
 def profile_report(phantom: list[np.ndarray], detailed: list[np.ndarray], real: list[np.ndarray]) -> str:
     """HU along lines through the mean lumbar neighbourhood at sim2real's spacing, one column per voxel: the default
-    run's phantom, sim2real's (``vertebra_detail``, generator version 5) and the real vertebrae."""
+    run's phantom, the same with the opt-in ``vertebra_detail`` (generator version 5) and the real vertebrae."""
     means = [(side, np.mean(x, 0) * HU_STD + HU_MEAN) for side, x in
              (("phantom", phantom), ("phantom, vertebra_detail", detailed), ("real", real))]
     c = PROFILE_R
     offsets = [f"{(k - c) * PROFILE_SPACING_MM:+g}" for k in range(2 * c + 1)]
     lines = [f"\nAt sim2real's {PROFILE_SPACING_MM:g} mm, as a run preprocesses it: HU along three lines through the "
              f"mean neighbourhood of {len(phantom)} phantom and {len(real)} real lumbar vertebrae (as above; phantom: "
-             f"the same window at {PROFILE_SPACING_MM:g} mm; *vertebra_detail*: the same cases with sim2real's "
+             f"the same window at {PROFILE_SPACING_MM:g} mm; *vertebra_detail*: the same cases with version 5's "
              f"subchondral bone, basivertebral foramen and canal contents, {len(detailed)} vertebrae), one column per "
              "voxel, offsets in mm from the centre of mass (superior, posterior positive):\n",
              "| line | side | " + " | ".join(offsets) + " |", "|---|---|" + "---|" * len(offsets)]
