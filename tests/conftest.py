@@ -42,3 +42,22 @@ def _restore_mlflow_default(mlflow_store):
         import mlflow
 
         mlflow.set_tracking_uri(mlflow_store)
+
+
+@pytest.fixture(scope="session")
+def smoke_cache(tmp_path_factory) -> Path:
+    """The preprocessing cache of the tiny runs of tests/test_runner.py and tests/test_finished_run.py."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, smoke_cache) -> Path:
+    """One tiny di2in run (``smoke`` config, 8 mm phantoms of 6-10 vertebrae, a few steps), trained once per session
+    and shared by the tests that run or use a finished run. Tests may add evaluations to it, never change its files."""
+    from spinebench.benchmark.config_files import load_experiment
+    from spinebench.benchmark.runner import run_benchmark
+    from tests.run_fixtures import smoke_sets
+
+    out = tmp_path_factory.mktemp("run") / "smoke"
+    run_benchmark(load_experiment("smoke", smoke_sets(smoke_cache)), out)
+    return out

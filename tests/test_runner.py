@@ -1,15 +1,15 @@
-"""``spinebench run`` end to end on a tiny phantom: outputs, determinism, resume after kill -9, DDP, predict.
+"""``spinebench run`` end to end on a tiny phantom: outputs, determinism, resume after kill -9, parallel processes,
+DDP, concurrent runs, further test sets.
 
-One tiny di2in run (``smoke`` config, 8 mm phantoms of 6-10 vertebrae, a few steps) is trained once per module
-and shared. Subprocess tests use ``python -m spinebench`` like a user would.
+One tiny di2in run (``smoke`` config, 8 mm phantoms of 6-10 vertebrae, a few steps) is trained once per session
+(``trained_run`` in conftest.py) and shared with tests/test_finished_run.py. Subprocess tests use
+``python -m spinebench`` like a user would.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,38 +20,9 @@ import pytest
 
 from spinebench.benchmark.config_files import load_experiment
 from spinebench.benchmark.runner import run_benchmark
+from tests.run_fixtures import TIMING_COLUMNS, read_rows, run_cli, smoke_sets
 
 pytestmark = pytest.mark.slow
-
-TIMING_COLUMNS = ("seconds_per_case", "train_peak_memory_mb", "peak_memory_mb")
-TINY = ["methods=[di2in]", "tracking.enabled=false"]
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-def _sets(cache_dir: Path, *extra: str) -> list[str]:
-    return [*TINY, f"data.cache_dir={cache_dir}", *extra]
-
-
-def _records(path: Path, drop=TIMING_COLUMNS) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
-
-
-def _cli(*args: str, env=None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spinebench", *args], capture_output=True, text=True, env=env, **kw)
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, cache_dir) -> Path:
-    out = tmp_path_factory.mktemp("run") / "smoke"
-    cfg = load_experiment("smoke", _sets(cache_dir))
-    run_benchmark(cfg, out)
-    return out
-
 
 def test_run_writes_every_output(trained_run):
     out = trained_run
@@ -67,11 +38,12 @@ def test_run_writes_every_output(trained_run):
     assert result["best_checkpoint"] == "checkpoints/best.ckpt" and result["records_path"] == "records.csv"
     # which weights the test set saw (trainer.test_checkpoint, default best)
     assert result["extra"]["test_checkpoint"] == "best" and 1 <= result["extra"]["test_checkpoint_step"] <= 4
-    assert (out / "cells/di2in/seed0/checkpoints/last.ckpt").is_file() and (out / "cells/di2in/seed0/records.csv").is_file()
+    cell = out / "cells" / "di2in" / "seed0"
+    assert (cell / "checkpoints" / "last.ckpt").is_file() and (cell / "records.csv").is_file()
     # the fit's wall time, the share its validations took, and the thread count the cell used
     assert result["metrics"]["train/seconds"] > result["metrics"]["val/seconds"] > 0
     assert 1 <= result["metrics"]["torch_threads"] <= manifest["machine"]["cpu_count"]
-    rows = _records(out / "records.csv", drop=())
+    rows = read_rows(out / "records.csv", drop=())
     # every test case exactly once, all K vertebrae each, with world-mm truth and the efficiency columns
     assert len(rows) == cfg.data.options.n_test * 26
     assert len({r["case"] for r in rows}) == cfg.data.options.n_test
@@ -88,20 +60,20 @@ def test_run_writes_every_output(trained_run):
     assert list((out / "projections").rglob("*.npz"))
 
 
-def test_same_seed_gives_identical_records(trained_run, tmp_path, cache_dir):
-    cfg = load_experiment("smoke", _sets(cache_dir))
+def test_same_seed_gives_identical_records(trained_run, tmp_path, smoke_cache):
+    cfg = load_experiment("smoke", smoke_sets(smoke_cache))
     again = run_benchmark(cfg, tmp_path / "smoke")  # same folder name: the "run" column matches
-    first = _records(trained_run / "records.csv")
-    second = _records(again / "records.csv")
+    first = read_rows(trained_run / "records.csv")
+    second = read_rows(again / "records.csv")
     assert first == second and len(first) > 0
 
 
-def test_test_checkpoint_last_evaluates_the_final_weights_in_every_cell_of_the_training(tmp_path, cache_dir):
+def test_test_checkpoint_last_evaluates_the_final_weights_in_every_cell_of_the_training(tmp_path, smoke_cache):
     """With ``trainer.test_checkpoint: last`` the training cell and the cells sharing its training are evaluated
     with the final weights, and ``spinebench evaluate`` uses the same checkpoint as the run did."""
     import torch
 
-    cfg = load_experiment("smoke", _sets(cache_dir, "methods=[di2in, di2in_mp]", "trainer.test_checkpoint=last"))
+    cfg = load_experiment("smoke", smoke_sets(smoke_cache, "methods=[di2in, di2in_mp]", "trainer.test_checkpoint=last"))
     out = run_benchmark(cfg, tmp_path / "run")
     cells = out / "cells"
     trained, member = (json.loads((cells / m / "seed0" / "result.json").read_text()) for m in ("di2in", "di2in_mp"))
@@ -113,22 +85,23 @@ def test_test_checkpoint_last_evaluates_the_final_weights_in_every_cell_of_the_t
     last, shared = weights_of("di2in/seed0/checkpoints/last.ckpt"), weights_of("di2in_mp/seed0/checkpoints/best.ckpt")
     weights = [k for k in last if k.startswith("net.")]
     assert weights and all(torch.equal(last[k], shared[k]) for k in weights)
-    again = _cli("evaluate", "--run", str(out), "--set", "data.phantom.seed=0", "--name", "same")
+    again = run_cli("evaluate", "--run", str(out), "--set", "data.phantom.seed=0", "--name", "same")
     assert again.returncode == 0, again.stderr
-    own = _records(out / "records.csv", (*TIMING_COLUMNS, "run", "dataset"))
-    evaluated = _records(out / "evaluations/same/records.csv", (*TIMING_COLUMNS, "run", "dataset"))
+    own = read_rows(out / "records.csv", (*TIMING_COLUMNS, "run", "dataset"))
+    evaluated = read_rows(out / "evaluations/same/records.csv", (*TIMING_COLUMNS, "run", "dataset"))
     assert own == evaluated and len(own) == 2 * 2 * 26
 
 
-def test_existing_output_folder_is_refused(trained_run, cache_dir):
-    out = _cli("run", "--config", "smoke", *sum((["--set", s] for s in _sets(cache_dir)), []), "--out", str(trained_run))
+def test_existing_output_folder_is_refused(trained_run, smoke_cache):
+    sets = sum((["--set", s] for s in smoke_sets(smoke_cache)), [])
+    out = run_cli("run", "--config", "smoke", *sets, "--out", str(trained_run))
     assert out.returncode == 2 and "already holds a run; continue it with --resume" in out.stderr
 
 
-def test_resume_after_kill_keeps_complete_cells_and_continues(tmp_path, cache_dir):
+def test_resume_after_kill_keeps_complete_cells_and_continues(tmp_path, smoke_cache):
     out = tmp_path / "run"
-    sets = _sets(cache_dir, "seeds=[0, 1]", "trainer.max_epochs=3", "trainer.limit_train_batches=2",
-                 "trainer.checkpoint_every_n_steps=1", "tracking.enabled=true", "execution.processes=1")
+    sets = smoke_sets(smoke_cache, "seeds=[0, 1]", "trainer.max_epochs=3", "trainer.limit_train_batches=2",
+                      "trainer.checkpoint_every_n_steps=1", "tracking.enabled=true", "execution.processes=1")
     args = ["run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "spinebench", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -143,14 +116,14 @@ def test_resume_after_kill_keeps_complete_cells_and_continues(tmp_path, cache_di
     first_records = (out / "cells" / "di2in" / "seed0" / "records.csv").read_bytes()
     assert not (out / "cells" / "di2in" / "seed1" / "result.json").exists()
 
-    resumed = _cli("run", "--resume", str(out), timeout=600)
+    resumed = run_cli("run", "--resume", str(out), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "cell 1/2: di2in seed 0 (complete, kept)" in resumed.stdout
     assert (out / "cells" / "di2in" / "seed0" / "records.csv").read_bytes() == first_records
     result = json.loads((out / "cells" / "di2in" / "seed1" / "result.json").read_text())
     assert result["resumed_from_step"] >= 1  # continued from last.ckpt, not from scratch
     assert result["metrics"]["train/steps"] == 6  # 3 epochs x 2 batches in all, none repeated
-    assert len({r["seed"] for r in _records(out / "records.csv")}) == 2
+    assert len({r["seed"] for r in read_rows(out / "records.csv")}) == 2
 
     from mlflow.tracking import MlflowClient
 
@@ -199,11 +172,11 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from Linux's /proc")
-def test_killing_a_parallel_run_ends_its_worker_processes(tmp_path, cache_dir):
+def test_killing_a_parallel_run_ends_its_worker_processes(tmp_path, smoke_cache):
     """kill -9 of ``spinebench run`` must not leave its training workers running (they would go on writing
     into the run folder beside a ``--resume``)."""
-    sets = _sets(cache_dir, "methods=[di2in, resml_cls]", "execution.processes=2", "trainer.max_epochs=100000",
-                 "trainer.limit_train_batches=2", "tracking.enabled=false")
+    sets = smoke_sets(smoke_cache, "methods=[di2in, resml_cls]", "execution.processes=2", "trainer.max_epochs=100000",
+                      "trainer.limit_train_batches=2", "tracking.enabled=false")
     args = ["run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(tmp_path / "run")]
     proc = subprocess.Popen([sys.executable, "-m", "spinebench", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -226,12 +199,12 @@ def test_killing_a_parallel_run_ends_its_worker_processes(tmp_path, cache_dir):
     assert not left, f"worker processes still running after their run was killed: {left}"
 
 
-def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, cache_dir):
+def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, smoke_cache):
     out = tmp_path / "ddp"
-    sets = _sets(cache_dir, "trainer.devices=2", "trainer.strategy=ddp", "data.phantom.n_test=3")
-    run = _cli("run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(out), timeout=600)
+    sets = smoke_sets(smoke_cache, "trainer.devices=2", "trainer.strategy=ddp", "data.phantom.n_test=3")
+    run = run_cli("run", "--config", "smoke", *sum((["--set", s] for s in sets), []), "--out", str(out), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    ddp_rows = _records(out / "records.csv")
+    ddp_rows = read_rows(out / "records.csv")
     assert len(ddp_rows) == 3 * 26 and len({r["case"] for r in ddp_rows}) == 3  # 3 cases on 2 ranks, no padding
 
     # The same checkpoint evaluated by one process gives the same records.
@@ -244,65 +217,7 @@ def test_two_process_ddp_on_cpu_evaluates_each_case_once(tmp_path, cache_dir):
     rows, info = evaluate_checkpoint(cfg, cfg.methods[0], 0, best, run_name=out.name, method_order=0)
     assert info["test/cases"] == 3
     write_records(tmp_path / "single.csv", rows)
-    assert _records(tmp_path / "single.csv") == ddp_rows
-
-
-def test_predict_on_a_real_ct(trained_run, shared_real, tmp_path):
-    ct = shared_real / "totalsegmentator_tests" / "example_ct.nii.gz"  # RAS NIfTI, 3 mm
-    out = tmp_path / "pred.json"
-    res = _cli("predict", str(ct), "--run", str(trained_run), "--out", str(out), "--preview")
-    assert res.returncode == 0, res.stderr[-3000:]
-    entries = json.loads(out.read_text())
-    assert "direction" in entries[0]  # VerSe json: axcodes first, then one entry per predicted vertebra
-    png = out.with_suffix(".png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    csv_out = tmp_path / "pred.csv"
-    res = _cli("predict", str(ct), "--run", str(trained_run), "--method", "di2in", "--out", str(csv_out))
-    assert res.returncode == 0, res.stderr[-3000:]
-    from spinebench.datamodules.centroids import read_centroids
-    from spinebench.datamodules.ct_io import read_geometry
-
-    geometry = read_geometry(ct)
-    for name, mm in read_centroids(csv_out).items():  # every written centroid lies inside the CT
-        assert geometry.contains_vox(geometry.world_to_vox(mm), margin=0.5), name
-    assert len(read_centroids(csv_out)) == len(entries) - 1
-    bad = _cli("predict", str(ct), "--run", str(trained_run), "--method", "nosuch", "--out", str(out))
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "its methods: di2in" in bad.stderr
-
-
-def test_a_run_folder_is_not_trusted_beyond_itself(trained_run, tmp_path):
-    """A copied run uses its own checkpoints or none: never the original's; checkpoints load as plain data."""
-    import shutil
-
-    from spinebench.benchmark.builders import read_checkpoint
-    from spinebench.datamodules.errors import InputError
-
-    ct = tmp_path / "ph" / "phantom-s0-0000_ct.nii.gz"
-    assert _cli("phantom", "--n", "1", "--spacing", "8", "--out", str(tmp_path / "ph")).returncode == 0
-    copy = tmp_path / "copy"
-    shutil.copytree(trained_run, copy)
-    cell = copy / "cells" / "di2in" / "seed0"
-    (cell / "checkpoints" / "best.ckpt").unlink()
-    res = _cli("predict", str(ct), "--run", str(copy), "--out", str(tmp_path / "a.csv"))
-    assert res.returncode == 2 and "missing" in res.stderr and str(copy) in res.stderr, res.stderr
-    # a result.json that points outside its run (an older absolute path, an edited file) is refused
-    result = json.loads((cell / "result.json").read_text())
-    result["best_checkpoint"] = str(trained_run / "cells" / "di2in" / "seed0" / "checkpoints" / "best.ckpt")
-    (cell / "result.json").write_text(json.dumps(result))
-    res = _cli("predict", str(ct), "--run", str(copy), "--out", str(tmp_path / "b.csv"))
-    assert res.returncode == 2 and "outside the run folder" in res.stderr, res.stderr
-    assert not (tmp_path / "a.csv").exists() and not (tmp_path / "b.csv").exists()
-    # a checkpoint that would run code when unpickled is refused by name
-    import pickle
-
-    class Payload:
-        def __reduce__(self):
-            return (print, ("this ran",))
-
-    evil = tmp_path / "evil.ckpt"
-    evil.write_bytes(pickle.dumps({"state_dict": Payload()}))
-    with pytest.raises(InputError, match="evil.ckpt: not a plain checkpoint"):
-        read_checkpoint(evil)
+    assert read_rows(tmp_path / "single.csv") == ddp_rows
 
 
 def test_concurrent_runs_share_a_cache_and_concurrent_predictions_share_a_folder(trained_run, tmp_path):
@@ -312,8 +227,8 @@ def test_concurrent_runs_share_a_cache_and_concurrent_predictions_share_a_folder
     from mlflow.tracking import MlflowClient
 
     cache, store = tmp_path / "cache", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = sum((["--set", s] for s in _sets(cache, "execution.processes=1", "trainer.num_threads=1",
-                                            "tracking.enabled=true")), [])
+    sets = sum((["--set", s] for s in smoke_sets(cache, "execution.processes=1", "trainer.num_threads=1",
+                                                 "tracking.enabled=true")), [])
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     runs = [subprocess.Popen([sys.executable, "-m", "spinebench", "run", "--config", "smoke", *sets, "--out",
                               str(tmp_path / name / "smoke")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -328,14 +243,14 @@ def test_concurrent_runs_share_a_cache_and_concurrent_predictions_share_a_folder
                for name in ("a", "b")}
     cells = len(list((tmp_path / "a" / "smoke" / "cells").glob("*/seed*")))
     assert len(parents) == 2 and parents <= finished and len(finished) == 2 * (1 + cells)  # all in one experiment
-    a, b = (_records(tmp_path / name / "smoke" / "records.csv") for name in ("a", "b"))
+    a, b = (read_rows(tmp_path / name / "smoke" / "records.csv") for name in ("a", "b"))
     assert a == b and len(a) > 0  # one thread each (fixed): bit-identical, whatever else the machine does
     entries = sorted(cache.rglob("*.json"))
     assert entries and not list(cache.rglob("*.part*"))
     for meta in entries:  # every entry complete: its array has the size its json promises
         assert meta.with_suffix(".npy").stat().st_size == json.loads(meta.read_text())["npy_bytes"]
 
-    assert _cli("phantom", "--n", "1", "--spacing", "8", "--out", str(tmp_path / "ph")).returncode == 0
+    assert run_cli("phantom", "--n", "1", "--spacing", "8", "--out", str(tmp_path / "ph")).returncode == 0
     ct = tmp_path / "ph" / "phantom-s0-0000_ct.nii.gz"
     out = tmp_path / "pred"
     cmds = [[sys.executable, "-m", "spinebench", "predict", str(ct), "--run", str(trained_run), "--out", str(out / f)]
@@ -344,111 +259,23 @@ def test_concurrent_runs_share_a_cache_and_concurrent_predictions_share_a_folder
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     alone = tmp_path / "alone.csv"
-    assert _cli("predict", str(ct), "--run", str(trained_run), "--out", str(alone)).returncode == 0
+    assert run_cli("predict", str(ct), "--run", str(trained_run), "--out", str(alone)).returncode == 0
     assert (out / "same.csv").read_text() == alone.read_text() and (out / "other.json").stat().st_size > 0
     assert sorted(p.name for p in out.iterdir()) == ["other.json", "same.csv"]
 
 
-def test_predict_a_folder_of_cts_loads_the_model_once_and_reports_bad_files(trained_run, tmp_path):
-    cts = tmp_path / "cts"
-    assert _cli("phantom", "--n", "2", "--spacing", "8", "--out", str(cts)).returncode == 0
-    for extra in cts.glob("*_ctd.*"):
-        extra.unlink()  # the phantom's own centroid files: not CTs
-    (cts / "broken_ct.nii.gz").write_bytes(b"not a volume")
-    # a label mask beside its CT (VerSe's naming) is not a CT to predict on
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    for name in ("phantom-s0-0000_seg-vert_msk.nii.gz", "phantom-s0-0001_msk.nii.gz"):
-        shutil.copy(cts / "phantom-s0-0000_ct.nii.gz", cts / name)
-        shutil.copy(cts / "phantom-s0-0000_ct.nii.gz", masks / name)
-    res = _cli("predict", "-i", str(cts), "-o", str(tmp_path / "out"), "--run", str(trained_run), "--format", "csv")
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert res.stderr.count("\n") == 1 and "broken_ct.nii.gz" in res.stderr
-    written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["phantom-s0-0000_ctd.csv", "phantom-s0-0001_ctd.csv"]
-    assert "2 of 3 CTs predicted" in res.stdout and "[3/3] phantom-s0-0001_ct.nii.gz" in res.stdout
-    assert "3 CTs; 2 label masks beside them left out" in res.stdout
-    only = _cli("predict", "-i", str(masks), "-o", str(tmp_path / "m"), "--run", str(trained_run))
-    assert only.returncode == 2 and only.stderr.count("\n") == 1 and "only label masks" in only.stderr
-    assert not (tmp_path / "m").exists()
-    # one CT with -i gives the same file as the positional form
-    one = cts / "phantom-s0-0000_ct.nii.gz"
-    assert _cli("predict", "-i", str(one), "-o", str(tmp_path / "one.csv"), "--run", str(trained_run)).returncode == 0
-    assert (tmp_path / "one.csv").read_text() == (tmp_path / "out" / "phantom-s0-0000_ctd.csv").read_text()
-    both = _cli("predict", str(one), "-i", str(one), "-o", str(tmp_path / "x.csv"), "--run", str(trained_run))
-    assert both.returncode == 2 and "one of them" in both.stderr
-
-
-def test_evaluate_a_run_on_another_dataset_without_training(trained_run):
-    before = (trained_run / "records.csv").read_bytes()
-    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=0", "--name", "same")
-    assert res.returncode == 0, res.stderr[-3000:]
-    # the same data as the run's own test split: the same predictions, under the evaluation's dataset name
-    drop = (*TIMING_COLUMNS, "dataset", "run")
-    same = _records(trained_run / "evaluations" / "same" / "records.csv", drop)
-    assert same == _records(trained_run / "records.csv", drop) and len(same) > 0
-    named = _records(trained_run / "evaluations" / "same" / "records.csv")
-    assert {(r["dataset"], r["run"]) for r in named} == {("same", f"{trained_run.name}/same")}
-    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=5", "--set", "data.phantom.n_train=0",
-               "--set", "data.phantom.n_test=3", "--name", "other")
-    assert res.returncode == 0, res.stderr[-3000:]
-    other = _records(trained_run / "evaluations" / "other" / "records.csv")
-    assert len({r["case"] for r in other}) == 3 and all(r["case"].startswith("phantom-s5-") for r in other)
-    board = (trained_run / "evaluations" / "other" / "leaderboard" / "leaderboard.md").read_text()
-    assert "## phantom" in board and "## other" in board  # the run's own test set beside the new one
-    assert (trained_run / "records.csv").read_bytes() == before  # the run's own files are not changed
-    again = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=5", "--name", "other")
-    assert again.returncode == 2 and "exists already" in again.stderr
-    wrong = _cli("evaluate", "--run", str(trained_run), "--set", "trainer.max_epochs=1", "--name", "x")
-    assert wrong.returncode == 2 and "only data.* keys and methods' inference-only settings" in wrong.stderr
-    assert not (trained_run / "evaluations" / "x").exists()
-
-
-def test_evaluate_with_a_methods_inference_setting_changes_only_that(trained_run):
-    own = _records(trained_run / "records.csv")
-    scores = sorted({float(r["score"]) for r in own})
-    assert len(scores) >= 2
-    k = len(scores) // 2
-    threshold = (scores[k - 1] + scores[k]) / 2  # between two scores the run recorded: some present, some not
-    res = _cli("evaluate", "--run", str(trained_run), "--name", "strict",
-               "--set", f"methods.di2in.overrides.presence_threshold={threshold}")
-    assert res.returncode == 0, res.stderr[-3000:]
-    strict = _records(trained_run / "evaluations" / "strict" / "records.csv", (*TIMING_COLUMNS, "dataset", "run"))
-    key = lambda r: (r["case"], r["vertebra"])  # noqa: E731
-    assert sorted(map(key, strict)) == sorted(map(key, own))
-    mine = {key(r): r for r in own}
-    for row in strict:  # the same network outputs; only which vertebrae count as present follows the new threshold
-        before = mine[key(row)]
-        assert [row[c] for c in ("pred_x_mm", "pred_y_mm", "pred_z_mm", "score")] == \
-            [before[c] for c in ("pred_x_mm", "pred_y_mm", "pred_z_mm", "score")]
-        assert (row["pred_present"] in ("1", "True", "true")) == (float(row["score"]) > threshold)
-    assert len({r["pred_present"] for r in strict}) == 2  # the threshold splits the vertebrae
-    refused = {
-        "methods.di2in.overrides.base_width=16": "not an inference-only setting of di2in",
-        "methods.resml_loc.overrides.presence_threshold=0.3": "the run has no method 'resml_loc'",
-        "methods.di2in.presence_threshold=0.3": "methods.NAME.overrides.FIELD=VALUE",
-        "methods.di2in.overrides.message_passing=true": "does not fit the model",
-    }
-    for item, message in refused.items():
-        res = _cli("evaluate", "--run", str(trained_run), "--set", item, "--name", "refused")
-        assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, (item, res.stderr)
-    # named like the run's own dataset, the two would be pooled in the evaluation's leaderboard
-    res = _cli("evaluate", "--run", str(trained_run), "--set", "data.phantom.seed=0")
-    assert res.returncode == 2 and "--name 'phantom'" in res.stderr
-    assert not any((trained_run / "evaluations" / name).exists() for name in ("refused", "phantom"))
-
-
-def test_test_sets_are_evaluated_with_every_trained_model(tmp_path, cache_dir):
+def test_test_sets_are_evaluated_with_every_trained_model(tmp_path, smoke_cache):
     """A further test set with the run's own test data gives the run's own predictions (same weights, same shape
     prior); a folder test set is its own dataset in the records, the metrics, the manifest and the leaderboard."""
     from spinebench.datamodules.sources.folder import FolderSource
 
     real = FolderSource.example(tmp_path / "real")  # two tiny CTs: a centroid file, a vertebra mask
     own = load_experiment("smoke").to_dict()["data"]["phantom"]
-    sets = _sets(cache_dir, "test_sets.again.source=phantom", f"test_sets.again.phantom={json.dumps(own)}",
-                 "test_sets.real.source=folder", f"test_sets.real.folder={{root: {real.root}, test_fraction: 1.0}}")
+    sets = smoke_sets(smoke_cache, "test_sets.again.source=phantom", f"test_sets.again.phantom={json.dumps(own)}",
+                      "test_sets.real.source=folder",
+                      f"test_sets.real.folder={{root: {real.root}, test_fraction: 1.0}}")
     out = run_benchmark(load_experiment("smoke", sets), tmp_path / "run")
-    rows = _records(out / "records.csv", (*TIMING_COLUMNS, "run"))
+    rows = read_rows(out / "records.csv", (*TIMING_COLUMNS, "run"))
     by_dataset = {d: [{k: v for k, v in r.items() if k != "dataset"} for r in rows if r["dataset"] == d]
                   for d in {r["dataset"] for r in rows}}
     assert set(by_dataset) == {"phantom", "again", "real"}
@@ -463,15 +290,15 @@ def test_test_sets_are_evaluated_with_every_trained_model(tmp_path, cache_dir):
     assert "## phantom" in board and "## real" in board
 
 
-def test_a_test_set_without_one_usable_case_is_left_out_with_a_warning(tmp_path, cache_dir):
+def test_a_test_set_without_one_usable_case_is_left_out_with_a_warning(tmp_path, smoke_cache):
     """Listing cannot tell that every CT of a folder is unreadable; the cell's own results must not be lost."""
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "scan.nii.gz").write_bytes(b"not a nifti" * 20)
-    sets = _sets(cache_dir, "test_sets.broken.source=folder",
-                 f"test_sets.broken.folder={{root: {broken}, test_fraction: 1.0}}")
+    sets = smoke_sets(smoke_cache, "test_sets.broken.source=folder",
+                      f"test_sets.broken.folder={{root: {broken}, test_fraction: 1.0}}")
     with pytest.warns(UserWarning, match=r"test set broken left out of di2in seed 0: .*no usable case"):
         out = run_benchmark(load_experiment("smoke", sets), tmp_path / "run")
-    rows = _records(out / "records.csv")
+    rows = read_rows(out / "records.csv")
     assert {r["dataset"] for r in rows} == {"phantom"} and rows
     assert (broken / "scan.nii.gz").read_bytes() == b"not a nifti" * 20
