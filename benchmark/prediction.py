@@ -71,7 +71,7 @@ class Predictor:
         original, geometry = read_sitk_image(ct)
         image, pre_geometry = preprocess_volume(original, geometry, self.cfg.data.preprocess_params, str(ct))
         with torch.no_grad():
-            pred = self.model.predict_volume(torch.as_tensor(image, dtype=torch.float32)[None, None])
+            pred = self.model.predict_scan(torch.as_tensor(image, dtype=torch.float32)[None, None])
         names = get_label_set(self.cfg.data.label_set).names
         world = pre_geometry.vox_to_world(pred.centroids_vox)
         present = {n: world[k] for k, n in enumerate(names) if pred.present[k] and geometry.contains_vox(

@@ -336,7 +336,7 @@ def log_cell_model(tracker, run_id: str | None, cfg: ExperimentConfig, member, r
     model.eval()
     metadata = {"method": member.name, "seed": result.seed, "config_hash": cfg.config_hash(),
                 "label_set": cfg.data.label_set, "preprocess": dataclasses.asdict(cfg.data.preprocess_params),
-                "input": "predict_volume((1, 1, D, H, W) CT preprocessed as `preprocess`) -> VolumePrediction"}
+                "input": "predict_scan((1, 1, D, H, W) CT preprocessed as `preprocess`) -> VolumePrediction"}
     tracker.log_model(run_id, model, metadata=metadata, files=[out_dir / "config.yaml", folder / RESULT_FILE])
 
 

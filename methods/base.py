@@ -11,7 +11,8 @@ Batches (dicts, see ``datamodules`` for the producer):
 
 Validation, test and predict batches are always whole, unpadded volumes with B = 1. A method's answer for
 a volume is a ``VolumePrediction`` in voxel coordinates of that volume; the runner maps it to world mm.
-Methods never see files, world coordinates or metrics.
+Methods never see files, world coordinates or metrics. A vertebra is reported present only where its centroid
+lies inside the scanned volume (``VertebraMethod.predict_scan``): every data source annotates only those.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class VolumePrediction:
                 f"prediction shapes disagree: centroids {self.centroids_vox.shape}, "
                 f"present {self.present.shape}, scores {self.scores.shape}"
             )
+
+    def inside(self, shape: tuple[int, ...]) -> "VolumePrediction":
+        """This prediction with vertebrae whose centroid lies outside a volume of ``shape`` (D, H, W) voxels, i.e.
+        beyond its voxel centres ± half a voxel, marked absent (coordinates and scores kept)."""
+        upper = np.asarray(shape[-3:], dtype=np.float64) - 0.5
+        within = np.all((self.centroids_vox >= -0.5) & (self.centroids_vox <= upper), axis=1)
+        return VolumePrediction(self.centroids_vox, self.present & within, self.scores)
 
 
 class VertebraMethod(L.LightningModule):
@@ -120,8 +128,13 @@ class VertebraMethod(L.LightningModule):
             self.log(f"train/{key}", value.detach(), batch_size=batch_size, prog_bar=key == "loss")
         return terms["loss"]
 
+    def predict_scan(self, image: torch.Tensor) -> VolumePrediction:
+        """``predict_volume`` with presence limited to the scan: a centroid outside the volume (e.g. one that the
+        shape refinement placed beyond a crop's border) is not reported, since no data source annotates one there."""
+        return self.predict_volume(image).inside(tuple(image.shape))
+
     def _predict_batch(self, batch: dict) -> list[VolumePrediction]:
-        return [self.predict_volume(batch["image"][i : i + 1]) for i in range(batch["image"].shape[0])]
+        return [self.predict_scan(batch["image"][i : i + 1]) for i in range(batch["image"].shape[0])]
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         return {"predictions": self._predict_batch(batch)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from spinebench.methods import DataRequirements, VolumePrediction, list_methods
+from spinebench.methods import DataRequirements, VertebraMethod, VolumePrediction, list_methods
 from tests.method_fixtures import (
     NUM_VERTEBRAE, SMALL_SEEDS, adam_losses, tiny_batch, tiny_case, tiny_method, train_centroids,
 )
@@ -60,6 +60,39 @@ def test_predict_volume_contract_on_unpadded_volume(name):
     assert pred.centroids_vox.shape == (NUM_VERTEBRAE, 3) and np.isfinite(pred.centroids_vox).all()
     assert pred.present.dtype == bool and pred.present.shape == (NUM_VERTEBRAE,)
     assert pred.scores.shape == (NUM_VERTEBRAE,) and ((pred.scores >= 0) & (pred.scores <= 1)).all()
+    scan = method.predict_step({"image": image, "case_id": ["tiny"]}, 0)["predictions"][0]
+    assert np.array_equal(scan.centroids_vox, pred.centroids_vox) and np.array_equal(scan.scores, pred.scores)
+    assert not (scan.present & ~pred.present).any()  # the scan's presence only ever removes vertebrae
+    shown = scan.centroids_vox[scan.present]
+    assert ((shown >= -0.5) & (shown <= np.array(image.shape[-3:]) - 0.5)).all()
+
+
+class _FixedAnswer(VertebraMethod):
+    """A method whose answer is given: what the base class does with it is under test."""
+
+    answer = np.zeros((0, 3))
+
+    def __init__(self) -> None:
+        super().__init__(config=DataRequirements("volume"))
+
+    def predict_volume(self, image):
+        k = len(self.answer)
+        return VolumePrediction(self.answer, np.ones(k, bool), np.linspace(0.6, 0.9, k))
+
+
+def test_a_centroid_outside_the_volume_is_not_reported_present():
+    """The scan's extent is its voxel centres +- half a voxel, per axis; beyond it a vertebra is absent in every
+    prediction the benchmark makes (validation, test, predict), its coordinates and score kept."""
+    image = torch.zeros(1, 1, 10, 6, 8)
+    answer = np.array([[-0.5, 0.0, 0.0], [-0.51, 3.0, 3.0], [9.5, 5.5, 7.5], [9.0, 5.51, 4.0], [4.0, 3.0, -7.0],
+                       [5.0, 2.0, 7.49]])
+    method = _FixedAnswer()
+    method.answer = answer
+    for step in (method.validation_step, method.test_step, method.predict_step):
+        pred = step({"image": image, "case_id": ["c"]}, 0)["predictions"][0]
+        assert pred.present.tolist() == [True, False, True, False, False, True]
+        assert np.array_equal(pred.centroids_vox, answer) and np.allclose(pred.scores, np.linspace(0.6, 0.9, 6))
+    assert method.predict_volume(image).present.all()  # predict_volume itself is the method's own answer
 
 
 @pytest.mark.parametrize("name", METHODS)
