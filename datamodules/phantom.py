@@ -178,7 +178,8 @@ def generate_case(seed: int, index: int, config: PhantomConfig = PhantomConfig()
     ct, labels, geometry = scanner.acquire(rng, canvas, scan, supersampling(config), correlation, meta)
     if config.tight_crop_rate > 0:  # drawn last and only when asked: cases without it stay byte-identical
         ct, labels, geometry = scanner.tight_crop(rng, config, ct, labels, geometry, meta)
-    centroids = scanner.visible_centroids(spine.names, points, geometry, meta)
+    inside = spine.spl if config.annotated == "body" else points  # the points that decide which are annotated
+    centroids = scanner.visible_centroids(spine.names, points, geometry, meta, inside)
     meta["shape"], meta["spacing_mm"] = list(ct.shape), [float(x) for x in geometry.spacing_mm]
     meta["size_scale"] = round(float(spine.size_k), 4)
     meta["mask_ids"] = {nm: anat.PHANTOM_MASK_ID[nm] for nm in spine.names}

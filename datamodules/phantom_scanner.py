@@ -94,11 +94,14 @@ def mask_centres(canvas: Canvas, names: list[str], body_centres: np.ndarray) -> 
     return np.round(out, 6)
 
 
-def visible_centroids(names: list[str], points: np.ndarray, geometry: Geometry, meta: dict) -> Centroids:
-    """The vertebrae whose annotated point (``points``, array-order mm: body centres or mask centres) lies inside
-    the volume (LPS mm), and which they are in the metadata."""
+def visible_centroids(names: list[str], points: np.ndarray, geometry: Geometry, meta: dict,
+                      inside: np.ndarray | None = None) -> Centroids:
+    """The annotated points (``points``, array-order mm: body centres or mask centres, LPS mm out) of the vertebrae
+    whose point ``inside`` (default: ``points`` themselves) lies inside the volume, and which they are in the
+    metadata."""
     origin = np.asarray(geometry.origin_mm, float)[::-1]  # array order (s, p, l)
-    vox = (points - origin) / np.asarray(geometry.spacing_mm, float)  # spacing is in array order already
+    deciding = points if inside is None else inside
+    vox = (deciding - origin) / np.asarray(geometry.spacing_mm, float)  # spacing is in array order already
     keep = np.all((vox >= 0) & (vox <= np.asarray(geometry.shape) - 1), axis=1)
     visible = [i for i in range(len(names)) if keep[i]]
     meta["visible_vertebrae"] = [names[i] for i in visible]

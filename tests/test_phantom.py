@@ -269,6 +269,30 @@ def test_mask_centroids_are_the_centres_of_mass_of_the_drawn_vertebrae():
         PhantomConfig(centroids="vertebra")
 
 
+def test_annotated_body_leaves_vertebrae_cut_to_a_sliver_unannotated():
+    """With mask centres, ``annotated="point"`` annotates every vertebra with a voxel in the scan (its centre of mass
+    lies inside whatever is drawn); ``annotated="body"`` annotates those whose body centre lies in the scan, as with
+    body centres, at their mask centres. The image is the same; the vertebrae left out are the outermost ones."""
+    slivers = 0
+    for index in range(4):
+        point = generate_case(3, index, plain(limited_fov_rate=1.0, centroids="mask", with_mask=False))
+        body = generate_case(3, index, plain(limited_fov_rate=1.0, centroids="mask", annotated="body", with_mask=False))
+        by_body_centre = generate_case(3, index, plain(limited_fov_rate=1.0, with_mask=False))
+        assert body.ct_hu.tobytes() == point.ct_hu.tobytes() and body.geometry == point.geometry
+        assert list(body.centroids_mm) == list(by_body_centre.centroids_mm)
+        assert body.metadata["visible_vertebrae"] == list(body.centroids_mm)
+        for name in body.centroids_mm:
+            np.testing.assert_array_equal(body.centroids_mm[name], point.centroids_mm[name])
+        names, kept = list(point.centroids_mm), list(body.centroids_mm)
+        left_out = [n for n in names if n not in kept]
+        assert set(kept) <= set(names) and left_out == [n for n in names if names.index(n) < names.index(kept[0])
+                                                         or names.index(n) > names.index(kept[-1])]
+        slivers += len(left_out)
+    assert slivers >= 1  # these four cases cut at least one vertebra to a sliver
+    with pytest.raises(InputError, match="annotated"):
+        PhantomConfig(annotated="mask")
+
+
 def test_scan_window_rate_windows_a_share_of_the_cases_and_records_it():
     """With ``scan_window_rate`` < 1 some cases show the whole body cross-section: such a case equals the case
     generated without a window, a windowed one the case with the window for every case (the draw has a stream of
